@@ -1,0 +1,1 @@
+"""Command-line interface: click commands only, no serving logic."""

@@ -1,0 +1,77 @@
+"""The one typed settings object of a navi process.
+
+Built once (``navi.cli.serve`` layers flags over an optional YAML/TOML config
+file) and passed down by constructor; no module reads settings from globals.
+All models are frozen: a running server never mutates its configuration, and
+META.json overrides are applied by building new objects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BatchingSettings(_Frozen):
+    """Server-side dynamic batching of one (model, version) queue."""
+
+    max_batch_size: int = Field(16, ge=1, description="requests per batch")
+    max_batch_rows: int = Field(0, ge=0, description="rows per batch; 0 = no row limit")
+    batch_timeout_ms: float = Field(
+        2.0, ge=0, description="longest a batch's first request waits for company"
+    )
+    batch_drop_ms: float = Field(
+        90.0, ge=0, description="a request that waited longer is shed; 0 = never"
+    )
+    max_queued_requests: int = Field(
+        10_000, ge=1, description="requests waiting per queue before new ones are refused"
+    )
+    num_batch_threads: int = Field(2, ge=1, description="batches run concurrently per model")
+
+
+class ModelSettings(_Frozen):
+    """One served model: a directory of versions and how to run it."""
+
+    name: str
+    model_dir: Path
+    runtime: str = "onnx"
+    inputs: tuple[str, ...] = Field(
+        ("examples",), description="input tensor names; empty = detect from the model"
+    )
+    outputs: tuple[str, ...] = Field(
+        ("output_0",), description="output tensor names; empty = all of the model's"
+    )
+    batching: BatchingSettings = BatchingSettings()
+    intra_op_parallelism: int = Field(1, ge=0)
+    inter_op_parallelism: int = Field(1, ge=0)
+    serving_signature: str = "serving_default"
+    max_warmup_records: int = Field(500, ge=0)
+    converter: Literal["auto", "home", "none"] = Field(
+        "auto", description="BPR converter: home = always, none = never, auto = by inputs"
+    )
+    runtime_options: dict[str, str] = Field(
+        default_factory=dict, description="runtime-specific options, e.g. onnx EP settings"
+    )
+
+
+class ServerSettings(_Frozen):
+    """Process-wide settings of `navi serve`."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(8500, ge=0, le=65535)
+    prometheus_port: int = Field(9000, ge=0, le=65535, description="0 = pick a free port")
+    models: tuple[ModelSettings, ...] = ()
+    model_check_interval_s: float = Field(300.0, gt=0)
+    meta_json_dir: Path | None = None
+    modelsync_cli: str | None = None
+    versions_per_model: int = Field(1, ge=1)
+    max_concurrent_loads: int = Field(1, ge=1)
+    ssl_dir: Path | None = None
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    grpc_threads: int = Field(16, ge=1)

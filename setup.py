@@ -1,0 +1,135 @@
+"""Build script for navi.
+
+Compiles the Cython hot paths in ``navi/_fast`` and generates the gRPC/protobuf
+modules in ``navi/_proto`` from ``protos/`` at build time (the generated code is
+never committed).  ``NAVI_CYTHON_DEBUG=1`` turns Cython bounds checks back on.
+"""
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+PROTO_SRC = ROOT / "protos"
+PROTO_OUT = ROOT / "navi" / "_proto"
+# Top-level proto packages we generate; their imports are rewritten to live under
+# navi._proto so they never shadow the real `tensorflow` package.
+PROTO_ROOTS = ("tensorflow", "tensorflow_serving", "kserve")
+
+
+def generate_protos() -> None:
+    """Run grpc_tools.protoc over protos/ and make the output a navi subpackage."""
+    from grpc_tools import protoc
+    import grpc_tools
+
+    proto_files = sorted(str(p.relative_to(PROTO_SRC)) for p in PROTO_SRC.rglob("*.proto"))
+    if not proto_files:
+        return
+    PROTO_OUT.mkdir(parents=True, exist_ok=True)
+    well_known = str(Path(grpc_tools.__file__).parent / "_proto")
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_SRC}",
+        f"-I{well_known}",
+        f"--python_out={PROTO_OUT}",
+        f"--pyi_out={PROTO_OUT}",
+        f"--grpc_python_out={PROTO_OUT}",
+        *proto_files,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed on " + " ".join(proto_files))
+    pattern = re.compile(r"^(from|import) (%s)([.\s])" % "|".join(PROTO_ROOTS), re.M)
+    for generated in PROTO_OUT.rglob("*.py"):
+        text = generated.read_text()
+        fixed = pattern.sub(r"\1 navi._proto.\2\3", text)
+        if fixed != text:
+            generated.write_text(fixed)
+    for directory in [PROTO_OUT, *[d for d in PROTO_OUT.rglob("*") if d.is_dir()]]:
+        init = directory / "__init__.py"
+        if not init.exists():
+            init.write_text("")
+
+
+class BuildPyWithProtos(build_py):
+    """build_py that first generates the protobuf modules."""
+
+    def run(self):
+        generate_protos()
+        super().run()
+
+
+def cython_extensions():
+    from Cython.Build import cythonize
+    import numpy
+
+    debug = os.environ.get("NAVI_CYTHON_DEBUG") == "1"
+    directives = {
+        "language_level": 3,
+        "boundscheck": debug,
+        "wraparound": False,
+        "initializedcheck": debug,
+        "cdivision": True,
+        "nonecheck": False,
+    }
+    extensions = [
+        Extension(
+            "navi._fast._bpr",
+            ["navi/_fast/_bpr.pyx"],
+            include_dirs=[numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=["-O3"],
+        ),
+    ]
+    return cythonize(extensions, compiler_directives=directives)
+
+
+EXTRAS = {
+    "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+    "tf": ["tensorflow>=2.15"],
+    "torch": ["torch>=2.1"],
+    "test": [
+        "pytest>=8",
+        "pytest-asyncio>=0.23",
+        "pytest-timeout>=2.2",
+        "hypothesis>=6.100",
+        "tensorflow-serving-api>=2.15",
+        "import-linter>=2.0",
+    ],
+}
+EXTRAS["all"] = sorted(set(EXTRAS["onnx"] + EXTRAS["tf"] + EXTRAS["torch"]))
+
+setup(
+    name="navi",
+    version="0.1.0",
+    description="ML model-serving daemon: TF Serving / KServe V2 gRPC APIs, dynamic batching, "
+    "a one-pass Cython BatchPredictionRequest converter",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["navi", "navi.*"]),
+    package_data={"navi._fast": ["*.pyx", "*.pxd", "*.pyi"], "navi._proto": ["**/*.pyi"]},
+    ext_modules=cython_extensions(),
+    cmdclass={"build_py": BuildPyWithProtos},
+    install_requires=[
+        "numpy>=1.26",
+        "numba>=0.59",
+        "grpcio>=1.60",
+        "grpcio-health-checking>=1.60",
+        "grpcio-reflection>=1.60",
+        "protobuf>=4.25",
+        "thriftpy2>=0.4.17",
+        "click>=8.1",
+        "prometheus-client>=0.19",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.7",
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["navi = navi.cli.main:main"]},
+    zip_safe=False,
+)
