@@ -1,0 +1,185 @@
+"""BatchScheduler behaviour on a fake clock: no sleeps decide any assertion."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from navi.batching import BatchScheduler, FakeClock, SchedulerClosed, split_rows
+from navi.errors import DeadlineExceeded, Overloaded, RuntimeFailure
+from navi.settings import BatchingSettings
+
+WAIT_S = 10.0  # hang guard only: futures that should resolve do so at once
+
+
+class Recorder:
+    """A process_batch that doubles each request's rows and records batch shapes."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, tasks):
+        with self.lock:
+            self.batches.append([t.rows for t in tasks])
+        merged = np.concatenate([t.payload for t in tasks])
+        outputs = {"y": merged * 2, "n": np.arange(len(merged))}
+        return split_rows(outputs, [t.rows for t in tasks])
+
+
+def make(clock, **options):
+    recorder = Recorder()
+    settings = BatchingSettings(**{"batch_timeout_ms": 10.0, "batch_drop_ms": 0, **options})
+    return BatchScheduler(recorder, settings, clock=clock, name="m:1"), recorder
+
+
+def payload(rows, value=1.0):
+    return np.full((rows, 2), value, dtype=np.float32)
+
+
+def test_closes_on_max_batch_size():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=3, batch_timeout_ms=1000)
+    futures = [sched.submit(payload(1), 1) for _ in range(3)]
+    for f in futures:
+        f.result(WAIT_S)
+    assert rec.batches == [[1, 1, 1]]
+    sched.close()
+
+
+def test_closes_on_max_batch_rows_and_oversize_runs_alone():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=100, max_batch_rows=10, batch_timeout_ms=1000)
+    a, b, c = (sched.submit(payload(4), 4) for _ in range(3))
+    a.result(WAIT_S), b.result(WAIT_S)
+    assert rec.batches == [[4, 4]]
+    assert not c.done() and sched.num_queued == 1
+    clock.advance(1.0)
+    c.result(WAIT_S)
+    big = sched.submit(payload(15), 15)
+    big.result(WAIT_S)
+    assert rec.batches == [[4, 4], [4], [15]]
+    sched.close()
+
+
+def test_closes_when_first_request_waited_timeout():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=8, batch_timeout_ms=10)
+    first = sched.submit(payload(1), 1)
+    clock.advance(0.004)
+    second = sched.submit(payload(2), 2)
+    clock.advance(0.005)
+    # 9 ms after the first request nothing may have run: time only moves by hand
+    assert sched.num_queued == 2 and not first.done()
+    clock.advance(0.001)
+    first.result(WAIT_S), second.result(WAIT_S)
+    assert rec.batches == [[1, 2]]
+    sched.close()
+
+
+def test_zero_timeout_takes_at_once():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=8, batch_timeout_ms=0)
+    sched.submit(payload(1), 1).result(WAIT_S)
+    assert rec.batches == [[1]]
+    sched.close()
+
+
+def test_outputs_split_back_per_request():
+    clock = FakeClock()
+    sched, _ = make(clock, max_batch_size=3, batch_timeout_ms=1000)
+    futures = [sched.submit(payload(rows, value), rows) for rows, value in [(2, 1), (1, 5), (3, 7)]]
+    results = [f.result(WAIT_S) for f in futures]
+    assert [r["y"].shape for r in results] == [(2, 2), (1, 2), (3, 2)]
+    assert np.all(results[0]["y"] == 2) and np.all(results[1]["y"] == 10)
+    assert np.all(results[2]["y"] == 14)
+    assert results[2]["n"].tolist() == [3, 4, 5]
+    sched.close()
+
+
+def test_request_waiting_past_drop_limit_is_shed_rest_runs():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=8, batch_timeout_ms=10, batch_drop_ms=5)
+    old = sched.submit(payload(1), 1)
+    clock.advance(0.008)
+    fresh = sched.submit(payload(2), 2)
+    clock.advance(0.002)
+    with pytest.raises(Overloaded) as err:
+        old.result(WAIT_S)
+    assert err.value.code.value == "RESOURCE_EXHAUSTED"
+    assert fresh.result(WAIT_S)["y"].shape == (2, 2)
+    assert rec.batches == [[2]]
+    sched.close()
+
+
+def test_request_past_deadline_is_not_run():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=8, batch_timeout_ms=10)
+    late = sched.submit(payload(1), 1, deadline_s=clock.monotonic() + 0.005)
+    ok = sched.submit(payload(1), 1, deadline_s=clock.monotonic() + 1.0)
+    clock.advance(0.010)
+    with pytest.raises(DeadlineExceeded):
+        late.result(WAIT_S)
+    ok.result(WAIT_S)
+    assert rec.batches == [[1]]
+    sched.close()
+
+
+def test_queue_bound_refuses_at_once():
+    clock = FakeClock()
+    sched, _ = make(clock, max_batch_size=8, max_queued_requests=2, batch_timeout_ms=10)
+    queued = [sched.submit(payload(1), 1) for _ in range(2)]
+    with pytest.raises(Overloaded):
+        sched.submit(payload(1), 1)
+    clock.advance(0.010)
+    for f in queued:
+        f.result(WAIT_S)
+    sched.submit(payload(1), 1)  # room again
+    sched.close()
+
+
+def test_close_drains_every_accepted_request():
+    clock = FakeClock()
+    sched, rec = make(clock, max_batch_size=4, batch_timeout_ms=10_000, num_batch_threads=2)
+    futures = [sched.submit(payload(1), 1) for _ in range(10)]
+    sched.close()  # time never reaches the timeout: the drain alone runs them
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert sum(len(b) for b in rec.batches) == 10
+    with pytest.raises(SchedulerClosed):
+        sched.submit(payload(1), 1)
+
+
+def test_failing_batch_answers_every_request():
+    def boom(tasks):
+        raise ValueError("bad batch")
+
+    clock = FakeClock()
+    sched = BatchScheduler(boom, BatchingSettings(max_batch_size=2, batch_timeout_ms=5),
+                           clock=clock, name="m:1")
+    futures = [sched.submit(None, 1) for _ in range(2)]
+    for f in futures:
+        with pytest.raises(RuntimeFailure, match="bad batch"):
+            f.result(WAIT_S)
+    sched.close()
+
+
+def test_several_batches_in_flight():
+    """Two workers run two batches at the same time (each waits for the other)."""
+    both_running = threading.Barrier(2, timeout=WAIT_S)
+
+    def process(tasks):
+        both_running.wait()
+        return [t.rows for t in tasks]
+
+    clock = FakeClock()
+    sched = BatchScheduler(process, BatchingSettings(max_batch_size=1, num_batch_threads=2),
+                           clock=clock, name="m:1")
+    a, b = sched.submit(None, 1), sched.submit(None, 2)
+    assert (a.result(WAIT_S), b.result(WAIT_S)) == (1, 2)
+    sched.close()
+
+
+def test_split_rows_rejects_wrong_first_axis():
+    with pytest.raises(ValueError, match="first axis 3"):
+        split_rows({"y": np.zeros((2, 1))}, [1, 2])
