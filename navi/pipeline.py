@@ -1,0 +1,441 @@
+"""ServedModel: one loaded (model, version) with its batch queue.
+
+A request goes: ``submit`` validates it in the caller's thread (dense inputs:
+names, dtypes, shapes; BPR mode: every payload decoded once to count its rows)
+and queues it; a batch worker merges the batch's requests into one buffer per
+model input (dtype conversion on the way), runs the model, and cuts the outputs
+back per request by row counts. Errors of one request never touch another.
+
+Two modes:
+
+* **dense**: the request carries the model's inputs by name.
+* **BPR** (the original's "home" converter): the request carries one string
+  tensor of serialized BatchPredictionRequests; the worker converts the whole
+  batch's payloads in one ``BprConverter.convert_into`` call and feeds the
+  model its inputs, by name when they carry the layout's tensor names, else by
+  position in ``DenseLayout.feed_order``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from navi.batching import BatchScheduler, BatchTask, Clock, split_rows
+from navi.errors import ConfigError, InvalidInput
+from navi.plugins.base import LoadedModel, Signature, TensorSpec
+from navi.segdense import find_spec_files, load_layout
+from navi.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+#: the settings' default input list; "default" means: detect from the model
+_DEFAULT_INPUTS = ("examples",)
+_DEFAULT_OUTPUTS = ("output_0",)
+_STRING = np.dtype(object)
+
+
+def _numpy_cast_into(src: np.ndarray, dst: np.ndarray, row_start: int) -> None:
+    """Copy ``src`` into ``dst[row_start:row_start+len(src)]`` converting dtype."""
+    dst[row_start : row_start + src.shape[0]] = src
+
+
+def _pick_cast_into() -> Callable[[np.ndarray, np.ndarray, int], None]:
+    """The Numba ``cast_into`` kernel when it is built, else numpy assignment."""
+    try:
+        from navi._fast.kernels import cast_into
+    except ImportError:
+        return _numpy_cast_into
+    return cast_into
+
+
+_kernel_cast_into = _pick_cast_into()
+
+
+def cast_into(src: np.ndarray, dst: np.ndarray, row_start: int) -> None:
+    """Write request rows ``src`` into the batch buffer ``dst`` at ``row_start``.
+
+    Numeric arrays go through the Numba kernel (one pass, converts dtype);
+    strings and anything the kernel does not take use numpy assignment.
+    """
+    if dst.dtype == _STRING or src.dtype.kind not in "biuf" or src.ndim != dst.ndim:
+        _numpy_cast_into(src, dst, row_start)
+        return
+    try:
+        _kernel_cast_into(np.ascontiguousarray(src), dst, row_start)
+    except (TypeError, ValueError):
+        # a dtype pair or layout the kernel was not compiled for
+        _numpy_cast_into(src, dst, row_start)
+
+
+def castable(src: np.dtype, dst: np.dtype) -> bool:
+    """Whether a request tensor of ``src`` dtype may feed a model input of ``dst``.
+
+    Same dtype, or the same kind (float64 -> float32, int32 -> int64, ...);
+    strings (bytes/object) feed string inputs. Never across kinds: a float sent
+    to an integer input is a client bug, not something to round silently.
+    """
+    if src == dst:
+        return True
+    if dst == _STRING:
+        return src.kind in "OS"
+    return src.kind == dst.kind and src.kind in "biuf"
+
+
+def _describe(spec: TensorSpec) -> str:
+    dims = ", ".join("?" if d < 0 else str(d) for d in spec.shape)
+    return f"{spec.name} ({spec.dtype.name} [{dims}])"
+
+
+class ServedModel:
+    """One loaded model version behind a batch queue.
+
+    ``signature`` is what clients see: in BPR mode one string input named
+    ``settings.inputs[0]`` (default ``examples``), shape (-1,); in dense mode
+    the model's inputs. ``submit`` validates at once (raising ``InvalidInput``)
+    and returns a Future of this request's outputs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        settings: ModelSettings,
+        model: LoadedModel,
+        *,
+        version_dir: Path | None = None,
+        metrics: Any | None = None,
+        clock: Clock | None = None,
+    ):
+        self.name = name
+        self.version = int(version)
+        self.settings = settings
+        self.model = model
+        self.version_dir = Path(version_dir) if version_dir is not None else None
+        self._metrics = metrics
+        self._local = threading.local()
+        model_sig = model.signature
+        self._outputs = self._pick_outputs(model_sig)
+        self.converter = None
+        self.layout = None
+        self.mode = "bpr" if self._wants_converter(model_sig) else "dense"
+        if self.mode == "bpr":
+            self._init_bpr(model_sig)
+        else:
+            self._init_dense(model_sig)
+        self._scheduler = BatchScheduler(
+            self._process,
+            settings.batching,
+            clock=clock,
+            name=f"{name}:{self.version}",
+            metrics=metrics,
+            model_name=name,
+        )
+
+    # ----------------------------------------------------------------- set-up
+
+    def _pick_outputs(self, sig: Signature) -> tuple[TensorSpec, ...]:
+        wanted = self.settings.outputs
+        if not wanted or (wanted == _DEFAULT_OUTPUTS and sig.output(wanted[0]) is None):
+            return sig.outputs
+        missing = [n for n in wanted if sig.output(n) is None]
+        if missing:
+            raise ConfigError(
+                f"model has no output {', '.join(missing)}; it has "
+                f"{', '.join(_describe(s) for s in sig.outputs)}",
+                source=self.name, key="outputs",
+            )
+        return tuple(sig.output(n) for n in wanted)
+
+    def _wants_converter(self, sig: Signature) -> bool:
+        choice = self.settings.converter
+        if choice == "none":
+            return False
+        has_spec = self.version_dir is not None and find_spec_files(self.version_dir) is not None
+        if choice == "home":
+            if not has_spec:
+                raise ConfigError(
+                    "converter 'home' needs segdense_transform_spec_home_recap_2022.json and "
+                    f"all_config.json in {self.version_dir}",
+                    source=self.name, key="converter",
+                )
+            return True
+        if not has_spec:
+            return False
+        from navi.segdense import FEED_ORDER
+
+        names = [spec.name for spec in sig.inputs]
+        return set(names) <= set(FEED_ORDER) or len(names) == len(FEED_ORDER)
+
+    def _init_dense(self, sig: Signature) -> None:
+        wanted = self.settings.inputs
+        if not wanted or wanted == _DEFAULT_INPUTS:
+            inputs = sig.inputs
+        else:
+            unknown = [n for n in wanted if sig.input(n) is None]
+            unfed = [s.name for s in sig.inputs if s.name not in wanted]
+            if unknown or unfed:
+                raise ConfigError(
+                    f"configured inputs {', '.join(wanted)} do not match the model's "
+                    f"{', '.join(_describe(s) for s in sig.inputs)}",
+                    source=self.name, key="inputs",
+                )
+            inputs = tuple(sig.input(n) for n in wanted)
+        self._inputs = inputs
+        # a fixed first axis means the model cannot take a merged batch
+        self._fixed_batch = any(s.shape and s.shape[0] >= 0 for s in inputs)
+        self.signature = Signature(inputs, self._outputs, sig.method_name, sig.extra)
+
+    def _init_bpr(self, sig: Signature) -> None:
+        from navi.converter import BprConverter
+
+        spec_files = find_spec_files(self.version_dir)
+        self.layout = load_layout(*spec_files)
+        self.converter = BprConverter(self.layout)
+        layout_names = {t.name for t in self.layout.tensors}
+        model_names = [s.name for s in sig.inputs]
+        if set(model_names) <= layout_names:
+            feed = {s.name: s.name for s in sig.inputs}
+        elif len(model_names) == len(self.layout.feed_order):
+            feed = {s.name: t for s, t in zip(sig.inputs, self.layout.feed_order)}
+        else:
+            raise ConfigError(
+                f"model inputs {', '.join(model_names)} match neither the layout's tensor "
+                f"names nor its {len(self.layout.feed_order)} feed inputs",
+                source=self.name, key="converter",
+            )
+        for spec in sig.inputs:
+            width = self.layout.tensor(feed[spec.name]).width
+            if len(spec.shape) != 2 or spec.shape[1] not in (-1, width):
+                raise ConfigError(
+                    f"model input {_describe(spec)} cannot take layout tensor "
+                    f"{feed[spec.name]!r} of width {width}",
+                    source=self.name, key="converter",
+                )
+        # model input name -> (layout tensor name, model dtype)
+        self._feed = {s.name: (feed[s.name], s.dtype) for s in sig.inputs}
+        self._bpr_input = (self.settings.inputs or _DEFAULT_INPUTS)[0]
+        client_input = TensorSpec(self._bpr_input, _STRING, (-1,))
+        extra = dict(sig.extra)
+        extra["converter"] = "home"
+        self.signature = Signature((client_input,), self._outputs, sig.method_name, extra)
+
+    # ----------------------------------------------------------------- public API
+
+    def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: tuple[str, ...] = (),
+        deadline_s: float | None = None,
+    ) -> Future:
+        """Validate and queue one request; the Future yields {output name: its rows}.
+
+        Raises ``InvalidInput`` (or ``DecodeError``) for a bad request and
+        ``Overloaded`` when the queue is full, before queueing anything.
+        ``deadline_s`` is absolute, on the ``time.monotonic()`` clock.
+        """
+        names = self._check_outputs(output_names)
+        if self.mode == "bpr":
+            payload, rows = self._prepare_bpr(inputs)
+        else:
+            payload, rows = self._prepare_dense(inputs)
+        return self._scheduler.submit((payload, names), rows, deadline_s)
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = (),
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``submit`` and wait for the answer (for warmup, tools and tests)."""
+        return self.submit(inputs, output_names).result(timeout_s)
+
+    @property
+    def num_queued(self) -> int:
+        """Requests waiting in this version's queue."""
+        return self._scheduler.num_queued
+
+    def close(self) -> None:
+        """Answer every accepted request, then release the model."""
+        self._scheduler.close()
+        self.model.close()
+
+    # ----------------------------------------------------------------- validation
+
+    def _check_outputs(self, output_names: Sequence[str]) -> tuple[str, ...]:
+        if not output_names:
+            return tuple(s.name for s in self._outputs)
+        model_sig = self.model.signature
+        unknown = [n for n in output_names if model_sig.output(n) is None]
+        if unknown:
+            raise InvalidInput(
+                f"model {self.name} has no output {', '.join(map(repr, unknown))}; outputs: "
+                f"{', '.join(s.name for s in model_sig.outputs)}"
+            )
+        return tuple(output_names)
+
+    def _prepare_dense(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict, int]:
+        expected = {s.name for s in self._inputs}
+        missing = [s for s in self._inputs if s.name not in inputs]
+        if missing:
+            raise InvalidInput(
+                f"model {self.name} needs input {', '.join(_describe(s) for s in missing)}; "
+                f"the request has {', '.join(sorted(inputs)) or 'none'}"
+            )
+        extra = sorted(set(inputs) - expected)
+        if extra:
+            raise InvalidInput(
+                f"model {self.name} has no input {', '.join(map(repr, extra))}; it takes "
+                f"{', '.join(_describe(s) for s in self._inputs)}"
+            )
+        rows = None
+        checked = {}
+        for spec in self._inputs:
+            array = np.asarray(inputs[spec.name])
+            if not castable(array.dtype, spec.dtype):
+                raise InvalidInput(
+                    f"input {spec.name!r} has dtype {array.dtype.name}; model {self.name} "
+                    f"takes {spec.dtype.name}"
+                )
+            ok_shape = array.ndim == len(spec.shape) and array.ndim >= 1 and all(
+                want < 0 or want == got for want, got in zip(spec.shape, array.shape)
+            )
+            if not ok_shape:
+                raise InvalidInput(
+                    f"input {spec.name!r} has shape {list(array.shape)}; model {self.name} "
+                    f"takes {_describe(spec)}"
+                )
+            if rows is None:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise InvalidInput(
+                    f"inputs disagree on the batch size: {spec.name!r} has {array.shape[0]} "
+                    f"rows, others {rows}"
+                )
+            checked[spec.name] = array
+        return checked, int(rows or 0)
+
+    def _prepare_bpr(self, inputs: Mapping[str, np.ndarray]) -> tuple[tuple, int]:
+        tensor = inputs.get(self._bpr_input)
+        if tensor is None:
+            strings = [a for a in inputs.values() if np.asarray(a).dtype.kind in "OS"]
+            if len(strings) != 1:
+                raise InvalidInput(
+                    f"model {self.name} takes one string tensor {self._bpr_input!r} of "
+                    f"serialized BatchPredictionRequests; the request has "
+                    f"{', '.join(sorted(inputs)) or 'no inputs'}"
+                )
+            tensor = strings[0]
+        array = np.asarray(tensor)
+        if array.dtype.kind not in "OS":
+            raise InvalidInput(
+                f"input {self._bpr_input!r} must be a string tensor of serialized "
+                f"BatchPredictionRequests, not {array.dtype.name}"
+            )
+        payloads = [bytes(p) for p in array.reshape(-1)]
+        counts = self.converter.count_rows(payloads)
+        return (payloads, counts), int(np.sum(counts))
+
+    # ----------------------------------------------------------------- batch worker
+
+    def _process(self, tasks: Sequence[BatchTask]) -> list:
+        """Run one batch (on a scheduler worker thread); one result per task."""
+        wanted: list[str] = []
+        for task in tasks:
+            for name in task.payload[1]:
+                if name not in wanted:
+                    wanted.append(name)
+        if self.mode == "bpr":
+            return self._process_bpr(tasks, tuple(wanted))
+        return self._process_dense(tasks, tuple(wanted))
+
+    def _process_dense(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
+        if self._fixed_batch:
+            groups = [[i] for i in range(len(tasks))]
+        else:
+            # requests can share one buffer only when their non-batch dims agree
+            by_shape: dict[tuple, list[int]] = {}
+            for i, task in enumerate(tasks):
+                key = tuple(task.payload[0][s.name].shape[1:] for s in self._inputs)
+                by_shape.setdefault(key, []).append(i)
+            groups = list(by_shape.values())
+        results: list = [None] * len(tasks)
+        for group in groups:
+            members = [tasks[i] for i in group]
+            for i, result in zip(group, self._run_dense_group(members, wanted)):
+                results[i] = result
+        return results
+
+    def _run_dense_group(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
+        rows = [t.rows for t in tasks]
+        total = sum(rows)
+        feeds = {}
+        for spec in self._inputs:
+            first = tasks[0].payload[0][spec.name]
+            if len(tasks) == 1 and first.dtype == spec.dtype:
+                feeds[spec.name] = first
+                continue
+            buffer = np.empty((total,) + first.shape[1:], dtype=spec.dtype)
+            start = 0
+            for task in tasks:
+                src = task.payload[0][spec.name]
+                cast_into(src, buffer, start)
+                start += src.shape[0]
+            feeds[spec.name] = buffer
+        outputs = self._run_model(feeds, wanted, total)
+        try:
+            pieces = split_rows(outputs, rows)
+        except ValueError:
+            if len(tasks) == 1:
+                pieces = [outputs]
+            else:
+                # an output without a per-row first axis: run each request alone
+                return [r for t in tasks for r in self._run_dense_group([t], wanted)]
+        return [{n: piece[n] for n in t.payload[1]} for t, piece in zip(tasks, pieces)]
+
+    def _buffers(self, total: int) -> dict[str, np.ndarray]:
+        """Per-thread converter output arrays with room for ``total`` rows (reused)."""
+        pool = getattr(self._local, "buffers", None)
+        if pool is None or next(iter(pool.values())).shape[0] < total:
+            capacity = max(total, self.settings.batching.max_batch_rows, 64)
+            pool = self.layout.allocate(capacity)
+            self._local.buffers = pool
+        return {name: array[:total] for name, array in pool.items()}
+
+    def _process_bpr(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
+        payloads: list[bytes] = []
+        counts = []
+        for task in tasks:
+            payloads.extend(task.payload[0][0])
+            counts.append(task.payload[0][1])
+        row_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        total = int(row_counts.sum())
+        out = self._buffers(total)
+        started = time.monotonic()
+        self.converter.convert_into(payloads, row_counts, out)
+        if self._metrics is not None and total:
+            micros = (time.monotonic() - started) * 1e6 / total
+            self._metrics.converter_time.labels(self.name).observe(micros)
+        feeds = {}
+        for model_input, (tensor_name, dtype) in self._feed.items():
+            array = out[tensor_name]
+            feeds[model_input] = array if array.dtype == dtype else array.astype(dtype)
+        outputs = self._run_model(feeds, wanted, total)
+        pieces = split_rows(outputs, [t.rows for t in tasks])
+        return [{n: piece[n] for n in t.payload[1]} for t, piece in zip(tasks, pieces)]
+
+    def _run_model(self, feeds: dict, wanted: tuple[str, ...], rows: int) -> dict:
+        started = time.monotonic()
+        outputs = self.model.run(feeds, wanted)
+        if self._metrics is not None:
+            m = self._metrics
+            m.model_inference_time.labels(self.name).observe(time.monotonic() - started)
+            m.num_predictions.inc(rows)
+            m.num_prediction_by_model.labels(self.name).inc(rows)
+        return outputs
+
+
+__all__ = ["ServedModel", "cast_into", "castable"]

@@ -1,0 +1,122 @@
+"""ServedModel on real ONNX models built in the test (dense and BPR modes)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from navi.errors import InvalidInput
+from navi.metrics import Metrics
+from navi.pipeline import ServedModel, cast_into, castable
+from navi.plugins import resolve_runtime
+from navi.settings import BatchingSettings, ModelSettings
+
+WAIT_S = 30.0
+
+
+def dense_model(path, version=1.0):
+    """x float32 [?,3], k int64 [?,1] -> output_0 = x * 2 + version, count = k + 1."""
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["x2"]),
+        helper.make_node("Add", ["x2", "ver"], ["output_0"]),
+        helper.make_node("Add", ["k", "one"], ["count"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, ["n", 1])],
+        [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, ["n", 3]),
+         helper.make_tensor_value_info("count", TensorProto.INT64, ["n", 1])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+         helper.make_tensor("ver", TensorProto.FLOAT, [], [float(version)]),
+         helper.make_tensor("one", TensorProto.INT64, [], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"))
+    return path
+
+
+def serve(version_dir, metrics=None, **batching):
+    settings = ModelSettings(
+        name="m", model_dir=version_dir.parent, outputs=(),
+        batching=BatchingSettings(**{"batch_timeout_ms": 1.0, **batching}),
+    )
+    runtime = resolve_runtime("onnx")
+    loaded = runtime.load(version_dir, settings)
+    return ServedModel("m", 1, settings, loaded, version_dir=version_dir, metrics=metrics)
+
+
+def test_dense_signature_detected_from_model(tmp_path):
+    served = serve(dense_model(tmp_path / "m" / "1"))
+    assert served.mode == "dense"
+    assert [s.name for s in served.signature.inputs] == ["x", "k"]
+    assert [s.name for s in served.signature.outputs] == ["output_0", "count"]
+    served.close()
+
+
+def test_dense_requests_batched_and_split_with_dtype_conversion(tmp_path):
+    metrics = Metrics()
+    served = serve(dense_model(tmp_path / "m" / "1", version=5), metrics=metrics,
+                   max_batch_size=4, batch_timeout_ms=200)
+    requests = [
+        {"x": np.full((2, 3), 1.0, np.float64), "k": np.array([[1], [2]], np.int32)},
+        {"x": np.full((1, 3), 2.0, np.float32), "k": np.array([[7]], np.int64)},
+        {"x": np.full((3, 3), 3.0, np.float32), "k": np.array([[0], [0], [0]], np.int64)},
+        {"x": np.full((1, 3), 4.0, np.float32), "k": np.array([[9]], np.int64)},
+    ]
+    futures = [served.submit(r) for r in requests]
+    results = [f.result(WAIT_S) for f in futures]
+    for request, result in zip(requests, results):
+        expected = request["x"].astype(np.float32) * 2 + 5
+        np.testing.assert_array_equal(result["output_0"], expected)
+        np.testing.assert_array_equal(result["count"], request["k"].astype(np.int64) + 1)
+    assert result["count"].dtype == np.int64
+    batches = metrics.registry.get_sample_value(":navi:num_batch_prediction_total")
+    assert batches is not None and batches < 4  # at least two requests shared a batch
+    served.close()
+
+
+def test_output_filter(tmp_path):
+    served = serve(dense_model(tmp_path / "m" / "1"))
+    out = served.predict({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64)},
+                         ("count",), timeout_s=WAIT_S)
+    assert list(out) == ["count"]
+    with pytest.raises(InvalidInput, match="no output 'nope'"):
+        served.submit({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64)},
+                      ("nope",))
+    served.close()
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"x": np.zeros((1, 3), np.float32)}, "needs input k"),
+        ({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64),
+          "z": np.zeros(1)}, "no input 'z'"),
+        ({"x": np.zeros((1, 3), np.int64), "k": np.zeros((1, 1), np.int64)}, "dtype int64"),
+        ({"x": np.zeros((1, 4), np.float32), "k": np.zeros((1, 1), np.int64)}, r"shape \[1, 4\]"),
+        ({"x": np.zeros((2, 3), np.float32), "k": np.zeros((1, 1), np.int64)}, "disagree"),
+    ],
+)
+def test_dense_invalid_inputs(tmp_path, inputs, message):
+    served = serve(dense_model(tmp_path / "m" / "1"))
+    with pytest.raises(InvalidInput, match=message):
+        served.submit(inputs)
+    served.close()
+
+
+def test_castable_rules():
+    assert castable(np.dtype(np.float64), np.dtype(np.float32))
+    assert castable(np.dtype(np.int32), np.dtype(np.int64))
+    assert not castable(np.dtype(np.float32), np.dtype(np.int64))
+    assert not castable(np.dtype(np.int64), np.dtype(np.float32))
+    assert castable(np.dtype(object), np.dtype(object))
+
+
+def test_cast_into_converts_rows_in_place():
+    dst = np.zeros((5, 2), np.float32)
+    cast_into(np.ones((2, 2), np.float64), dst, 2)
+    assert dst[:, 0].tolist() == [0, 0, 1, 1, 0]
