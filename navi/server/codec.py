@@ -1,0 +1,424 @@
+"""Tensor messages <-> numpy arrays, for the TF Serving and KServe V2 APIs.
+
+Numbers never become Python objects on the way in or out: ``tensor_content``
+and KServe ``raw_*_contents`` are wrapped with ``np.frombuffer``; the typed
+repeated fields (``float_val``, ``int64_contents``, ...) are read from the
+message's packed wire bytes (one C-level serialization, then a frombuffer view
+or a vectorized varint decode) instead of iterating the protobuf container,
+which would create one Python number per element. Strings are the exception:
+they are bytes objects in an object array, as every runtime expects them.
+
+Every problem with a client's tensor raises ``navi.errors.InvalidInput`` naming
+the tensor, so the server answers INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
+from navi._proto.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from navi.errors import InvalidInput
+
+# ---------------------------------------------------------------------------
+# dtype tables
+
+#: TF DataType -> numpy dtype (strings are object arrays of bytes)
+TF_TO_NUMPY: dict[int, np.dtype] = {
+    types_pb2.DT_FLOAT: np.dtype(np.float32),
+    types_pb2.DT_DOUBLE: np.dtype(np.float64),
+    types_pb2.DT_INT32: np.dtype(np.int32),
+    types_pb2.DT_INT64: np.dtype(np.int64),
+    types_pb2.DT_BOOL: np.dtype(np.bool_),
+    types_pb2.DT_STRING: np.dtype(object),
+    types_pb2.DT_UINT8: np.dtype(np.uint8),
+    types_pb2.DT_INT8: np.dtype(np.int8),
+    types_pb2.DT_INT16: np.dtype(np.int16),
+    types_pb2.DT_UINT16: np.dtype(np.uint16),
+    types_pb2.DT_UINT32: np.dtype(np.uint32),
+    types_pb2.DT_UINT64: np.dtype(np.uint64),
+    types_pb2.DT_HALF: np.dtype(np.float16),
+}
+_NUMPY_TO_TF: dict[np.dtype, int] = {v: k for k, v in TF_TO_NUMPY.items()}
+
+# Typed field of each TF dtype: (field number in TensorProto, wire kind).
+# "f4"/"f8" are fixed-width little-endian; "varint" are (zigzag-free) varints.
+_TF_TYPED_FIELD: dict[int, tuple[str, int, str]] = {
+    types_pb2.DT_FLOAT: ("float_val", 5, "f4"),
+    types_pb2.DT_DOUBLE: ("double_val", 6, "f8"),
+    types_pb2.DT_INT32: ("int_val", 7, "varint"),
+    types_pb2.DT_INT16: ("int_val", 7, "varint"),
+    types_pb2.DT_INT8: ("int_val", 7, "varint"),
+    types_pb2.DT_UINT8: ("int_val", 7, "varint"),
+    types_pb2.DT_UINT16: ("int_val", 7, "varint"),
+    types_pb2.DT_INT64: ("int64_val", 10, "varint"),
+    types_pb2.DT_BOOL: ("bool_val", 11, "varint"),
+    types_pb2.DT_HALF: ("half_val", 13, "varint"),
+    types_pb2.DT_UINT32: ("uint32_val", 16, "varint"),
+    types_pb2.DT_UINT64: ("uint64_val", 17, "varint"),
+}
+
+#: KServe V2 datatype string -> numpy dtype
+KSERVE_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_NUMPY_TO_KSERVE: dict[np.dtype, str] = {v: k for k, v in KSERVE_TO_NUMPY.items()}
+
+# KServe InferTensorContents field of each datatype: (name, number, wire kind).
+_KSERVE_CONTENTS_FIELD: dict[str, tuple[str, int, str]] = {
+    "BOOL": ("bool_contents", 1, "varint"),
+    "INT8": ("int_contents", 2, "varint"),
+    "INT16": ("int_contents", 2, "varint"),
+    "INT32": ("int_contents", 2, "varint"),
+    "INT64": ("int64_contents", 3, "varint"),
+    "UINT8": ("uint_contents", 4, "varint"),
+    "UINT16": ("uint_contents", 4, "varint"),
+    "UINT32": ("uint_contents", 4, "varint"),
+    "UINT64": ("uint64_contents", 5, "varint"),
+    "FP32": ("fp32_contents", 6, "f4"),
+    "FP64": ("fp64_contents", 7, "f8"),
+}
+
+
+def tf_dtype_of(dtype: np.dtype) -> int:
+    """The TF ``DataType`` enum value for a numpy dtype (strings: DT_STRING)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return types_pb2.DT_STRING
+    try:
+        return _NUMPY_TO_TF[dtype.newbyteorder("=")]
+    except KeyError:
+        raise InvalidInput(f"dtype {dtype} has no TensorFlow equivalent") from None
+
+
+def kserve_datatype_of(dtype: np.dtype) -> str:
+    """The KServe V2 datatype string for a numpy dtype (strings: BYTES)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    try:
+        return _NUMPY_TO_KSERVE[dtype.newbyteorder("=")]
+    except KeyError:
+        raise InvalidInput(f"dtype {dtype} has no KServe V2 equivalent") from None
+
+
+def tf_dtype_name(dtype_enum: int) -> str:
+    """``DT_FLOAT``-style name of a TF DataType value (for messages)."""
+    try:
+        return types_pb2.DataType.Name(dtype_enum)
+    except ValueError:
+        return f"DataType({dtype_enum})"
+
+
+# ---------------------------------------------------------------------------
+# wire-level helpers for packed repeated scalars
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """One varint at ``pos`` of ``buf``: (value, position after it)."""
+    result = 0
+    shift = 0
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise InvalidInput("truncated varint in tensor message")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise InvalidInput("varint longer than 10 bytes in tensor message")
+
+
+def _packed_payload(serialized: bytes, field_number: int) -> memoryview:
+    """The payload of packed repeated field ``field_number`` in a serialized message.
+
+    Only the message's top-level fields are walked (a handful for a tensor),
+    never its elements. upb serializes proto3 repeated scalars packed and as one
+    record, so the field is one length-delimited record, or absent (empty).
+    """
+    view = memoryview(serialized)
+    pos = 0
+    end = len(serialized)
+    found = None
+    while pos < end:
+        tag, pos = _read_varint(serialized, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(serialized, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _read_varint(serialized, pos)
+            if number == field_number:
+                found = view[pos : pos + length]
+            pos += length
+        else:
+            raise InvalidInput(f"unexpected wire type {wire_type} in tensor message")
+    return found if found is not None else view[0:0]
+
+
+def _decode_varints(payload: memoryview) -> np.ndarray:
+    """Vectorized decode of concatenated varints into uint64 (two's complement kept)."""
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    if raw.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    is_last = raw < 0x80
+    if not is_last[-1]:
+        raise InvalidInput("truncated varint in packed tensor values")
+    # index of each byte's varint, and the byte's position inside it
+    group = np.concatenate(([0], np.cumsum(is_last[:-1], dtype=np.int64)))
+    starts = np.flatnonzero(np.concatenate(([True], is_last[:-1])))
+    position = np.arange(raw.size, dtype=np.int64) - starts[group]
+    if position.max(initial=0) > 9:
+        raise InvalidInput("varint longer than 10 bytes in packed tensor values")
+    parts = (raw & 0x7F).astype(np.uint64) << (7 * position).astype(np.uint64)
+    return np.add.reduceat(parts, starts)
+
+
+def _packed_array(message, field_number: int, kind: str, dtype: np.dtype) -> np.ndarray:
+    """The packed repeated scalar field ``field_number`` of ``message`` as a numpy array."""
+    payload = _packed_payload(message.SerializeToString(), field_number)
+    if kind == "f4":
+        return np.frombuffer(payload, dtype="<f4").astype(dtype, copy=False)
+    if kind == "f8":
+        return np.frombuffer(payload, dtype="<f8").astype(dtype, copy=False)
+    values = _decode_varints(payload)
+    if dtype == np.bool_:
+        return values != 0
+    if dtype == np.float16:
+        # half_val carries the IEEE half bit pattern in the low 16 bits
+        return values.astype(np.uint16).view(np.float16)
+    if dtype.kind == "i":
+        # negative int32/int64 are sign-extended 64-bit varints
+        return values.view(np.int64).astype(dtype, copy=False)
+    return values.astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# TF Serving TensorProto
+
+
+def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
+    if proto.tensor_shape.unknown_rank:
+        raise InvalidInput(f"input {name!r}: tensor_shape has unknown rank")
+    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise InvalidInput(f"input {name!r}: tensor_shape {list(shape)} has a negative dimension")
+    return shape
+
+
+def _fit_values(values: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    if values.size == count:
+        return values.reshape(shape)
+    # TensorFlow fills a tensor from one value (tf.make_tensor_proto of a scalar
+    # with a shape); accept the same.
+    if values.size == 1 and count > 1:
+        return np.broadcast_to(values, shape)
+    raise InvalidInput(
+        f"input {name!r}: {what} holds {values.size} values but tensor_shape "
+        f"{list(shape)} needs {count}"
+    )
+
+
+def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
+    """Decode a TF ``TensorProto`` into a numpy array.
+
+    Numbers come from ``tensor_content`` (a zero-copy view of the message
+    bytes) or from the typed ``*_val`` field of the dtype; DT_STRING gives an
+    object array of ``bytes``. Raises ``InvalidInput`` on an unsupported dtype,
+    a negative dimension or a value count that does not match the shape.
+    """
+    dtype = TF_TO_NUMPY.get(proto.dtype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input {name!r}: dtype {tf_dtype_name(proto.dtype)} is not supported "
+            "(float, double, int8/16/32/64, uint8/16/32/64, half, bool, string)"
+        )
+    shape = _shape_of(proto, name)
+    if proto.dtype == types_pb2.DT_STRING:
+        strings = np.empty(len(proto.string_val), dtype=object)
+        strings[:] = list(proto.string_val)
+        return _fit_values(strings, shape, name, "string_val")
+    content = proto.tensor_content
+    if content:
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if len(content) != expected:
+            raise InvalidInput(
+                f"input {name!r}: tensor_content has {len(content)} bytes but "
+                f"{tf_dtype_name(proto.dtype)}{list(shape)} needs {expected}"
+            )
+        return np.frombuffer(content, dtype=dtype.newbyteorder("<")).reshape(shape)
+    field_name, number, kind = _TF_TYPED_FIELD[proto.dtype]
+    values = _packed_array(proto, number, kind, dtype)
+    return _fit_values(values, shape, name, field_name)
+
+
+def _as_bytes_list(array: np.ndarray) -> list[bytes]:
+    flat = array.reshape(-1)
+    out = []
+    for item in flat.tolist():
+        if isinstance(item, bytes):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(item.encode("utf-8"))
+        else:
+            out.append(bytes(item))
+    return out
+
+
+def ndarray_to_tensor_proto(
+    array: np.ndarray, proto: tensor_pb2.TensorProto | None = None
+) -> tensor_pb2.TensorProto:
+    """Encode a numpy array as a TF ``TensorProto`` (numbers in ``tensor_content``).
+
+    Fills ``proto`` in place when given (e.g. ``response.outputs[name]``,
+    avoiding a copy of the message) and returns it.
+    """
+    if proto is None:
+        proto = tensor_pb2.TensorProto()
+    array = np.asarray(array)
+    proto.dtype = tf_dtype_of(array.dtype)
+    proto.tensor_shape.dim.extend(
+        tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape
+    )
+    if proto.dtype == types_pb2.DT_STRING:
+        proto.string_val.extend(_as_bytes_list(array))
+    else:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return proto
+
+
+# ---------------------------------------------------------------------------
+# KServe V2
+
+
+def _bytes_from_raw(raw: bytes, count: int, name: str) -> np.ndarray:
+    """Split KServe raw BYTES contents: each element has a 4-byte LE length prefix."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    pos = 0
+    end = len(raw)
+    for index in range(count):
+        if pos + 4 > end:
+            raise InvalidInput(f"input {name!r}: raw BYTES contents end after {index} of {count} elements")
+        (length,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if length > end - pos:
+            raise InvalidInput(
+                f"input {name!r}: element {index} claims {length} bytes, only {end - pos} left"
+            )
+        out[index] = bytes(view[pos : pos + length])
+        pos += length
+    if pos != end:
+        raise InvalidInput(f"input {name!r}: {end - pos} trailing bytes after {count} BYTES elements")
+    return out
+
+
+def bytes_to_raw(array: np.ndarray) -> bytes:
+    """Encode an array of byte strings as KServe raw BYTES (4-byte LE length prefixes)."""
+    items = _as_bytes_list(np.asarray(array, dtype=object))
+    parts = []
+    for item in items:
+        parts.append(struct.pack("<I", len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def kserve_input_to_ndarray(
+    tensor: kserve_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None = None
+) -> np.ndarray:
+    """Decode one KServe V2 input tensor, from ``raw`` when given else from ``contents``."""
+    name = tensor.name
+    dtype = KSERVE_TO_NUMPY.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input {name!r}: datatype {tensor.datatype!r} is not supported "
+            f"({', '.join(KSERVE_TO_NUMPY)})"
+        )
+    shape = tuple(int(size) for size in tensor.shape)
+    if any(size < 0 for size in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    count = int(np.prod(shape, dtype=np.int64))
+    if raw is not None:
+        if dtype == object:
+            return _bytes_from_raw(raw, count, name).reshape(shape)
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {name!r}: raw contents have {len(raw)} bytes but "
+                f"{tensor.datatype}{list(shape)} needs {count * dtype.itemsize}"
+            )
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    if dtype == object:
+        values = np.empty(len(tensor.contents.bytes_contents), dtype=object)
+        values[:] = list(tensor.contents.bytes_contents)
+        field = "bytes_contents"
+    elif tensor.datatype == "FP16":
+        raise InvalidInput(f"input {name!r}: FP16 must be sent in raw_input_contents")
+    else:
+        field, number, kind = _KSERVE_CONTENTS_FIELD[tensor.datatype]
+        values = _packed_array(tensor.contents, number, kind, dtype)
+    if values.size != count:
+        raise InvalidInput(
+            f"input {name!r}: contents.{field} holds {values.size} values but shape "
+            f"{list(shape)} needs {count}"
+        )
+    return values.reshape(shape)
+
+
+def kserve_request_inputs(request: kserve_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """All inputs of a ModelInferRequest by name (raw or typed contents)."""
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(request.inputs)} inputs"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in inputs:
+            raise InvalidInput(f"input {tensor.name!r} given twice")
+        raw = raw_contents[index] if raw_contents else None
+        inputs[tensor.name] = kserve_input_to_ndarray(tensor, raw)
+    return inputs
+
+
+def fill_kserve_outputs(
+    response: kserve_pb2.ModelInferResponse, outputs: Iterable[tuple[str, np.ndarray]]
+) -> None:
+    """Append outputs to a ModelInferResponse, numbers and strings in ``raw_output_contents``."""
+    for name, array in outputs:
+        array = np.asarray(array)
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = kserve_datatype_of(array.dtype)
+        tensor.shape.extend(array.shape)
+        if tensor.datatype == "BYTES":
+            response.raw_output_contents.append(bytes_to_raw(array))
+        else:
+            response.raw_output_contents.append(
+                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
+
+
+def shape_for_metadata(shape: Sequence[int]) -> list[int]:
+    """A signature shape with unknown dimensions as -1 (both APIs' convention)."""
+    return [int(size) if size is not None and size >= 0 else -1 for size in shape]

@@ -1,0 +1,236 @@
+"""navi.server.codec: TensorProto / KServe V2 tensors <-> numpy."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
+from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
+from navi.errors import InvalidInput
+from navi.server import codec
+
+NUMERIC = [np.float32, np.float64, np.int32, np.int64, np.bool_, np.int8, np.int16,
+           np.uint8, np.uint16, np.uint32, np.uint64, np.float16]
+
+# TF dtype -> the typed field a hand-written client fills
+TYPED = {
+    np.float32: ("float_val", types_pb2.DT_FLOAT),
+    np.float64: ("double_val", types_pb2.DT_DOUBLE),
+    np.int32: ("int_val", types_pb2.DT_INT32),
+    np.int16: ("int_val", types_pb2.DT_INT16),
+    np.int8: ("int_val", types_pb2.DT_INT8),
+    np.uint8: ("int_val", types_pb2.DT_UINT8),
+    np.uint16: ("int_val", types_pb2.DT_UINT16),
+    np.int64: ("int64_val", types_pb2.DT_INT64),
+    np.bool_: ("bool_val", types_pb2.DT_BOOL),
+    np.uint32: ("uint32_val", types_pb2.DT_UINT32),
+    np.uint64: ("uint64_val", types_pb2.DT_UINT64),
+}
+
+
+def _sample(dtype, shape=(3, 4), seed=0):
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if dtype.kind == "f":
+        return (rng.standard_normal(shape) * 1e3).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+
+
+@pytest.mark.parametrize("dtype", NUMERIC, ids=lambda d: np.dtype(d).name)
+def test_tensor_content_round_trip(dtype):
+    array = _sample(dtype)
+    proto = codec.ndarray_to_tensor_proto(array)
+    assert proto.tensor_content  # numbers travel packed, never as *_val
+    back = codec.tensor_proto_to_ndarray(tensor_pb2.TensorProto.FromString(proto.SerializeToString()))
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.parametrize("dtype", list(TYPED), ids=lambda d: np.dtype(d).name)
+def test_typed_val_fields(dtype):
+    array = _sample(dtype, shape=(2, 5), seed=1)
+    field, tf_dtype = TYPED[dtype]
+    proto = tensor_pb2.TensorProto(dtype=tf_dtype)
+    proto.tensor_shape.dim.add(size=2)
+    proto.tensor_shape.dim.add(size=5)
+    getattr(proto, field).extend(array.reshape(-1).tolist())
+    back = codec.tensor_proto_to_ndarray(proto, "x")
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_half_val_bit_patterns():
+    array = np.array([1.5, -2.0, 65504.0, 0.0], dtype=np.float16)
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_HALF)
+    proto.tensor_shape.dim.add(size=4)
+    proto.half_val.extend(array.view(np.uint16).tolist())
+    np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(proto), array)
+
+
+def test_unpacked_wire_encoding_is_accepted():
+    # proto3 parsers must accept repeated scalars sent unpacked (one tag per
+    # value); the codec reads the re-serialized (packed) form.
+    body = b"\x08\x09"  # dtype = DT_INT64
+    body += b"\x12\x04\x12\x02\x08\x03"  # tensor_shape { dim { size: 3 } }
+    for value in (1, -1, 2**40):
+        body += b"\x50" + _varint(value & (2**64 - 1))  # field 10, wire type 0
+    proto = tensor_pb2.TensorProto.FromString(body)
+    np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(proto), [1, -1, 2**40])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.int64, hnp.array_shapes(max_dims=2, max_side=8)))
+def test_int64_val_any_values(array):
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT64)
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.int64_val.extend(array.reshape(-1).tolist())
+    np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(proto), array)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=30))
+def test_int32_val_negative_values(values):
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32)
+    proto.tensor_shape.dim.add(size=len(values))
+    proto.int_val.extend(values)
+    np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(proto), np.array(values, dtype=np.int32))
+
+
+def test_single_value_fills_shape_as_tensorflow_does():
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.5])
+    proto.tensor_shape.dim.add(size=2)
+    proto.tensor_shape.dim.add(size=3)
+    np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(proto), np.full((2, 3), 2.5, np.float32))
+
+
+def test_strings():
+    array = np.array([[b"a", b""], [b"\x00\xff", "h\u00e9".encode()]], dtype=object)
+    proto = codec.ndarray_to_tensor_proto(array)
+    assert proto.dtype == types_pb2.DT_STRING
+    back = codec.tensor_proto_to_ndarray(proto)
+    assert back.dtype == object and back.shape == (2, 2)
+    assert back.tolist() == array.tolist()
+    # numpy unicode arrays are sent as utf-8
+    proto = codec.ndarray_to_tensor_proto(np.array(["h\u00e9"]))
+    assert list(proto.string_val) == ["h\u00e9".encode()]
+
+
+def test_scalar():
+    proto = codec.ndarray_to_tensor_proto(np.float64(3.25))
+    assert len(proto.tensor_shape.dim) == 0
+    back = codec.tensor_proto_to_ndarray(proto)
+    assert back.shape == () and back == 3.25
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: setattr(p, "tensor_content", b"\x00" * 7), "tensor_content has 7 bytes"),
+        (lambda p: p.tensor_shape.dim.add(size=-1), "negative dimension"),
+        (lambda p: setattr(p, "dtype", types_pb2.DT_COMPLEX64), "DT_COMPLEX64 is not supported"),
+        (lambda p: setattr(p.tensor_shape, "unknown_rank", True), "unknown rank"),
+    ],
+)
+def test_bad_tensors_raise_invalid_input(mutate, message):
+    proto = codec.ndarray_to_tensor_proto(np.zeros((2, 2), np.float32))
+    mutate(proto)
+    with pytest.raises(InvalidInput, match=message):
+        codec.tensor_proto_to_ndarray(proto, "x")
+
+
+def test_wrong_value_count_names_the_input():
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1, 2, 3])
+    proto.tensor_shape.dim.add(size=2)
+    with pytest.raises(InvalidInput, match="'x': float_val holds 3 values"):
+        codec.tensor_proto_to_ndarray(proto, "x")
+
+
+# --- KServe V2 --------------------------------------------------------------
+
+KSERVE_TYPED = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+                "FP32", "FP64"]
+
+
+@pytest.mark.parametrize("datatype", KSERVE_TYPED)
+def test_kserve_typed_contents(datatype):
+    dtype = codec.KSERVE_TO_NUMPY[datatype]
+    array = _sample(dtype, shape=(2, 3), seed=2)
+    field = codec._KSERVE_CONTENTS_FIELD[datatype][0]
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name="x", datatype=datatype, shape=[2, 3])
+    getattr(tensor.contents, field).extend(array.reshape(-1).tolist())
+    back = codec.kserve_input_to_ndarray(tensor)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.parametrize("dtype", NUMERIC + [object], ids=lambda d: np.dtype(d).name)
+def test_kserve_raw_round_trip(dtype):
+    if dtype is object:
+        array = np.array([[b"ab", b""], [b"xyz", b"\x00"]], dtype=object)
+    else:
+        array = _sample(dtype, shape=(2, 2), seed=3)
+    response = kserve_pb2.ModelInferResponse()
+    codec.fill_kserve_outputs(response, [("y", array)])
+    out = response.outputs[0]
+    request = kserve_pb2.ModelInferRequest()
+    tensor = request.inputs.add(name="y", datatype=out.datatype, shape=out.shape)
+    request.raw_input_contents.append(response.raw_output_contents[0])
+    back = codec.kserve_request_inputs(request)["y"]
+    assert back.shape == array.shape
+    assert back.tolist() == array.tolist()
+    assert tensor.datatype == codec.kserve_datatype_of(array.dtype)
+
+
+def test_kserve_raw_bytes_layout():
+    raw = codec.bytes_to_raw(np.array([b"ab", b"c"], dtype=object))
+    assert raw == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (struct.pack("<I", 5) + b"ab", "claims 5 bytes"),
+        (struct.pack("<I", 1) + b"a", "end after 1 of 2"),
+        (struct.pack("<I", 0) * 2 + b"z", "trailing"),
+    ],
+)
+def test_kserve_bad_raw_bytes(raw, message):
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name="s", datatype="BYTES", shape=[2])
+    with pytest.raises(InvalidInput, match=message):
+        codec.kserve_input_to_ndarray(tensor, raw)
+
+
+def test_kserve_raw_count_mismatch():
+    request = kserve_pb2.ModelInferRequest()
+    request.inputs.add(name="a", datatype="FP32", shape=[1])
+    request.inputs.add(name="b", datatype="FP32", shape=[1])
+    request.raw_input_contents.append(b"\x00" * 4)
+    with pytest.raises(InvalidInput, match="raw_input_contents has 1 entries for 2 inputs"):
+        codec.kserve_request_inputs(request)
+
+
+def test_kserve_unknown_datatype():
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name="s", datatype="FP8", shape=[1])
+    with pytest.raises(InvalidInput, match="'FP8' is not supported"):
+        codec.kserve_input_to_ndarray(tensor)
