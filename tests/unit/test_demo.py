@@ -1,0 +1,101 @@
+"""Demo model builders: deterministic bytes, layouts that match their spec files, the CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from click.testing import CliRunner
+
+from navi.cli.demo import demo
+from navi.demo import (
+    DEMO_VERSION,
+    HEAVY_HIDDEN,
+    SPEC_FILES,
+    build_dense_model,
+    build_home_model,
+    ensure_heavy_model,
+    parameter_count,
+    write_demo_models,
+)
+from navi.plugins.onnx import OnnxRuntime
+from navi.segdense import load_layout_from_dir
+from navi.settings import ModelSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_builders_give_the_same_bytes_twice():
+    assert build_home_model().SerializeToString() == build_home_model().SerializeToString()
+    assert build_dense_model().SerializeToString() == build_dense_model().SerializeToString()
+    # and the seed matters
+    assert build_dense_model(seed=1).SerializeToString() != build_dense_model().SerializeToString()
+
+
+def test_written_repositories_are_identical(tmp_path):
+    first = write_demo_models(tmp_path / "a")
+    second = write_demo_models(tmp_path / "b")
+    for name in ("home", "dense"):
+        assert first[name].name == str(DEMO_VERSION)
+        files = sorted(p.name for p in first[name].iterdir())
+        assert files == sorted(p.name for p in second[name].iterdir())
+        for file_name in files:
+            assert (first[name] / file_name).read_bytes() == (second[name] / file_name).read_bytes()
+    assert sorted(p.name for p in first["home"].iterdir()) == sorted(["model.onnx", *SPEC_FILES])
+
+
+def test_home_model_matches_its_spec_files(tmp_path):
+    version_dir = write_demo_models(tmp_path)["home"]
+    layout = load_layout_from_dir(version_dir)
+    model = OnnxRuntime().load(version_dir, ModelSettings(name="home", model_dir=version_dir.parent))
+    assert tuple(spec.name for spec in model.signature.inputs) == layout.feed_order
+    for spec in model.signature.inputs:
+        tensor = layout.tensor(spec.name)
+        assert spec.dtype == np.dtype(tensor.dtype)
+        assert spec.shape == (-1, tensor.width)
+    widths = layout.widths
+    assert (widths["continuous"], widths["binary"], widths["user_embedding"]) == (5293, 149, 200)
+    model.warmup()
+    batch = layout.allocate(3)  # NaN continuous: every feature missing
+    out = model.run({name: batch[name] for name in layout.feed_order})["output_0"]
+    assert out.shape == (3, 1) and np.all(np.isfinite(out))
+
+
+def test_dense_model_shape(tmp_path):
+    version_dir = write_demo_models(tmp_path)["dense"]
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (x,), (y,) = session.get_inputs(), session.get_outputs()
+    assert (x.name, x.type, x.shape[1]) == ("x", "tensor(float)", 16)
+    assert (y.name, y.type, y.shape[1]) == ("y", "tensor(float)", 4)
+
+
+def test_heavy_model_size_and_determinism():
+    heavy = build_home_model(hidden=HEAVY_HIDDEN)
+    assert 6_000_000 < parameter_count(heavy) < 8_000_000
+    assert heavy.SerializeToString() == build_home_model(hidden=HEAVY_HIDDEN).SerializeToString()
+
+
+def test_ensure_heavy_model_builds_once(tmp_path):
+    model_dir = ensure_heavy_model(tmp_path)
+    model_file = model_dir / str(DEMO_VERSION) / "model.onnx"
+    assert model_dir.name == "home_heavy" and model_file.stat().st_size > 20_000_000
+    stamp = model_file.stat().st_mtime_ns
+    assert ensure_heavy_model(tmp_path) == model_dir
+    assert model_file.stat().st_mtime_ns == stamp  # cached, not rebuilt
+
+
+def test_cli_writes_and_checks(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(demo, ["--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / str(DEMO_VERSION) / "model.onnx").is_file()
+    assert runner.invoke(demo, ["--out", str(tmp_path), "--check"]).exit_code == 0
+    (tmp_path / "dense" / str(DEMO_VERSION) / "model.onnx").write_bytes(b"stale")
+    stale = runner.invoke(demo, ["--out", str(tmp_path), "--check"])
+    assert stale.exit_code != 0 and "dense" in stale.output
+
+
+def test_committed_demo_models_match_a_rebuild():
+    # the repository's models/ must be exactly what `navi demo` writes
+    result = CliRunner().invoke(demo, ["--out", str(REPO_ROOT / "models"), "--check"])
+    assert result.exit_code == 0, result.output
