@@ -1,0 +1,257 @@
+"""`navi bench`: converter, runtime and serving benchmarks.
+
+Subcommands import their machinery only when run, so `navi bench --help`
+stays instant and `navi bench serve` never imports an ML framework.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+
+# subcommand -> "module:attribute"
+BENCH_COMMANDS = {
+    "convert": "navi.bench.convert:convert_command",
+    "runtime": "navi.cli.bench:runtime_command",
+    "serve": "navi.cli.bench:serve_command",
+    "bare-server": "navi.cli.bench:bare_server_command",
+}
+
+
+class _LazyBenchGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(BENCH_COMMANDS)
+
+    def get_command(self, ctx, cmd_name):
+        target = BENCH_COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@click.group(cls=_LazyBenchGroup)
+def bench() -> None:
+    """Benchmarks: the converter, runtimes in-process, and a server under load."""
+
+
+def _int_list(text: str | None) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()] if text else []
+
+
+def _float_list(text: str | None) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()] if text else []
+
+
+def _target_pid(text: str) -> tuple[str, int]:
+    name, sep, pid = text.partition("=")
+    if not sep or not pid.isdigit():
+        raise click.BadParameter(f"{text!r}: expected NAME=PID", param_hint="--server-pid")
+    return name, int(pid)
+
+
+@click.command("serve")
+@click.option("--target", "targets", multiple=True, required=True,
+              help="host:port or name=host:port; repeat to compare targets (runs are interleaved).")
+@click.option("--protocol", type=click.Choice(["tfserving", "kserve"]), default="tfserving", show_default=True,
+              help="TF Serving PredictionService/Predict or KServe V2 ModelInfer.")
+@click.option("--concurrency", default=None, help="closed-loop concurrencies, e.g. 1,8,32.")
+@click.option("--rate", default=None, help="open-loop request rates per second (Poisson arrivals), e.g. 100,500.")
+@click.option("--duration", "duration_s", type=float, default=None,
+              help="measured seconds per run (default 10 unless --requests).")
+@click.option("--requests", "requests", type=int, default=None, help="measured requests per run instead of a duration.")
+@click.option("--warmup-s", type=float, default=2.0, show_default=True, help="warm-up seconds before each run, not measured.")
+@click.option("--repeats", type=int, default=1, show_default=True, help="rounds over all loads and targets; medians are reported.")
+@click.option("--client-processes", type=int, default=None, help="load generator processes (default min(2, CPUs)).")
+@click.option("--channels-per-process", type=int, default=1, show_default=True, help="gRPC connections per client process.")
+@click.option("--timeout-s", type=float, default=30.0, show_default=True, help="per-request deadline.")
+@click.option("--model", default="home", show_default=True, help="model name in each request.")
+@click.option("--signature-name", default="", help="TF Serving signature name (empty: the server's default).")
+@click.option("--bpr-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="serialized BPRs: base64 lines or u32-LE length-prefixed records.")
+@click.option("--workload", type=click.Choice(["home", "dense"]), default=None,
+              help="generated home BPRs, or dense random inputs from the model's metadata "
+                   "(default: home unless --bpr-file or --batch-rows).")
+@click.option("--input-name", default="examples", show_default=True, help="string tensor carrying the BPRs.")
+@click.option("--bprs-per-request", type=int, default=1, show_default=True)
+@click.option("--candidates", type=int, default=100, show_default=True, help="candidates per generated BPR.")
+@click.option("--spec-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="model version dir with the segdense spec files (home workload; BPR-file row counts).")
+@click.option("--batch-rows", type=int, default=None, help="rows per dense random request.")
+@click.option("--distinct-requests", type=int, default=None, help="size of the pre-serialized request pool.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--server-pid", "server_pids", multiple=True, help="NAME=PID of a local target, to report server CPU per request.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write latency percentiles vs load as a PNG.")
+def serve_command(targets, protocol, concurrency, rate, duration_s, requests, warmup_s, repeats, client_processes,
+                  channels_per_process, timeout_s, model, signature_name, bpr_file, workload, input_name,
+                  bprs_per_request, candidates, spec_dir, batch_rows, distinct_requests, seed, server_pids,
+                  json_path, plot_path) -> None:
+    """Load a running TF Serving / KServe V2 compatible server and report throughput and latency."""
+    from rich.console import Console
+
+    from navi.bench import report, serve
+
+    console = Console(stderr=False)
+    try:
+        parsed = [serve.Target.parse(t) for t in targets]
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--target")
+    pids = dict(_target_pid(p) for p in server_pids)
+    unknown = set(pids) - {t.name for t in parsed}
+    if unknown:
+        raise click.BadParameter(f"no target named {sorted(unknown)}", param_hint="--server-pid")
+    parsed = [serve.Target(t.name, t.address, pids.get(t.name)) for t in parsed]
+    if duration_s is not None and requests is not None:
+        raise click.UsageError("give --duration or --requests, not both")
+    if duration_s is None and requests is None:
+        duration_s = 10.0
+    concurrencies = _int_list(concurrency)
+    rates = _float_list(rate)
+    if not concurrencies and not rates:
+        concurrencies = [1, 8, 32]
+
+    with console.status("building requests"):
+        built = _build_workload(serve, protocol, parsed[0].address, model, signature_name, bpr_file, workload,
+                                input_name, bprs_per_request, candidates, spec_dir, batch_rows,
+                                distinct_requests, seed)
+    console.print(f"workload: {built.description}; {len(built.payloads)} distinct requests, "
+                  f"{built.mean_request_bytes / 1024:,.1f} KiB each")
+    config = serve.ServeBenchConfig(
+        targets=parsed, protocol=protocol, concurrencies=concurrencies, rates=rates, duration_s=duration_s,
+        requests=requests, warmup_s=warmup_s, repeats=repeats, client_processes=client_processes,
+        channels_per_process=channels_per_process, timeout_s=timeout_s,
+    )
+    try:
+        document = _run_with_progress(console, serve, report, config, built)
+    except (RuntimeError, ValueError) as error:
+        raise click.ClickException(str(error))
+    for table in report.serve_tables(document):
+        console.print(table)
+    if json_path:
+        report.write_json(document, json_path)
+        console.print(f"wrote {json_path}")
+    if plot_path:
+        report.write_serve_plot(document, plot_path)
+        console.print(f"wrote {plot_path}")
+
+
+def _build_workload(serve, protocol, address, model, signature_name, bpr_file, workload, input_name,
+                    bprs_per_request, candidates, spec_dir, batch_rows, distinct_requests, seed):
+    """The request pool the options describe."""
+    if bpr_file is not None:
+        if workload is not None:
+            raise click.UsageError("--bpr-file and --workload are exclusive")
+        records = serve.read_bpr_file(bpr_file)
+        rows_per_record = None
+        if spec_dir is not None:
+            from navi import segdense
+            from navi.converter import BprConverter
+
+            found = segdense.find_spec_files(spec_dir)
+            if found is None:
+                raise click.BadParameter(f"{spec_dir}: no segdense spec files", param_hint="--spec-dir")
+            rows_per_record = [int(n) for n in BprConverter(segdense.load_layout(*found)).count_rows(records)]
+        return serve.bpr_workload(records, protocol, model, input_name, bprs_per_request, rows_per_record,
+                                  signature_name, distinct_requests or 64)
+    if workload == "dense" or (workload is None and batch_rows is not None):
+        try:
+            inputs = serve.fetch_inputs(address, model, protocol, signature_name or "serving_default")
+        except Exception as error:  # grpc errors, missing model: say which target and why
+            raise click.ClickException(f"cannot read metadata of {model!r} from {address}: {error}")
+        return serve.dense_workload(protocol, model, inputs, batch_rows or 1, seed, distinct_requests or 16,
+                                    signature_name)
+    return serve.home_workload(protocol, model, candidates, bprs_per_request, input_name, spec_dir, seed,
+                               distinct_requests or 8, signature_name)
+
+
+def _run_with_progress(console, serve, report, config, workload):
+    """Run the benchmark with a live progress line per run on a terminal."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    state: dict = {}
+
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "start":
+            level = f"c={int(data['level'])}" if data["mode"] == "closed" else f"r={data['level']:g}/s"
+            if config.requests:
+                total = config.requests
+            else:
+                total = None
+            state["task"] = progress.add_task(
+                f"run {data['index'] + 1}/{data['total']} {data['target']} {level}", total=total, status="")
+            state["progress"] = data["progress"]
+        elif kind == "poll":
+            done = state["progress"]()
+            progress.update(state["task"], completed=done if config.requests else None,
+                            status=f"{done:,} requests")
+        elif kind == "done":
+            progress.remove_task(state["task"])
+            progress.console.print(report.run_line(data))
+
+    with progress:
+        return serve.run_serve_bench(config, workload, on_event=on_event)
+
+
+@click.command("bare-server")
+@click.option("--port", type=int, default=8600, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--threads", type=int, default=16, show_default=True, help="gRPC handler threads.")
+@click.option("--rows", type=int, default=1, show_default=True, help="rows of the constant PredictResponse.")
+def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
+    """A bare gRPC server answering every call with constant bytes (the transport ceiling)."""
+    import signal
+    import threading
+
+    from navi.bench import serve
+
+    server, bound = serve.start_bare_server(port, serve.constant_predict_response(rows), threads, host)
+    click.echo(f"bare server on {host}:{bound}", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=1.0).wait()
+
+
+@click.command("runtime")
+@click.option("--runtimes", default="onnx,tf,torch", show_default=True, help="runtimes to compare.")
+@click.option("--batch-rows", default="1,16,128", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads per runtime.")
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--min-time-s", type=float, default=0.5, show_default=True, help="measured seconds per repeat and case.")
+@click.option("--home/--no-home", default=True, show_default=True,
+              help="also measure converter + ONNX Runtime on a home BPR model (the serving ceiling).")
+@click.option("--home-model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="a home model version dir (model.onnx + spec files); default: build a small one.")
+@click.option("--candidates", type=int, default=100, show_default=True, help="candidates per BPR (home case).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, home_model_dir, candidates,
+                    json_path) -> None:
+    """In-process runtime throughput: ONNX / TF / torch on one dense model, and converter + runtime."""
+    from rich.console import Console
+
+    from navi.bench import report, runtime
+
+    console = Console()
+    document = runtime.run_runtime_bench(
+        runtimes=[r.strip() for r in runtimes.split(",") if r.strip()],
+        batch_rows=_int_list(batch_rows),
+        threads=threads,
+        repeats=repeats,
+        min_time_s=min_time_s,
+        home=home,
+        home_model_dir=home_model_dir,
+        candidates=candidates,
+        log=lambda text: console.print(text, style="dim"),
+    )
+    console.print(report.runtime_table(document))
+    if json_path:
+        report.write_json(document, json_path)
+        console.print(f"wrote {json_path}")
