@@ -415,7 +415,7 @@ class ServedModel:
         total = int(row_counts.sum())
         out = self._buffers(total)
         started = time.monotonic()
-        self.converter.convert_into(payloads, row_counts, out)
+        self.converter.convert_into(payloads, out)
         if self._metrics is not None and total:
             micros = (time.monotonic() - started) * 1e6 / total
             self._metrics.converter_time.labels(self.name).observe(micros)

@@ -89,6 +89,12 @@ class BatchScheduler:
         self._model_name = model_name or name
         self._timeout_s = options.batch_timeout_ms / 1000.0
         self._drop_s = options.batch_drop_ms / 1000.0
+        if 0 < self._drop_s < self._timeout_s:
+            log.warning(
+                "%s: batch_drop_ms=%g is below batch_timeout_ms=%g: a request that waits "
+                "out the timeout alone will be shed", name, options.batch_drop_ms,
+                options.batch_timeout_ms,
+            )
         self._cond = threading.Condition()
         self._queue: collections.deque[BatchTask] = collections.deque()
         self._queued_rows = 0
