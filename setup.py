@@ -53,11 +53,20 @@ def generate_protos() -> None:
             init.write_text("")
 
 
+def copy_idl() -> None:
+    """Ship thrift/*.thrift inside the package (navi/_idl) for non-editable installs."""
+    target = ROOT / "navi" / "_idl"
+    target.mkdir(exist_ok=True)
+    for idl in (ROOT / "thrift").glob("*.thrift"):
+        (target / idl.name).write_bytes(idl.read_bytes())
+
+
 class BuildPyWithProtos(build_py):
     """build_py that first generates the protobuf modules."""
 
     def run(self):
         generate_protos()
+        copy_idl()
         super().run()
 
 
@@ -110,7 +119,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["navi", "navi.*"]),
-    package_data={"navi._fast": ["*.pyx", "*.pxd", "*.pyi"], "navi._proto": ["**/*.pyi"]},
+    package_data={"navi._fast": ["*.pyx", "*.pxd", "*.pyi"], "navi._proto": ["**/*.pyi"], "navi": ["_idl/*.thrift"]},
     ext_modules=cython_extensions(),
     cmdclass={"build_py": BuildPyWithProtos},
     install_requires=[

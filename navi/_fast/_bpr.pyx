@@ -1,0 +1,756 @@
+# cython: language_level=3
+"""One-pass decoder of Thrift BatchPredictionRequests into dense arrays.
+
+The compiled twin of ``navi._fast._bpr_ref`` (same public names, same results,
+same errors). Two phases per call, as pandas' hashing.pyx does: under the GIL
+we collect raw pointers to the payloads and output arrays; then, with the GIL
+released, every payload is validated (a skip-walk) and scattered.
+
+Safety rules, all enforced here:
+- every read is checked against the end of its payload first;
+- no count or length from the wire sizes an allocation: outputs are sized by
+  the caller from validated row counts, scratch space by the layout widths;
+- nesting depth is capped at MAX_DEPTH;
+- a malformed payload raises DecodeError(offset, what) and nothing is written
+  for the batch.
+"""
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+from libc.math cimport NAN
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+
+import numpy as np
+
+from navi.errors import DecodeError
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline int64_t navi_i64(const uint8_t* p) {
+        uint64_t v; memcpy(&v, p, 8); return (int64_t)__builtin_bswap64(v);
+    }
+    static inline int32_t navi_i32(const uint8_t* p) {
+        uint32_t v; memcpy(&v, p, 4); return (int32_t)__builtin_bswap32(v);
+    }
+    static inline int16_t navi_i16(const uint8_t* p) {
+        uint16_t v; memcpy(&v, p, 2); return (int16_t)__builtin_bswap16(v);
+    }
+    static inline double navi_f64(const uint8_t* p) {
+        uint64_t v; double d; memcpy(&v, p, 8); v = __builtin_bswap64(v); memcpy(&d, &v, 8); return d;
+    }
+    """
+    int64_t navi_i64(const uint8_t* p) nogil
+    int32_t navi_i32(const uint8_t* p) nogil
+    int16_t navi_i16(const uint8_t* p) nogil
+    double navi_f64(const uint8_t* p) nogil
+
+DEF MAX_DEPTH = 64
+DEF MAX_EMBEDDINGS = 8
+
+# Thrift binary type codes
+DEF T_STOP = 0
+DEF T_BOOL = 2
+DEF T_BYTE = 3
+DEF T_DOUBLE = 4
+DEF T_I16 = 6
+DEF T_I32 = 8
+DEF T_I64 = 10
+DEF T_STRING = 11
+DEF T_STRUCT = 12
+DEF T_MAP = 13
+DEF T_SET = 14
+DEF T_LIST = 15
+
+# error codes (ERROR_REASONS below must stay in step with _bpr_ref)
+DEF E_OK = 0
+DEF E_TRUNCATED = 1
+DEF E_NEGATIVE = 2
+DEF E_BAD_TYPE = 3
+DEF E_DEPTH = 4
+DEF E_TRAILING = 5
+DEF E_MISSING_LIST = 6
+DEF E_TOO_MANY_ROWS = 7
+
+ERROR_REASONS = {
+    1: "input truncated",
+    2: "negative length or count",
+    3: "invalid thrift type",
+    4: "nesting too deep",
+    5: "trailing bytes after the request",
+    6: "required field individualFeaturesList (1: list<DataRecord>) missing",
+    7: "too many candidates in one request",
+}
+
+cdef struct Slot:
+    int64_t key
+    int32_t col
+    int32_t pad
+
+cdef struct Table:
+    Slot* slots
+    uint64_t mask
+    int shift
+
+cdef struct Reader:
+    const uint8_t* data
+    Py_ssize_t pos
+    Py_ssize_t end
+    int err
+    Py_ssize_t err_pos
+    const char* what
+
+cdef struct BprIndex:
+    Py_ssize_t list_pos
+    Py_ssize_t common_pos
+    int64_t rows
+
+cdef struct Rows:
+    # row pointers of one output row (or of the template row)
+    float* cont
+    int64_t* binary
+    int64_t* disc
+    float* emb[MAX_EMBEDDINGS]
+
+
+cdef inline int fail(Reader* r, int code, Py_ssize_t pos, const char* what) noexcept nogil:
+    if r.err == E_OK:
+        r.err = code
+        r.err_pos = pos
+        r.what = what
+    return -1
+
+
+cdef inline int need(Reader* r, Py_ssize_t n, const char* what) noexcept nogil:
+    if n > r.end - r.pos:
+        return fail(r, E_TRUNCATED, r.pos, what)
+    return 0
+
+
+cdef inline int fixed_size(int t) noexcept nogil:
+    if t == T_BOOL or t == T_BYTE:
+        return 1
+    if t == T_I16:
+        return 2
+    if t == T_I32:
+        return 4
+    if t == T_DOUBLE or t == T_I64:
+        return 8
+    return 0
+
+
+cdef inline bint valid_type(int t) noexcept nogil:
+    return (t == T_BOOL or t == T_BYTE or t == T_DOUBLE or t == T_I16 or t == T_I32
+            or t == T_I64 or t == T_STRING or t == T_STRUCT or t == T_MAP or t == T_SET
+            or t == T_LIST)
+
+
+cdef int skip(Reader* r, int t, int depth) noexcept nogil:
+    """Skip one value of thrift type t, validating it."""
+    cdef int size, kt, vt, et, ft, ks, vs
+    cdef int32_t n, i
+    if depth > MAX_DEPTH:
+        return fail(r, E_DEPTH, r.pos, "nested value")
+    size = fixed_size(t)
+    if size:
+        if need(r, size, "scalar value"):
+            return -1
+        r.pos += size
+        return 0
+    if t == T_STRING:
+        if need(r, 4, "string length"):
+            return -1
+        n = navi_i32(r.data + r.pos)
+        if n < 0:
+            return fail(r, E_NEGATIVE, r.pos, "string length")
+        r.pos += 4
+        if need(r, n, "string bytes"):
+            return -1
+        r.pos += n
+        return 0
+    if t == T_STRUCT:
+        while True:
+            if need(r, 1, "field header"):
+                return -1
+            ft = r.data[r.pos]
+            if ft == T_STOP:
+                r.pos += 1
+                return 0
+            if need(r, 3, "field header"):
+                return -1
+            r.pos += 3
+            if skip(r, ft, depth + 1):
+                return -1
+    if t == T_MAP:
+        if need(r, 6, "map header"):
+            return -1
+        kt = r.data[r.pos]
+        vt = r.data[r.pos + 1]
+        n = navi_i32(r.data + r.pos + 2)
+        if n < 0:
+            return fail(r, E_NEGATIVE, r.pos + 2, "map size")
+        r.pos += 6
+        if n == 0:
+            return 0
+        if not valid_type(kt) or not valid_type(vt):
+            return fail(r, E_BAD_TYPE, r.pos - 6, "map header")
+        ks = fixed_size(kt)
+        vs = fixed_size(vt)
+        if ks and vs:
+            if n > (r.end - r.pos) // (ks + vs):
+                return fail(r, E_TRUNCATED, r.pos, "map entries")
+            r.pos += <Py_ssize_t>n * (ks + vs)
+            return 0
+        for i in range(n):
+            if skip(r, kt, depth + 1) or skip(r, vt, depth + 1):
+                return -1
+        return 0
+    if t == T_SET or t == T_LIST:
+        if need(r, 5, "list header"):
+            return -1
+        et = r.data[r.pos]
+        n = navi_i32(r.data + r.pos + 1)
+        if n < 0:
+            return fail(r, E_NEGATIVE, r.pos + 1, "list size")
+        r.pos += 5
+        if n == 0:
+            return 0
+        if not valid_type(et):
+            return fail(r, E_BAD_TYPE, r.pos - 5, "list header")
+        size = fixed_size(et)
+        if size:
+            if n > (r.end - r.pos) // size:
+                return fail(r, E_TRUNCATED, r.pos, "list elements")
+            r.pos += <Py_ssize_t>n * size
+            return 0
+        for i in range(n):
+            if skip(r, et, depth + 1):
+                return -1
+        return 0
+    return fail(r, E_BAD_TYPE, r.pos, "value")
+
+
+cdef int index_bpr(Reader* r, BprIndex* out, int64_t max_rows) noexcept nogil:
+    """Validate a whole BPR and find its candidate list and common features."""
+    cdef int ft, et
+    cdef int16_t fid
+    cdef int32_t n, i
+    cdef Py_ssize_t value_pos, list_pos
+    out.list_pos = -1
+    out.common_pos = -1
+    out.rows = 0
+    while True:
+        if need(r, 1, "field header"):
+            return -1
+        ft = r.data[r.pos]
+        if ft == T_STOP:
+            r.pos += 1
+            break
+        if need(r, 3, "field header"):
+            return -1
+        fid = navi_i16(r.data + r.pos + 1)
+        r.pos += 3
+        value_pos = r.pos
+        if fid == 1 and ft == T_LIST and r.end - r.pos >= 5 and r.data[r.pos] == T_STRUCT:
+            n = navi_i32(r.data + r.pos + 1)
+            if n < 0:
+                return fail(r, E_NEGATIVE, r.pos + 1, "individualFeaturesList size")
+            r.pos += 5
+            list_pos = r.pos
+            for i in range(n):
+                if skip(r, T_STRUCT, 1):
+                    return -1
+            if n > max_rows:
+                return fail(r, E_TOO_MANY_ROWS, value_pos + 1, "individualFeaturesList size")
+            out.list_pos = list_pos
+            out.rows = n
+        elif fid == 2 and ft == T_STRUCT:
+            if skip(r, T_STRUCT, 1):
+                return -1
+            out.common_pos = value_pos
+        elif skip(r, ft, 1):
+            return -1
+    if r.pos != r.end:
+        return fail(r, E_TRAILING, r.pos, "end of request")
+    if out.list_pos < 0:
+        return fail(r, E_MISSING_LIST, r.pos, "BatchPredictionRequest")
+    return 0
+
+
+
+
+# The scatter loops copy the table and destination into locals: navi builds
+# with -fno-strict-aliasing (as CPython does), so without this every store
+# would force the compiler to reload them. Slots of entries a few positions
+# ahead are prefetched, since a lookup is one likely cache miss.
+DEF PREFETCH_AHEAD = 8
+
+cdef extern from *:
+    """
+    #define navi_prefetch(p) __builtin_prefetch((p), 0, 1)
+    """
+    void navi_prefetch(const void* p) nogil
+
+
+cdef inline int32_t probe(const Slot* slots, uint64_t mask, uint64_t h, int64_t key) noexcept nogil:
+    while True:
+        if slots[h].col < 0:
+            return -1
+        if slots[h].key == key:
+            return slots[h].col
+        h = (h + 1) & mask
+
+
+cdef void scatter_continuous(const Table* t, const uint8_t* p, int32_t n, float* dst) noexcept nogil:
+    cdef const Slot* slots = t.slots
+    cdef uint64_t mask = t.mask
+    cdef int shift = t.shift
+    cdef int32_t i, col
+    cdef int64_t key
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            navi_prefetch(&slots[(<uint64_t>navi_i64(p + 16 * (i + PREFETCH_AHEAD)) * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift])
+        key = navi_i64(p + 16 * i)
+        col = probe(slots, mask, (<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift, key)
+        if col >= 0:
+            dst[col] = <float>navi_f64(p + 16 * i + 8)
+
+
+cdef void scatter_discrete(const Table* t, const uint8_t* p, int32_t n, int64_t* dst) noexcept nogil:
+    cdef const Slot* slots = t.slots
+    cdef uint64_t mask = t.mask
+    cdef int shift = t.shift
+    cdef int32_t i, col
+    cdef int64_t key
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            navi_prefetch(&slots[(<uint64_t>navi_i64(p + 16 * (i + PREFETCH_AHEAD)) * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift])
+        key = navi_i64(p + 16 * i)
+        col = probe(slots, mask, (<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift, key)
+        if col >= 0:
+            dst[col] = navi_i64(p + 16 * i + 8)
+
+
+cdef void scatter_binary(const Table* t, const uint8_t* p, int32_t n, int64_t* dst) noexcept nogil:
+    cdef const Slot* slots = t.slots
+    cdef uint64_t mask = t.mask
+    cdef int shift = t.shift
+    cdef int32_t i, col
+    cdef int64_t key
+    for i in range(n):
+        key = navi_i64(p + 8 * i)
+        col = probe(slots, mask, (<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift, key)
+        if col >= 0:
+            dst[col] = 1
+
+
+cdef class BprDecoder:
+    """Decodes serialized BPRs into the dense tensors of a DenseLayout.
+
+    Parameters
+    ----------
+    layout : navi.segdense.DenseLayout
+        Which feature id lands in which column of which tensor.
+
+    Thread-safe: one decoder may serve many threads at once; each call keeps
+    its scratch space to itself and runs without the GIL.
+    """
+
+    cdef Table tables[3]  # continuous, binary, discrete
+    cdef int64_t emb_ids[MAX_EMBEDDINGS]
+    cdef int n_emb
+    cdef Py_ssize_t widths[3 + MAX_EMBEDDINGS]
+    cdef public object layout
+
+    def __cinit__(self):
+        cdef int i
+        for i in range(3):
+            self.tables[i].slots = NULL
+
+    def __init__(self, layout):
+        self.layout = layout
+        names = [t.name for t in layout.tensors]
+        if names[:3] != ["continuous", "binary", "discrete"]:
+            raise ValueError(f"unexpected layout tensor order {names}")
+        if len(layout.embedding_ids) > MAX_EMBEDDINGS:
+            raise ValueError(f"at most {MAX_EMBEDDINGS} embeddings are supported")
+        self.n_emb = len(layout.embedding_ids)
+        for i, tensor in enumerate(layout.tensors):
+            self.widths[i] = tensor.width
+        for i, fid in enumerate(layout.embedding_ids):
+            self.emb_ids[i] = fid
+        pairs = (
+            (layout.continuous_ids, layout.continuous_cols),
+            (layout.binary_ids, layout.binary_cols),
+            (layout.discrete_ids, layout.discrete_cols),
+        )
+        for i, (ids, cols) in enumerate(pairs):
+            self._build_table(i, np.asarray(ids, dtype=np.int64), np.asarray(cols, dtype=np.int64), self.widths[i])
+
+    cdef _build_table(self, int which, const int64_t[::1] ids, const int64_t[::1] cols, Py_ssize_t width):
+        cdef Py_ssize_t n = ids.shape[0], i
+        cdef int bits = 1
+        while (<Py_ssize_t>1 << bits) < 2 * n + 2:
+            bits += 1
+        cdef Py_ssize_t capacity = <Py_ssize_t>1 << bits
+        cdef Slot* slots = <Slot*>malloc(capacity * sizeof(Slot))
+        if slots == NULL:
+            raise MemoryError()
+        for i in range(capacity):
+            slots[i].col = -1
+            slots[i].key = 0
+            slots[i].pad = 0
+        cdef uint64_t mask = capacity - 1, h
+        cdef int shift = 64 - bits
+        for i in range(n):
+            # a column outside the tensor is ignored, as the spec notes say
+            if cols[i] < 0 or cols[i] >= width:
+                continue
+            h = (<uint64_t>ids[i] * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift
+            while slots[h].col >= 0 and slots[h].key != ids[i]:
+                h = (h + 1) & mask
+            slots[h].key = ids[i]
+            slots[h].col = <int32_t>cols[i]  # a repeated id: the later entry wins
+        self.tables[which].slots = slots
+        self.tables[which].mask = mask
+        self.tables[which].shift = shift
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(3):
+            free(self.tables[i].slots)
+            self.tables[i].slots = NULL
+
+    def count_rows(self, payloads, int64_t max_rows=1 << 30):
+        """Validate every payload and return its number of candidates.
+
+        Parameters
+        ----------
+        payloads : sequence of bytes
+            One serialized BatchPredictionRequest each.
+        max_rows : int
+            Largest candidate count accepted in one payload.
+
+        Returns
+        -------
+        numpy.ndarray of int64, one count per payload.
+
+        Raises
+        ------
+        navi.errors.DecodeError
+            The first malformed payload, with its index, byte offset and what
+            was being read.
+        """
+        cdef Py_ssize_t n = len(payloads)
+        rows = np.zeros(n, dtype=np.int64)
+        if n == 0:
+            return rows
+        cdef int64_t[::1] rows_view = rows
+        cdef BprIndex* index = <BprIndex*>malloc(n * sizeof(BprIndex))
+        if index == NULL:
+            raise MemoryError()
+        try:
+            self._index_all(payloads, index, max_rows)
+            for i in range(n):
+                rows_view[i] = index[i].rows
+        finally:
+            free(index)
+        return rows
+
+    cdef _index_all(self, payloads, BprIndex* index, int64_t max_rows):
+        cdef Py_ssize_t n = len(payloads), i
+        cdef const uint8_t** data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
+        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
+        cdef Reader r
+        cdef Py_ssize_t failed = -1
+        if data == NULL or sizes == NULL:
+            free(data)
+            free(sizes)
+            raise MemoryError()
+        try:
+            held = _collect(payloads, data, sizes)
+            r.err = E_OK
+            with nogil:
+                for i in range(n):
+                    r.data = data[i]
+                    r.pos = 0
+                    r.end = sizes[i]
+                    if index_bpr(&r, &index[i], max_rows):
+                        failed = i
+                        break
+            if failed >= 0:
+                raise _decode_error(failed, &r)
+        finally:
+            free(data)
+            free(sizes)
+
+    def decode_into(self, payloads, float[:, ::1] continuous, int64_t[:, ::1] binary,
+                    int64_t[:, ::1] discrete, embeddings, Py_ssize_t row_start=0):
+        """Decode ``payloads`` into rows ``row_start...`` of the given arrays.
+
+        Every cell of those rows is written (defaults where a feature is
+        absent), so the arrays may come from ``numpy.empty``. Common features
+        of a BPR fill all of its rows first; each candidate's own features
+        are written after them and win.
+
+        Parameters
+        ----------
+        payloads : sequence of bytes
+        continuous : float32 [rows, width] C-contiguous
+        binary, discrete : int64 [rows, width] C-contiguous
+        embeddings : sequence of float32 [rows, width] arrays, one per layout embedding
+        row_start : first row to write
+
+        Returns
+        -------
+        int: rows written.
+        """
+        cdef Py_ssize_t n = len(payloads), i, k, total = 0
+        cdef Py_ssize_t n_rows = continuous.shape[0]
+        if len(embeddings) != self.n_emb:
+            raise ValueError(f"expected {self.n_emb} embedding arrays, got {len(embeddings)}")
+        if continuous.shape[1] != self.widths[0] or binary.shape[1] != self.widths[1] or discrete.shape[1] != self.widths[2]:
+            raise ValueError("output widths do not match the layout")
+        if binary.shape[0] != n_rows or discrete.shape[0] != n_rows:
+            raise ValueError("output arrays differ in row count")
+        cdef float* emb_base[MAX_EMBEDDINGS]
+        cdef float[:, ::1] emb_view
+        emb_keep = []
+        for k in range(self.n_emb):
+            emb_view = embeddings[k]
+            if emb_view.shape[1] != self.widths[3 + k] or emb_view.shape[0] != n_rows:
+                raise ValueError(f"embedding {k} has shape ({emb_view.shape[0]}, {emb_view.shape[1]}), expected ({n_rows}, {self.widths[3 + k]})")
+            emb_keep.append(emb_view)
+            emb_base[k] = &emb_view[0, 0] if n_rows > 0 and self.widths[3 + k] > 0 else NULL
+        if n == 0:
+            return 0
+        cdef BprIndex* index = <BprIndex*>malloc(n * sizeof(BprIndex))
+        if index == NULL:
+            raise MemoryError()
+        cdef const uint8_t** data = NULL
+        cdef Py_ssize_t* sizes = NULL
+        cdef Reader r
+        cdef Rows tmpl, out
+        cdef char* scratch = NULL
+        cdef Py_ssize_t scratch_bytes
+        try:
+            self._index_all(payloads, index, 1 << 30)
+            for i in range(n):
+                total += index[i].rows
+            if row_start < 0 or total > n_rows - row_start:
+                raise ValueError(f"{total} rows do not fit at row {row_start} of {n_rows}")
+            data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
+            sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
+            # template rows: one row per tensor, sized by the layout (never by the wire)
+            scratch_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8
+            for k in range(self.n_emb):
+                scratch_bytes += self.widths[3 + k] * 4
+            scratch = <char*>malloc(scratch_bytes + 64)
+            if data == NULL or sizes == NULL or scratch == NULL:
+                raise MemoryError()
+            held = _collect(payloads, data, sizes)
+            tmpl.binary = <int64_t*>scratch
+            tmpl.disc = tmpl.binary + self.widths[1]
+            tmpl.cont = <float*>(tmpl.disc + self.widths[2])
+            tmpl.emb[0] = tmpl.cont + self.widths[0]
+            for k in range(1, self.n_emb):
+                tmpl.emb[k] = tmpl.emb[k - 1] + self.widths[3 + k - 1]
+            r.err = E_OK
+            with nogil:
+                self._scatter_all(n, data, sizes, index, &tmpl, &continuous[0, 0] if n_rows else NULL,
+                                  &binary[0, 0] if n_rows and self.widths[1] else NULL,
+                                  &discrete[0, 0] if n_rows and self.widths[2] else NULL,
+                                  emb_base, row_start, &r)
+            if r.err != E_OK:
+                raise _decode_error(-1, &r)
+        finally:
+            free(index)
+            free(data)
+            free(sizes)
+            free(scratch)
+        return total
+
+    cdef void _scatter_all(self, Py_ssize_t n, const uint8_t** data, Py_ssize_t* sizes,
+                           BprIndex* index, Rows* tmpl, float* cont, int64_t* binary,
+                           int64_t* disc, float** emb_base, Py_ssize_t row, Reader* r) noexcept nogil:
+        cdef Py_ssize_t i, c, k, j
+        cdef Py_ssize_t wc = self.widths[0], wb = self.widths[1], wd = self.widths[2]
+        cdef Rows out
+        cdef float nan = NAN
+        for i in range(n):
+            r.data = data[i]
+            r.end = sizes[i]
+            # defaults, then the common features, into the template row
+            for j in range(wc):
+                tmpl.cont[j] = nan
+            memset(tmpl.binary, 0, wb * 8)
+            memset(tmpl.disc, 0, wd * 8)
+            for k in range(self.n_emb):
+                memset(tmpl.emb[k], 0, self.widths[3 + k] * 4)
+            if index[i].common_pos >= 0:
+                r.pos = index[i].common_pos
+                if self._scatter_record(r, tmpl):
+                    return
+            r.pos = index[i].list_pos
+            for c in range(index[i].rows):
+                out.cont = cont + row * wc
+                out.binary = binary + row * wb if binary != NULL else NULL
+                out.disc = disc + row * wd if disc != NULL else NULL
+                memcpy(out.cont, tmpl.cont, wc * 4)
+                if wb:
+                    memcpy(out.binary, tmpl.binary, wb * 8)
+                if wd:
+                    memcpy(out.disc, tmpl.disc, wd * 8)
+                for k in range(self.n_emb):
+                    if emb_base[k] != NULL:
+                        out.emb[k] = emb_base[k] + row * self.widths[3 + k]
+                        memcpy(out.emb[k], tmpl.emb[k], self.widths[3 + k] * 4)
+                    else:
+                        out.emb[k] = NULL
+                if self._scatter_record(r, &out):
+                    return
+                row += 1
+
+    cdef int _scatter_record(self, Reader* r, Rows* out) noexcept nogil:
+        """Write one DataRecord's known features into ``out``; skip the rest."""
+        cdef int ft, kt, vt, et, k
+        cdef int16_t fid
+        cdef int32_t n, i, col
+        cdef Py_ssize_t value_pos
+        cdef const uint8_t* p
+        cdef int64_t key
+        cdef int matches[MAX_EMBEDDINGS]
+        cdef int n_matches
+        while True:
+            if need(r, 1, "field header"):
+                return -1
+            ft = r.data[r.pos]
+            if ft == T_STOP:
+                r.pos += 1
+                return 0
+            if need(r, 3, "field header"):
+                return -1
+            fid = navi_i16(r.data + r.pos + 1)
+            r.pos += 3
+            value_pos = r.pos
+            if fid == 1 and ft == T_SET and r.end - r.pos >= 5 and r.data[r.pos] == T_I64:
+                n = navi_i32(r.data + r.pos + 1)
+                if n < 0 or n > (r.end - r.pos - 5) // 8:
+                    return fail(r, E_TRUNCATED, r.pos, "binaryFeatures")
+                p = r.data + r.pos + 5
+                scatter_binary(&self.tables[1], p, n, out.binary)
+                r.pos += 5 + <Py_ssize_t>n * 8
+            elif (fid == 2 or fid == 3) and ft == T_MAP and r.end - r.pos >= 6 and r.data[r.pos] == T_I64 \
+                    and r.data[r.pos + 1] == (T_DOUBLE if fid == 2 else T_I64):
+                n = navi_i32(r.data + r.pos + 2)
+                if n < 0 or n > (r.end - r.pos - 6) // 16:
+                    return fail(r, E_TRUNCATED, r.pos, "feature map")
+                p = r.data + r.pos + 6
+                if fid == 2:
+                    scatter_continuous(&self.tables[0], p, n, out.cont)
+                else:
+                    scatter_discrete(&self.tables[2], p, n, out.disc)
+                r.pos += 6 + <Py_ssize_t>n * 16
+            elif fid == 8 and ft == T_MAP and r.end - r.pos >= 6 and r.data[r.pos] == T_I64 \
+                    and r.data[r.pos + 1] == T_STRUCT:
+                n = navi_i32(r.data + r.pos + 2)
+                if n < 0:
+                    return fail(r, E_NEGATIVE, r.pos + 2, "tensors size")
+                r.pos += 6
+                for i in range(n):
+                    if need(r, 8, "tensors key"):
+                        return -1
+                    key = navi_i64(r.data + r.pos)
+                    r.pos += 8
+                    n_matches = 0
+                    for k in range(self.n_emb):
+                        if self.emb_ids[k] == key and out.emb[k] != NULL:
+                            matches[n_matches] = k
+                            n_matches += 1
+                    if n_matches == 0:
+                        if skip(r, T_STRUCT, 2):
+                            return -1
+                    elif self._scatter_tensor(r, out, matches, n_matches):
+                        return -1
+            elif skip(r, ft, 1):
+                return -1
+
+    cdef int _scatter_tensor(self, Reader* r, Rows* out, int* matches, int n_matches) noexcept nogil:
+        """A GeneralTensor for embedding(s) ``matches``: zeros, then its floatTensor values."""
+        cdef int ft, ft2, m, k
+        cdef int16_t fid, fid2
+        cdef int32_t n, i, count
+        cdef Py_ssize_t width
+        cdef float* dst
+        cdef const uint8_t* p
+        for m in range(n_matches):
+            k = matches[m]
+            memset(out.emb[k], 0, self.widths[3 + k] * 4)
+        while True:
+            if need(r, 1, "field header"):
+                return -1
+            ft = r.data[r.pos]
+            if ft == T_STOP:
+                r.pos += 1
+                return 0
+            if need(r, 3, "field header"):
+                return -1
+            fid = navi_i16(r.data + r.pos + 1)
+            r.pos += 3
+            if not (fid == 5 and ft == T_STRUCT):
+                if skip(r, ft, 3):
+                    return -1
+                continue
+            # FloatTensor { 1: list<double> floats }
+            while True:
+                if need(r, 1, "field header"):
+                    return -1
+                ft2 = r.data[r.pos]
+                if ft2 == T_STOP:
+                    r.pos += 1
+                    break
+                if need(r, 3, "field header"):
+                    return -1
+                fid2 = navi_i16(r.data + r.pos + 1)
+                r.pos += 3
+                if fid2 == 1 and ft2 == T_LIST and r.end - r.pos >= 5 and r.data[r.pos] == T_DOUBLE:
+                    n = navi_i32(r.data + r.pos + 1)
+                    if n < 0 or n > (r.end - r.pos - 5) // 8:
+                        return fail(r, E_TRUNCATED, r.pos, "floatTensor")
+                    p = r.data + r.pos + 5
+                    for m in range(n_matches):
+                        k = matches[m]
+                        width = self.widths[3 + k]
+                        count = n if n < width else <int32_t>width
+                        dst = out.emb[k]
+                        for i in range(count):
+                            dst[i] = <float>navi_f64(p + 8 * i)
+                    r.pos += 5 + <Py_ssize_t>n * 8
+                elif skip(r, ft2, 4):
+                    return -1
+
+
+cdef object _collect(payloads, const uint8_t** data, Py_ssize_t* sizes):
+    """Raw pointers of every payload; returns the objects that keep them alive."""
+    cdef Py_ssize_t i = 0
+    held = []
+    for item in payloads:
+        if not PyBytes_Check(item):
+            if isinstance(item, (bytearray, memoryview, np.ndarray)):
+                item = bytes(item)
+            else:
+                raise TypeError(f"payload {i} is {type(item).__name__}, expected bytes")
+        held.append(item)
+        data[i] = <const uint8_t*>PyBytes_AS_STRING(item)
+        sizes[i] = PyBytes_GET_SIZE(item)
+        i += 1
+    return held
+
+
+cdef object _decode_error(Py_ssize_t index, Reader* r):
+    reason = ERROR_REASONS.get(r.err, "malformed input")
+    what = r.what.decode() if r.what != NULL else ""
+    if index >= 0:
+        reason = f"payload {index}: {reason}"
+    return DecodeError(reason, r.err_pos, what)

@@ -1,0 +1,61 @@
+"""Writing .npy files row block by row block, for outputs larger than memory.
+
+The header is written first with room reserved for any row count and
+rewritten with the final shape on close, so a reader sees a normal .npy file.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+_MAGIC = b"\x93NUMPY\x01\x00"
+# magic (8) + header length (2) + header text: 128 bytes leave room for a
+# 20-digit row count and any width, and keep the data 64-byte aligned.
+_HEADER_TOTAL = 128
+
+
+def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (
+        np.lib.format.dtype_to_descr(dtype), shape,
+    )
+    room = _HEADER_TOTAL - len(_MAGIC) - 2 - 1
+    if len(text) > room:
+        raise ValueError(f"npy header for shape {shape} is too long")
+    text = text.ljust(room) + "\n"
+    return _MAGIC + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+class NpyAppender:
+    """Appends [n, *row_shape] blocks of one dtype to a .npy file."""
+
+    def __init__(self, path: Path, dtype, row_shape: tuple[int, ...] = ()):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.rows = 0
+        self._file = open(self.path, "wb")
+        self._file.write(_header(self.dtype, (0, *self.row_shape)))
+
+    def append(self, block: np.ndarray) -> None:
+        """Write ``block`` (its leading axis is rows) after what is there."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"block rows have shape {block.shape[1:]}, expected {self.row_shape}")
+        self._file.write(memoryview(block).cast("B"))
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        """Rewrite the header with the final shape and close the file."""
+        if self._file.closed:
+            return
+        self._file.seek(0)
+        self._file.write(_header(self.dtype, (self.rows, *self.row_shape)))
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
