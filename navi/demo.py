@@ -242,12 +242,44 @@ def write_heavy_model(out_dir: Path, seed: int = 0) -> Path:
     return write_home_version(Path(out_dir) / "home_heavy", hidden=HEAVY_HIDDEN, seed=seed)
 
 
-def ensure_heavy_model(cache_dir: Path, seed: int = 0) -> Path:
-    """The heavy model's model dir (``cache_dir/home_heavy``), built only if it is not there yet."""
+def ensure_heavy_model(cache_dir: Path | None = None, seed: int = 0) -> Path:
+    """The heavy model's model dir (``cache_dir/home_heavy``), built only if it is not there yet.
+
+    ``cache_dir`` defaults to ``default_cache_dir()/models``. The check is by
+    file presence: a cache built with another seed is not rebuilt.
+    """
+    if cache_dir is None:
+        cache_dir = default_cache_dir() / "models"
     model_dir = Path(cache_dir) / "home_heavy"
     if not (model_dir / str(DEMO_VERSION) / "model.onnx").is_file():
         write_heavy_model(cache_dir, seed=seed)
     return model_dir
+
+
+def default_cache_dir() -> Path:
+    """Where on-demand models go: ``$NAVI_CACHE_DIR``, else ``$XDG_CACHE_HOME/navi`` (~/.cache/navi)."""
+    explicit = os.environ.get("NAVI_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "navi"
+
+
+def demo_repository() -> Path:
+    """The demo model repository (with ``home`` and ``dense``), for ``navi serve`` with no arguments.
+
+    In a source checkout (or editable install) that is the committed
+    ``models/`` next to the ``navi`` package. An installed wheel has no
+    ``models/``, so the same bytes are built once into ``default_cache_dir()/models``:
+    the builders are deterministic, so both places hold identical models.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    if (checkout / "home" / str(DEMO_VERSION) / "model.onnx").is_file():
+        return checkout
+    built = default_cache_dir() / "models"
+    if not all((built / name / str(DEMO_VERSION) / "model.onnx").is_file() for name in ("home", "dense")):
+        write_demo_models(built)
+    return built
 
 
 def file_digest(path: Path) -> str:

@@ -1,8 +1,9 @@
 """``navi demo``: write the deterministic demo models.
 
 ``navi demo`` (re)writes the committed demo repository (``models/home`` and
-``models/dense``); ``navi demo --heavy --out DIR`` writes the benchmark's heavy
-home model to ``DIR/home_heavy`` instead (about 28 MB, never committed).
+``models/dense``); ``navi demo --heavy [--out DIR]`` writes the benchmark's heavy
+home model to ``DIR/home_heavy`` instead (about 28 MB, never committed; DIR
+defaults to the navi cache, ``$NAVI_CACHE_DIR`` or ``~/.cache/navi``, + ``/models``).
 """
 from __future__ import annotations
 
@@ -13,17 +14,22 @@ import click
 
 @click.command("demo")
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"),
-    show_default=True, help="Model repository to write into (one sub-directory per model).",
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Model repository to write into (one sub-directory per model) "
+    "[default: models, or the navi cache dir with --heavy].",
 )
 @click.option("--heavy", is_flag=True, help="Write only the heavy benchmark model (home_heavy).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight and spec seed.")
 @click.option("--check", is_flag=True,
-              help="Rebuild in memory and fail if a model file under --out differs (CI).")
-def demo(out_dir: Path, heavy: bool, seed: int, check: bool) -> None:
+              help="Rebuild into a temporary dir and fail if any file under --out differs (CI).")
+def demo(out_dir: Path | None, heavy: bool, seed: int, check: bool) -> None:
     """Write the deterministic demo models (same bytes on every run)."""
     # imported here so `navi --help` does not load onnx
     from navi import demo as builders
+
+    if out_dir is None:
+        # the heavy model (~28 MB) never goes into the source tree by default
+        out_dir = builders.default_cache_dir() / "models" if heavy else Path("models")
 
     if check:
         _check(out_dir, heavy, seed)

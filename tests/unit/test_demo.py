@@ -99,3 +99,26 @@ def test_committed_demo_models_match_a_rebuild():
     # the repository's models/ must be exactly what `navi demo` writes
     result = CliRunner().invoke(demo, ["--out", str(REPO_ROOT / "models"), "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_demo_repository_prefers_the_checkout_and_falls_back_to_the_cache(tmp_path, monkeypatch):
+    from navi import demo as builders
+
+    assert builders.demo_repository() == REPO_ROOT / "models"
+    # as an installed wheel would see it: no models/ beside the package
+    fake_package = tmp_path / "site" / "navi" / "demo.py"
+    monkeypatch.setattr(builders, "__file__", str(fake_package))
+    monkeypatch.setenv("NAVI_CACHE_DIR", str(tmp_path / "cache"))
+    built = builders.demo_repository()
+    assert built == tmp_path / "cache" / "models"
+    committed = REPO_ROOT / "models" / "home" / str(DEMO_VERSION) / "model.onnx"
+    assert (built / "home" / str(DEMO_VERSION) / "model.onnx").read_bytes() == committed.read_bytes()
+
+
+def test_cli_heavy_defaults_to_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAVI_CACHE_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(demo, ["--heavy"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / "home_heavy" / str(DEMO_VERSION) / "model.onnx").is_file()
+    assert not (tmp_path / "models" / "home").exists()
