@@ -162,3 +162,28 @@ def test_entry_point_failures_become_config_errors(plugin_dist):
         resolve_runtime("broken")
     with pytest.raises(ConfigError, match="could not be imported"):
         resolve_runtime("absent")
+
+
+@pytest.mark.parametrize(("runtime", "framework", "hint"),
+                         [("tf", "tensorflow", "pip install navi[tf]"),
+                          ("torch", "torch", "pip install navi[torch]")])
+def test_real_builtin_without_its_framework_hints_the_extra(runtime, framework, hint):
+    # a fresh interpreter where the framework cannot be imported, as if not installed
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules[{framework!r}] = None
+        from navi.errors import ConfigError
+        from navi.plugins import resolve_runtime
+        try:
+            resolve_runtime({runtime!r})
+        except ConfigError as exc:
+            print(exc)
+        else:
+            print("resolved")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert hint in result.stdout, result.stdout
