@@ -15,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from navi.errors import InvalidInput
 from navi.settings import ModelSettings
 
 
@@ -88,3 +89,65 @@ class Runtime(abc.ABC):
     def is_complete(self, version_dir: Path) -> bool:
         """Whether ``version_dir`` holds a whole model (not a half-copied one)."""
         return (version_dir / self.model_filename).exists()
+
+
+def conform_inputs(
+    specs: "tuple[TensorSpec, ...]",
+    inputs: Mapping[str, np.ndarray],
+    *,
+    unknown_rank: frozenset[str] = frozenset(),
+) -> dict[str, np.ndarray]:
+    """Check one batch against ``specs``; return it in spec order with the specs' dtypes.
+
+    Raises ``navi.errors.InvalidInput`` (naming the tensor) for a missing or
+    extra input, inputs whose first axes disagree, a wrong rank or fixed
+    dimension, or a dtype that cannot become the model's without changing the
+    kind of value. Allowed conversions follow numpy's "same_kind" rule
+    (float64 -> float32, int32 -> int64, bool -> int, int -> float), the ones
+    TF Serving clients rely on when they send Python floats as doubles.
+    String specs (numpy object dtype) take object, bytes (``S``) or ``str``
+    (``U``) arrays unchanged. ``unknown_rank`` names inputs whose shape the
+    model does not declare; only their dtype is checked.
+    """
+    expected = {spec.name for spec in specs}
+    missing = [spec.name for spec in specs if spec.name not in inputs]
+    extra = sorted(name for name in inputs if name not in expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing input(s) " + ", ".join(missing))
+        if extra:
+            parts.append("unexpected input(s) " + ", ".join(extra))
+        raise InvalidInput("; ".join(parts) + "; the model takes " + ", ".join(s.name for s in specs))
+    out: dict[str, np.ndarray] = {}
+    batch_rows: tuple[str, int] | None = None
+    for spec in specs:
+        array = np.asarray(inputs[spec.name])
+        if spec.name not in unknown_rank:
+            if array.ndim != len(spec.shape):
+                raise InvalidInput(
+                    f"input {spec.name}: expected rank {len(spec.shape)} shape {list(spec.shape)}, "
+                    f"got shape {list(array.shape)}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+                if want >= 0 and want != got:
+                    raise InvalidInput(
+                        f"input {spec.name}: dimension {axis} must be {want}, got shape {list(array.shape)}"
+                    )
+        if array.ndim >= 1:
+            if batch_rows is None:
+                batch_rows = (spec.name, array.shape[0])
+            elif array.shape[0] != batch_rows[1]:
+                raise InvalidInput(
+                    f"inputs disagree on the batch size: {batch_rows[0]} has {batch_rows[1]} rows, "
+                    f"{spec.name} has {array.shape[0]}"
+                )
+        if spec.dtype == np.dtype(object):
+            if array.dtype.kind not in "OSU":
+                raise InvalidInput(f"input {spec.name}: expected strings, got {array.dtype}")
+        elif array.dtype != spec.dtype:
+            if array.dtype.kind in "OSU" or not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+                raise InvalidInput(f"input {spec.name}: expected {spec.dtype}, got {array.dtype}")
+            array = array.astype(spec.dtype)
+        out[spec.name] = array
+    return out

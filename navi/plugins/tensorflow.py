@@ -1,0 +1,481 @@
+"""TensorFlow SavedModel runtime (``--runtime tf``).
+
+A version directory is a SavedModel (``saved_model.pb`` plus ``variables/``),
+loaded with the ``serve`` tag as TF Serving does. The model served through
+Predict is the signature named by ``--serving-sig`` (``serving_default`` by
+default); every other signature stays reachable through ``run_signature``,
+``classify`` and ``regress``.
+
+How the served inputs and outputs are chosen (``--input`` / ``--output``):
+
+* inputs: when ``--input`` is empty, or names none of the signature's inputs
+  (the default ``examples``, or the client-facing name of BPR converter mode),
+  the signature's own inputs are used, sorted by name. When it names some of
+  them it must name all of them (a signature cannot run on part of its inputs)
+  and nothing else; the order given is kept.
+* outputs: when ``--output`` is empty, or is the default ``output_0`` and the
+  signature has no output of that name, every output of the signature is
+  served, sorted by name. Otherwise each name must be an output of the
+  signature, and only those are served.
+
+Dtypes are the signature's: every dtype TF Serving's Predict carries works,
+strings included (``DT_STRING`` is a numpy object array of ``bytes``, e.g.
+serialized ``tf.Example`` protos). Numeric inputs are converted to the
+model's dtype where numpy's "same_kind" rule allows (float64 -> float32).
+
+Threads: ``--intra-op-parallelism`` / ``--inter-op-parallelism`` set
+TensorFlow's thread pools, which are **process-wide** and can only be set
+before TensorFlow runs its first op: the first model loaded decides, later
+different values are logged and ignored (0 = TensorFlow's default, all cores).
+
+Classify / Regress: a signature whose ``method_name`` is
+``tensorflow/serving/classify`` (input ``inputs``: serialized tf.Example;
+outputs ``classes`` and/or ``scores``) or ``tensorflow/serving/regress``
+(output ``outputs``) is run by ``classify`` / ``regress`` on the loaded model,
+as TF Serving's Classify and Regress do. ``signature_defs`` returns every
+signature with its method name and the original ``SignatureDef`` bytes (in
+``Signature.extra["signature_def_proto"]``) for GetModelMetadata.
+
+TensorFlow is imported when this module is, which the plugin registry does
+only for ``--runtime tf``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from navi.errors import Code, ConfigError, InvalidInput, NaviError, RuntimeFailure, Unimplemented
+from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec, conform_inputs
+from navi.settings import ModelSettings
+
+try:
+    import tensorflow as tf
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+except ImportError as exc:  # pragma: no cover - exercised only without TensorFlow installed
+    raise ConfigError(
+        f"runtime 'tf' needs TensorFlow, which cannot be imported ({exc}); "
+        "install it with: pip install navi[tf]",
+        key="runtime",
+    ) from exc
+
+logger = logging.getLogger(__name__)
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+#: TF Serving's fixed tensor keys of classify / regress signatures
+CLASSIFY_INPUTS, CLASSIFY_CLASSES, CLASSIFY_SCORES = "inputs", "classes", "scores"
+REGRESS_INPUTS, REGRESS_OUTPUTS = "inputs", "outputs"
+SERVE_TAG = "serve"
+_DEFAULT_INPUTS = ("examples",)
+_DEFAULT_OUTPUTS = ("output_0",)
+_STRING = np.dtype(object)
+
+# TensorFlow's thread pools belong to the process, not to a model.
+_threads_lock = threading.Lock()
+_threads_applied: tuple[int, int] | None = None
+
+
+def configure_threads(intra_op: int, inter_op: int, model_name: str = "") -> tuple[int, int]:
+    """Set TensorFlow's process-wide thread pools once; return the values in force.
+
+    TensorFlow only accepts these before its first op runs, so the first
+    caller wins and a later caller asking for other values gets a warning.
+    """
+    global _threads_applied
+    with _threads_lock:
+        if _threads_applied is None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+                tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+                _threads_applied = (intra_op, inter_op)
+            except RuntimeError as exc:
+                # something in this process already ran TensorFlow
+                _threads_applied = (
+                    tf.config.threading.get_intra_op_parallelism_threads(),
+                    tf.config.threading.get_inter_op_parallelism_threads(),
+                )
+                logger.warning(
+                    "TensorFlow already initialized (%s); model %s keeps intra_op=%d inter_op=%d",
+                    exc, model_name, *_threads_applied,
+                )
+        elif _threads_applied != (intra_op, inter_op):
+            logger.warning(
+                "TensorFlow thread pools are process-wide and already set to intra_op=%d "
+                "inter_op=%d; model %s asked for intra_op=%d inter_op=%d, ignored",
+                *_threads_applied, model_name, intra_op, inter_op,
+            )
+        return _threads_applied
+
+
+def _numpy_dtype(tf_dtype: "tf.DType") -> np.dtype:
+    """numpy dtype used for a TensorFlow dtype (object for strings)."""
+    if tf_dtype == tf.string:
+        return _STRING
+    return np.dtype(tf_dtype.as_numpy_dtype)
+
+
+def _tensor_spec(key: str, info: "meta_graph_pb2.TensorInfo") -> tuple[TensorSpec, bool]:
+    """TensorSpec of one SignatureDef entry, and whether its rank is unknown."""
+    try:
+        dtype = _numpy_dtype(tf.dtypes.as_dtype(info.dtype))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"tensor {key!r} has a dtype navi cannot serve: {exc}", key=key) from exc
+    if info.tensor_shape.unknown_rank:
+        return TensorSpec(key, dtype, (-1,)), True
+    return TensorSpec(key, dtype, tuple(int(dim.size) for dim in info.tensor_shape.dim)), False
+
+
+def _signature_from_def(name: str, sig_def: "meta_graph_pb2.SignatureDef") -> tuple[Signature, frozenset[str]]:
+    """Our Signature of a SignatureDef (tensors sorted by key) and its unknown-rank inputs."""
+    unknown: set[str] = set()
+    inputs = []
+    for key in sorted(sig_def.inputs):
+        spec, unknown_rank = _tensor_spec(key, sig_def.inputs[key])
+        inputs.append(spec)
+        if unknown_rank:
+            unknown.add(key)
+    outputs = [_tensor_spec(key, sig_def.outputs[key])[0] for key in sorted(sig_def.outputs)]
+    signature = Signature(
+        tuple(inputs),
+        tuple(outputs),
+        method_name=sig_def.method_name or PREDICT_METHOD,
+        extra={"signature_name": name, "signature_def_proto": sig_def.SerializeToString()},
+    )
+    return signature, frozenset(unknown)
+
+
+def read_meta_graph(version_dir: Path, tag: str = SERVE_TAG) -> "meta_graph_pb2.MetaGraphDef":
+    """The MetaGraphDef tagged exactly ``{tag}`` (or containing it) of a SavedModel directory."""
+    saved_model = saved_model_pb2.SavedModel()
+    binary = version_dir / "saved_model.pb"
+    if binary.exists():
+        saved_model.ParseFromString(binary.read_bytes())
+    else:
+        text_format.Parse((version_dir / "saved_model.pbtxt").read_text(), saved_model)
+    tag_sets = [list(graph.meta_info_def.tags) for graph in saved_model.meta_graphs]
+    exact = [g for g in saved_model.meta_graphs if list(g.meta_info_def.tags) == [tag]]
+    holding = [g for g in saved_model.meta_graphs if tag in g.meta_info_def.tags]
+    if not (exact or holding):
+        raise ConfigError(
+            f"SavedModel has no meta graph tagged {tag!r} (tag sets: {tag_sets})", source=str(version_dir)
+        )
+    return (exact or holding)[0]
+
+
+def _choose(
+    kind: str, configured: Sequence[str], default: tuple[str, ...], available: Sequence[str], source: str
+) -> tuple[str, ...]:
+    """Apply the module docstring's rule for picking served inputs / outputs."""
+    configured = tuple(configured)
+    if kind == "inputs":
+        if not configured or not set(configured) & set(available):
+            if configured and configured != default:
+                logger.info(
+                    "%s: --input %s names no input of the signature; serving its inputs %s",
+                    source, ",".join(configured), ",".join(available),
+                )
+            return tuple(available)
+        unknown = [name for name in configured if name not in available]
+        missing = [name for name in available if name not in configured]
+        if unknown or missing:
+            raise ConfigError(
+                f"--input must name every input of the signature ({', '.join(available)}); "
+                f"unknown: {', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'}",
+                source=source, key="inputs",
+            )
+        return configured
+    if not configured or (configured == default and default[0] not in available):
+        return tuple(available)
+    unknown = [name for name in configured if name not in available]
+    if unknown:
+        raise ConfigError(
+            f"--output names {', '.join(unknown)}, not outputs of the signature "
+            f"({', '.join(available)})",
+            source=source, key="outputs",
+        )
+    return configured
+
+
+def _op_error_text(exc: "tf.errors.OpError") -> str:
+    """The cause of a TensorFlow op error, without the Python stack and graph node lines it carries."""
+    kept = [
+        line.strip()
+        for line in exc.message.splitlines()
+        if line.strip()
+        and not line[:1].isspace()
+        and not line.startswith(("Graph execution error", "Detected at node", "<stack traces unavailable>"))
+    ]
+    return " ".join(kept) or exc.message.strip()
+
+
+class _SignatureRunner:
+    """One callable signature: its spec, its concrete function and how to feed it."""
+
+    def __init__(self, name: str, signature: Signature, unknown_rank: frozenset[str], function):
+        self.name = name
+        self.signature = signature
+        self.unknown_rank = unknown_rank
+        self.function = function
+        self.tf_dtypes = {
+            spec.name: (tf.string if spec.dtype == _STRING else tf.as_dtype(spec.dtype))
+            for spec in signature.inputs
+        }
+
+    def synthetic_inputs(self, rows: int = 1) -> dict[str, np.ndarray]:
+        """Zeros (empty strings) shaped like the signature with ``rows`` rows, for warmup."""
+        batch = {}
+        for spec in self.signature.inputs:
+            shape = tuple(rows if axis == 0 and dim < 0 else max(dim, 1) for axis, dim in enumerate(spec.shape))
+            if spec.dtype == _STRING:
+                batch[spec.name] = np.full(shape, b"", dtype=object)
+            else:
+                batch[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        return batch
+
+    def __call__(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], served_outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        wanted = tuple(output_names) or tuple(served_outputs)
+        unknown = [name for name in wanted if name not in served_outputs]
+        if unknown:
+            raise InvalidInput(
+                f"signature {self.name!r} has no output {', '.join(unknown)}; "
+                f"outputs: {', '.join(served_outputs)}"
+            )
+        arrays = conform_inputs(self.signature.inputs, inputs, unknown_rank=self.unknown_rank)
+        try:
+            feeds = {
+                name: tf.convert_to_tensor(array, dtype=self.tf_dtypes[name]) for name, array in arrays.items()
+            }
+            result = self.function(**feeds)
+        except tf.errors.InvalidArgumentError as exc:
+            # TF Serving answers a model's own argument errors (bad tf.Example, ...) INVALID_ARGUMENT
+            raise InvalidInput(f"signature {self.name!r}: {_op_error_text(exc)}") from exc
+        except tf.errors.OpError as exc:
+            raise RuntimeFailure(f"signature {self.name!r} failed: {_op_error_text(exc)}") from exc
+        except (TypeError, ValueError) as exc:
+            # the concrete function rejects feeds that do not match its traced specs
+            raise InvalidInput(f"signature {self.name!r}: {exc}") from exc
+        return {name: result[name].numpy() for name in wanted}
+
+
+class TensorFlowModel(LoadedModel):
+    """One loaded SavedModel version; every method is safe to call from several threads."""
+
+    def __init__(
+        self,
+        name: str,
+        loaded,
+        runners: dict[str, _SignatureRunner],
+        serving_name: str,
+        signature: Signature,
+    ):
+        self._name = name
+        self._loaded = loaded  # owns the variables the signature functions read
+        self._runners = runners
+        self._serving_name = serving_name
+        self._signature = signature
+        self._served_outputs = tuple(spec.name for spec in signature.outputs)
+
+    @property
+    def signature(self) -> Signature:
+        """The served signature, restricted to the configured inputs and outputs."""
+        return self._signature
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Run the serving signature on one batch of named arrays."""
+        return self._runners[self._serving_name](inputs, output_names, self._served_outputs)
+
+    def signature_defs(self) -> dict[str, Signature]:
+        """Every signature of the SavedModel by name (``__``-prefixed internal ones left out)."""
+        return {name: runner.signature for name, runner in self._runners.items()}
+
+    def _runner(self, signature_name: str | None, method: str | None) -> _SignatureRunner:
+        """The signature a request names, or the one to use for ``method`` when it names none."""
+        if signature_name:
+            runner = self._runners.get(signature_name)
+            if runner is None:
+                # TF Serving's code and wording for an unknown signature key
+                raise NaviError(
+                    f'Serving signature key "{signature_name}" not found; model {self._name} has: '
+                    + ", ".join(sorted(self._runners)),
+                    Code.FAILED_PRECONDITION,
+                )
+            if method is not None and runner.signature.method_name != method:
+                raise InvalidInput(
+                    f"Expected signature {signature_name!r} method_name to be {method}. "
+                    f"Was: {runner.signature.method_name}"
+                )
+            return runner
+        if method is None:
+            return self._runners[self._serving_name]
+        serving = self._runners[self._serving_name]
+        if serving.signature.method_name == method:
+            return serving
+        matching = sorted(n for n, r in self._runners.items() if r.signature.method_name == method)
+        if not matching:
+            raise Unimplemented(
+                f"model {self._name} exports no signature with method_name {method}; "
+                "signatures: " + ", ".join(sorted(self._runners))
+            )
+        if len(matching) > 1:
+            raise InvalidInput(
+                f"model {self._name} has several {method} signatures ({', '.join(matching)}); "
+                "name one in model_spec.signature_name"
+            )
+        return self._runners[matching[0]]
+
+    def run_signature(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()
+    ) -> dict[str, np.ndarray]:
+        """Run another signature of the model (Predict with ``model_spec.signature_name``)."""
+        runner = self._runner(signature_name or self._serving_name, None)
+        if runner.name == self._serving_name:
+            return self.run(inputs, output_names)
+        return runner(inputs, output_names, tuple(spec.name for spec in runner.signature.outputs))
+
+    def _examples(self, runner: _SignatureRunner, serialized_examples: Sequence[bytes]) -> dict[str, np.ndarray]:
+        specs = runner.signature.inputs
+        if len(specs) != 1 or specs[0].dtype != _STRING:
+            raise InvalidInput(
+                f"signature {runner.name!r} must take exactly one string input of serialized "
+                f"tf.Example; it takes {', '.join(s.name for s in specs)}"
+            )
+        examples = np.empty(len(serialized_examples), dtype=object)
+        examples[:] = [bytes(example) for example in serialized_examples]
+        return {specs[0].name: examples}
+
+    def classify(
+        self, serialized_examples: Sequence[bytes], signature_name: str | None = None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """TF Serving's Classify: (classes [n, k] of bytes or None, scores [n, k] float32 or None).
+
+        With no ``signature_name``, the serving signature is used when it is a
+        classify signature, else the model's only classify signature.
+        """
+        runner = self._runner(signature_name, CLASSIFY_METHOD)
+        outputs = [key for key in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if runner.signature.output(key)]
+        if not outputs:
+            raise RuntimeFailure(
+                f"classify signature {runner.name!r} has neither a {CLASSIFY_CLASSES!r} nor a "
+                f"{CLASSIFY_SCORES!r} output"
+            )
+        result = runner(self._examples(runner, serialized_examples), tuple(outputs), tuple(outputs))
+        rows = len(serialized_examples)
+        answer: list[np.ndarray | None] = []
+        for key in (CLASSIFY_CLASSES, CLASSIFY_SCORES):
+            value = result.get(key)
+            if value is not None:
+                if value.ndim == 1:
+                    value = value.reshape(-1, 1)
+                if value.ndim != 2 or value.shape[0] != rows:
+                    raise RuntimeFailure(
+                        f"classify output {key!r} must have shape [{rows}, num_classes], got {list(value.shape)}"
+                    )
+            answer.append(value)
+        return answer[0], answer[1]
+
+    def regress(self, serialized_examples: Sequence[bytes], signature_name: str | None = None) -> np.ndarray:
+        """TF Serving's Regress: one float per example, shape [n]."""
+        runner = self._runner(signature_name, REGRESS_METHOD)
+        if runner.signature.output(REGRESS_OUTPUTS) is None:
+            raise RuntimeFailure(f"regress signature {runner.name!r} has no {REGRESS_OUTPUTS!r} output")
+        result = runner(self._examples(runner, serialized_examples), (REGRESS_OUTPUTS,), (REGRESS_OUTPUTS,))
+        values = result[REGRESS_OUTPUTS]
+        rows = len(serialized_examples)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
+        if values.ndim != 1 or values.shape[0] != rows:
+            raise RuntimeFailure(f"regress output must have shape [{rows}] or [{rows}, 1], got {list(values.shape)}")
+        return values
+
+    def warmup(self) -> None:
+        """Run every signature once on synthetic inputs built from its spec.
+
+        A failure of the serving signature on zeros is the model's real
+        failure and propagates, except when it takes strings: empty strings
+        are no valid input for most string models (e.g. a tf.Example parser
+        with required features), so such a model is warmed up by the replayed
+        ``assets.extra`` records instead and the failure is only logged. The
+        other signatures are warmed best-effort.
+        """
+        for name, runner in self._runners.items():
+            outputs = tuple(spec.name for spec in runner.signature.outputs)
+            if name == self._serving_name:
+                outputs = self._served_outputs
+            try:
+                runner(runner.synthetic_inputs(), (), outputs)
+            except NaviError as exc:
+                takes_strings = any(spec.dtype == _STRING for spec in runner.signature.inputs)
+                if name == self._serving_name and not takes_strings:
+                    raise
+                logger.info("model %s: synthetic warmup of signature %r skipped: %s", self._name, name, exc.message)
+
+    def close(self) -> None:
+        """Drop the graph and variables; TensorFlow frees them when the last reference goes."""
+        self._runners = {}
+        self._loaded = None
+
+
+class TensorFlowRuntime(Runtime):
+    """Loads SavedModel version directories (``--runtime tf``)."""
+
+    name = "tf"
+    model_filename = "saved_model.pb"
+
+    def is_complete(self, version_dir: Path) -> bool:
+        """A graph file, and the variables index when the model has variables."""
+        has_graph = (version_dir / "saved_model.pb").exists() or (version_dir / "saved_model.pbtxt").exists()
+        variables = version_dir / "variables"
+        return has_graph and (not variables.is_dir() or (variables / "variables.index").exists())
+
+    def load(self, version_dir: Path, settings: ModelSettings) -> TensorFlowModel:
+        """Load the ``serve`` meta graph and pick the serving signature and tensors."""
+        version_dir = Path(version_dir)
+        source = str(version_dir)
+        configure_threads(settings.intra_op_parallelism, settings.inter_op_parallelism, settings.name)
+        meta_graph = read_meta_graph(version_dir)
+        sig_defs = {name: sd for name, sd in meta_graph.signature_def.items() if not name.startswith("__")}
+        serving_name = settings.serving_signature or "serving_default"
+        if serving_name not in sig_defs:
+            raise ConfigError(
+                f"SavedModel has no signature {serving_name!r}; it has: {', '.join(sorted(sig_defs)) or 'none'}",
+                source=source, key="serving_signature",
+            )
+        try:
+            loaded = tf.saved_model.load(str(version_dir), tags=[SERVE_TAG])
+        except Exception as exc:
+            raise RuntimeFailure(f"{source}: TensorFlow could not load the SavedModel: {exc}") from exc
+        runners: dict[str, _SignatureRunner] = {}
+        for name, sig_def in sig_defs.items():
+            function = loaded.signatures.get(name)
+            if function is None:
+                logger.warning("%s: signature %r is not callable after loading; skipped", source, name)
+                continue
+            signature, unknown_rank = _signature_from_def(name, sig_def)
+            runners[name] = _SignatureRunner(name, signature, unknown_rank, function)
+        if serving_name not in runners:
+            raise RuntimeFailure(f"{source}: signature {serving_name!r} could not be loaded")
+        full = runners[serving_name].signature
+        input_names = _choose("inputs", settings.inputs, _DEFAULT_INPUTS, [s.name for s in full.inputs], source)
+        output_names = _choose("outputs", settings.outputs, _DEFAULT_OUTPUTS, [s.name for s in full.outputs], source)
+        served = Signature(
+            tuple(full.input(name) for name in input_names),
+            tuple(full.output(name) for name in output_names),
+            method_name=full.method_name,
+            extra=dict(full.extra),
+        )
+        logger.info(
+            "%s: serving signature %r (%s), inputs %s, outputs %s",
+            source, serving_name, full.method_name, ",".join(input_names), ",".join(output_names),
+        )
+        return TensorFlowModel(settings.name, loaded, runners, serving_name, served)
+
+
+__all__ = ["TensorFlowModel", "TensorFlowRuntime", "configure_threads", "read_meta_graph"]
