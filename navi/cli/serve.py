@@ -1,0 +1,190 @@
+"""``navi serve``: run the daemon.
+
+Flags keep the original Navi's names so an existing launch script works after
+swapping the binary. Only flags the user actually gives are layered over the
+``--config`` file and the settings' defaults (see ``navi.config``); the result
+is one frozen ``ServerSettings``. A bad value stops start-up with exit code 2
+and a message naming the flag or the file key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+import navi
+from navi.config import build_settings
+from navi.errors import ConfigError
+
+log = logging.getLogger("navi.serve")
+
+#: the embedded demo repository served when no model is named
+DEMO_MODEL = Path("models") / "home"
+
+
+def default_model_dirs() -> list[Path]:
+    """``models/home`` under the working directory if present, else the repository's demo."""
+    local = Path.cwd() / DEMO_MODEL
+    if local.is_dir():
+        return [local]
+    return [Path(navi.__file__).resolve().parent.parent / DEMO_MODEL]
+
+
+def _per_model(flag: str, type_, help_: str):
+    return click.option(flag, multiple=True, type=type_, metavar=type_.name.upper() if hasattr(type_, "name") else "VALUE",
+                        help=help_ + " Per model: once for all, or once per --model-dir.")
+
+
+OPTIONS = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                 help="YAML or TOML file with the same settings, one section per model; flags override it."),
+    click.option("--port", type=click.IntRange(0, 65535), help="gRPC port [default: 8500; 0 = any free port]."),
+    click.option("--host", type=str, help="Address to bind [default: 0.0.0.0]."),
+    click.option("--prometheus-port", type=click.IntRange(0, 65535),
+                 help="HTTP port of /metrics [default: 9000; 0 = any free port]."),
+    click.option("--model-dir", multiple=True, type=str,
+                 help="A model's directory of versions; repeat for several models. The model's name "
+                      "is its last path component. [default: the demo model models/home]"),
+    _per_model("--runtime", click.STRING, "Runtime plugin: onnx, tf, torch or an installed one [default: onnx]."),
+    _per_model("--max-batch-size", click.INT, "Requests per server-side batch [default: 16]."),
+    _per_model("--batch-time-out-millis", click.FLOAT, "Longest wait to fill a batch [default: 2]."),
+    _per_model("--num-batch-threads", click.INT, "Batches in flight at once per model [default: 2]."),
+    _per_model("--input", click.STRING, "Comma-separated input names; empty = from the model [default: examples]."),
+    _per_model("--output", click.STRING, "Comma-separated output names; empty = all [default: output_0]."),
+    _per_model("--intra-op-parallelism", click.INT, "Runtime intra-op threads."),
+    _per_model("--inter-op-parallelism", click.INT, "Runtime inter-op threads."),
+    _per_model("--serving-sig", click.STRING, "SavedModel signature to serve (tf)."),
+    _per_model("--max-warmup-records", click.INT, "Warm-up records to replay (tf) [default: 500]."),
+    _per_model("--onnx-use-converter", click.STRING,
+               "BPR converter: home (always), none, auto (when the model's inputs match) [default: auto]."),
+    click.option("--batch-drop-millis", type=float,
+                 help="A request that waited longer is answered RESOURCE_EXHAUSTED; 0 = never [default: 90]."),
+    click.option("--max-batch-rows", type=int, help="Rows per batch; 0 = no limit [default: 0]."),
+    click.option("--max-queued-requests", type=int,
+                 help="Waiting requests per model version before new ones are refused [default: 10000]."),
+    click.option("--model-check-interval-secs", type=float, help="Poll period for new versions [default: 300]."),
+    click.option("--meta-json-dir", type=str, help="Where META.json lives [default: parent of the first model dir]."),
+    click.option("--modelsync-cli", type=str, help="Command run before each poll."),
+    click.option("--versions-per-model", type=int, help="Versions kept loaded [default: 1]."),
+    click.option("--ssl-dir", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
+    click.option("--max-message-bytes", type=int, help="Largest gRPC message in or out [default: 64 MiB]."),
+    click.option("--grpc-threads", type=int, help="gRPC handler threads [default: 16]."),
+    click.option("--shutdown-grace-secs", type=float,
+                 help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
+    click.option("--onnx-ep-options", type=str, help="k=v,... options of the GPU execution provider."),
+    click.option("--onnx-gpu-ep", type=str, help="GPU execution provider: cuda, tensorrt or onednn."),
+    click.option("--onnx-use-parallel-mode", type=str, help="true/false: ORT parallel execution mode."),
+    click.option("--onnx-use-memory-pattern", type=str, help="true/false: ORT memory pattern."),
+    click.option("--onnx-global-thread-pool-options", type=str,
+                 help="intra_op_num_threads=N,inter_op_num_threads=M: one ORT thread pool for all models."),
+    click.option("--profiling", type=str, help="ONNX Runtime profiling output prefix."),
+    # Accepted so the original's launch scripts start; these histograms are not produced.
+    click.option("--onnx-report-discrete-feature-ids", type=str, hidden=True),
+    click.option("--onnx-report-continuous-feature-ids", type=str, hidden=True),
+]
+
+
+def _given_flags(ctx: click.Context, params: dict) -> dict:
+    """The flags the user gave (command line or environment), by flag name."""
+    given = {}
+    for param in ctx.command.params:
+        if param.name == "config_path" or not isinstance(param, click.Option):
+            continue
+        value = params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            if param.multiple and not value:
+                continue
+            given[param.opts[0]] = value
+    return given
+
+
+def settings_from_cli(ctx: click.Context, params: dict):
+    """Build and check the ServerSettings; any problem becomes a click usage error (exit 2)."""
+    try:
+        settings = build_settings(_given_flags(ctx, params), params.get("config_path"), default_model_dirs())
+        _check_runtimes(settings)
+    except ConfigError as error:
+        raise click.UsageError(str(error), ctx=ctx) from None
+    return settings
+
+
+def _check_runtimes(settings) -> None:
+    """Resolve each model's runtime and let it validate its options before anything starts."""
+    from navi.plugins import resolve_runtime
+
+    for index, model in enumerate(settings.models):
+        try:
+            runtime = resolve_runtime(model.runtime)
+            check = getattr(runtime, "check_options", None)
+            if check is not None:
+                check(model)
+        except ConfigError as error:
+            raise ConfigError(error.reason, source=f"models[{index}] ({model.name})",
+                              key=error.key or "runtime") from None
+
+
+def run(settings) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; returns the process exit code."""
+    from navi.metrics import Metrics
+    from navi.plugins import resolve_runtime
+    from navi.repository import ModelRegistry
+    from navi.server.app import NaviServer
+
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics, runtimes=resolve_runtime)
+    server = NaviServer(settings, registry, metrics)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            # second signal: the operator wants out now
+            log.warning("second %s: exiting without draining", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s received: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        server.start()
+        registry.start()
+        server.refresh_health()
+        log.info("navi ready: %s", ", ".join(registry.model_names()) or "no models")
+        while not stop.wait(1.0):
+            pass
+    except ConfigError as error:
+        log.error("%s", error)
+        server.stop(0)
+        registry.stop(0)
+        return 2
+    server.stop(settings.shutdown_grace_s)
+    registry.stop(settings.shutdown_grace_s)
+    log.info("navi stopped")
+    return 0
+
+
+def _apply(options, function):
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _serve(ctx: click.Context, **params) -> None:
+    """Serve models over the TF Serving and KServe V2 gRPC APIs."""
+    unsupported = [flag for flag in ("onnx_report_discrete_feature_ids", "onnx_report_continuous_feature_ids")
+                   if params.get(flag)]
+    settings = settings_from_cli(ctx, params)
+    for flag in unsupported:
+        log.warning("--%s is accepted for compatibility but ignored", flag.replace("_", "-"))
+    sys.exit(run(settings))
+
+
+serve = click.command(name="serve")(_apply(OPTIONS, click.pass_context(_serve)))

@@ -1,0 +1,202 @@
+"""NaviServer: the gRPC server process around a ModelRegistry.
+
+Serves, on one port: TF Serving's PredictionService and ModelService, KServe
+V2's GRPCInferenceService, gRPC health checking (per model and overall ""),
+and server reflection; plus Prometheus ``/metrics`` on its own HTTP port.
+
+Why the threaded ``grpc.server`` and not ``grpc.aio``: measured on the 2-core
+dev machine with a bare echo servicer (bytes in, constant out; 8 concurrent
+closed-loop clients in another process), the sync server matched or beat aio
+on 1.5 MB requests, which are the workload that matters (BPR batches), and our
+handlers block on a batch Future anyway, which in aio would need an executor
+hop per request. The figures are in the server helper's report and
+benchmarks/RESULTS.md.
+
+Compression: gzip-compressed requests are always accepted (gRPC core
+decompresses them). Answers are gzip-compressed when the client accepts gzip
+and the answer is at least ``tfserving.COMPRESS_MIN_BYTES``: small answers (the usual
+few floats per row) are cheaper to send than to compress.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from navi._proto.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from navi._proto.tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+from navi.errors import ConfigError
+from navi.server.kserve import InferenceServicer
+from navi.server.tfserving import ModelServicer, PredictionServicer
+from navi.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+#: health service name that stands for the whole server
+OVERALL = ""
+
+SERVICE_NAMES = (
+    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+def load_tls(ssl_dir: Path) -> tuple[grpc.ServerCredentials, float]:
+    """Server credentials from ``ssl_dir`` (server.crt, server.key, server.chain).
+
+    As the original: the chain is also the CA that client certificates must
+    chain to, so clients authenticate too (mutual TLS). Returns the
+    credentials and the server certificate's expiry (epoch seconds).
+    """
+    paths = {name: Path(ssl_dir) / name for name in ("server.crt", "server.key", "server.chain")}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}", source="--ssl-dir", key=str(ssl_dir))
+    cert = paths["server.crt"].read_bytes()
+    credentials = grpc.ssl_server_credentials(
+        [(paths["server.key"].read_bytes(), cert)],
+        root_certificates=paths["server.chain"].read_bytes(),
+        require_client_auth=True,
+    )
+    return credentials, certificate_expiry_epoch_s(cert)
+
+
+def certificate_expiry_epoch_s(pem: bytes) -> float:
+    """The ``notAfter`` time of the first certificate in ``pem``, as epoch seconds."""
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(pem)
+    not_after = certificate.not_valid_after_utc
+    return not_after.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+class NaviServer:
+    """The gRPC + metrics servers of one navi process.
+
+    ``start()`` binds and starts serving (health NOT_SERVING until the
+    registry reports models ready) and returns the bound gRPC port;
+    ``stop(grace_s)`` turns health NOT_SERVING, refuses new RPCs and lets
+    in-flight ones finish for at most ``grace_s``. The registry's own
+    lifecycle (start, stop) belongs to the caller.
+    """
+
+    def __init__(self, settings: ServerSettings, registry, metrics):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.port: int | None = None
+        self.prometheus_port: int | None = None
+        self._server: grpc.Server | None = None
+        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self._http = None
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> int:
+        """Bind both ports and start serving; returns the bound gRPC port."""
+        settings = self.settings
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # never share a port with a stale process (SO_REUSEPORT would)
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
+            options=options,
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.registry, self.metrics), server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.registry, self.metrics), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+
+        address = f"{settings.host}:{settings.port}"
+        if settings.ssl_dir is not None:
+            credentials, expiry_s = load_tls(settings.ssl_dir)
+            self.metrics.cert_expiry_epoch.set(expiry_s)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+        if port == 0:
+            raise ConfigError(f"cannot bind {address}", source="--port", key=str(settings.port))
+
+        self.refresh_health()
+        self.registry.add_listener(self._on_model_change)
+        server.start()
+        self._server = server
+        self.port = port
+
+        self._http, _ = start_http_server(settings.prometheus_port, registry=self.metrics.registry)
+        self.prometheus_port = self._http.server_address[1]
+        log.info(
+            "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",
+            settings.host, port, "mutual TLS" if settings.ssl_dir else "plaintext",
+            self.prometheus_port,
+        )
+        return port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new RPCs, finish in-flight ones within ``grace_s``."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        # Tell load balancers first, so they stop routing here while we drain.
+        self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            self._server.stop(grace_s).wait()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("navi gRPC server stopped")
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the gRPC server terminates (or ``timeout_s``); True if it did."""
+        if self._server is None:
+            return True
+        return self._server.wait_for_termination(timeout_s)
+
+    # ----------------------------------------------------------------- health
+
+    def _status_of(self, ready: bool) -> int:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        return serving if ready and not self._stopping else not_serving
+
+    def refresh_health(self) -> None:
+        """Re-read readiness of every model and of the whole server into the health service."""
+        for name in self.registry.model_names():
+            self._health.set(name, self._status_of(self.registry.is_ready(name)))
+        self._health.set(OVERALL, self._status_of(self.registry.is_ready()))
+
+    def _on_model_change(self, name: str) -> None:
+        if self._stopping:
+            return
+        try:
+            self._health.set(name, self._status_of(self.registry.is_ready(name)))
+            self._health.set(OVERALL, self._status_of(self.registry.is_ready()))
+        except Exception:  # a listener must never break the registry's thread
+            log.exception("health update for %s failed", name)

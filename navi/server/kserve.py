@@ -1,0 +1,126 @@
+"""KServe V2 (Open Inference Protocol) gRPC API: ``inference.GRPCInferenceService``.
+
+Same data plane as the TF Serving API (registry -> ServedModel.submit); only
+the tensor encoding differs. Answers carry numbers in ``raw_output_contents``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from navi import __version__
+from navi._proto.kserve import grpc_predict_v2_pb2 as pb2
+from navi._proto.kserve import grpc_predict_v2_pb2_grpc as pb2_grpc
+from navi.errors import InvalidInput, NaviError
+from navi.server import codec
+from navi.server.status import grpc_errors
+from navi.server.tfserving import compress_if_large, deadline_from
+
+SERVER_NAME = "navi"
+
+# Triton's platform names, which KServe clients display.
+_PLATFORM = {"onnx": "onnxruntime_onnx", "tf": "tensorflow_savedmodel", "torch": "pytorch_libtorch"}
+
+
+def _version_of(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"model version {text!r} is not an integer") from None
+
+
+class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over a ``ModelRegistry``."""
+
+    def __init__(self, registry, metrics):
+        self._registry = registry
+        self._metrics = metrics
+
+    def _served(self, name: str, version_text: str):
+        if not name:
+            raise InvalidInput("model name is required")
+        return self._registry.get(name, version=_version_of(version_text))
+
+    @grpc_errors
+    def ServerLive(self, request, context):
+        """Live as long as the process answers."""
+        return pb2.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    def ServerReady(self, request, context):
+        """Ready once every configured model is loaded and warmed up."""
+        return pb2.ServerReadyResponse(ready=bool(self._registry.is_ready()))
+
+    @grpc_errors
+    def ModelReady(self, request, context):
+        """Whether the model (or the given version) can serve now."""
+        if not request.version:
+            return pb2.ModelReadyResponse(ready=bool(self._registry.is_ready(request.name)))
+        try:
+            self._served(request.name, request.version)
+        except NaviError as error:
+            if isinstance(error, InvalidInput):
+                raise
+            return pb2.ModelReadyResponse(ready=False)
+        return pb2.ModelReadyResponse(ready=True)
+
+    @grpc_errors
+    def ServerMetadata(self, request, context):
+        """Server name and version; no protocol extensions."""
+        return pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__)
+
+    @grpc_errors
+    def ModelMetadata(self, request, context):
+        """Inputs and outputs (datatype, shape with -1) and the loaded versions."""
+        served = self._served(request.name, request.version)
+        response = pb2.ModelMetadataResponse(name=served.name)
+        response.versions.extend(
+            str(status.version)
+            for status in self._registry.version_status(served.name)
+            if status.state == "AVAILABLE"
+        )
+        runtime = getattr(served.settings, "runtime", "")
+        response.platform = _PLATFORM.get(runtime, runtime)
+        signature = served.signature
+        for target, specs in ((response.inputs, signature.inputs), (response.outputs, signature.outputs)):
+            for spec in specs:
+                target.add(
+                    name=spec.name,
+                    datatype=codec.kserve_datatype_of(spec.dtype),
+                    shape=codec.shape_for_metadata(spec.shape),
+                )
+        return response
+
+    @grpc_errors
+    def ModelInfer(self, request, context):
+        """Run one inference request, batched with other callers."""
+        started_s = time.monotonic()
+        model_name = request.model_name
+        metrics = self._metrics
+        metrics.num_requests.inc()
+        metrics.num_requests_by_model.labels(model_name).inc()
+        try:
+            served = self._served(model_name, request.model_version)
+            inputs = codec.kserve_request_inputs(request)
+            output_names = tuple(output.name for output in request.outputs)
+            future = served.submit(inputs, output_names, deadline_from(context))
+            context.add_callback(future.cancel)
+            outputs = future.result()
+        except Exception:
+            metrics.num_requests_failed.inc()
+            metrics.num_requests_failed_by_model.labels(model_name).inc()
+            raise
+        response = pb2.ModelInferResponse(
+            model_name=served.name, model_version=str(served.version), id=request.id
+        )
+        order = output_names or tuple(outputs)
+        codec.fill_kserve_outputs(response, ((name, outputs[name]) for name in order))
+        rows = next((len(a) for a in outputs.values() if np.ndim(a) > 0), 0)
+        metrics.num_predictions.inc(rows)
+        metrics.num_prediction_by_model.labels(model_name).inc(rows)
+        compress_if_large(context, response)
+        metrics.response_time.labels(model_name).observe(time.monotonic() - started_s)
+        return response

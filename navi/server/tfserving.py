@@ -1,0 +1,288 @@
+"""TensorFlow Serving's gRPC API: PredictionService and ModelService.
+
+Servicers are thin: decode tensors (codec), find the ``ServedModel`` in the
+registry, ``submit`` and wait for the batch, encode the answer. Errors are
+``NaviError``s mapped to status codes by ``status.grpc_errors``.
+
+The handlers block a gRPC worker thread on the batch Future; the server's
+thread pool is sized (``ServerSettings.grpc_threads``) so that a full batch of
+waiting callers still leaves threads to accept new requests.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from navi._proto.tensorflow.core.protobuf import meta_graph_pb2
+from navi._proto.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from navi.errors import InvalidInput, ModelVersionNotFound, Unimplemented
+from navi.server import codec
+from navi.server.status import TF_ERROR_CODE, grpc_errors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+_STATE = get_model_status_pb2.ModelVersionStatus.State
+_STATE_BY_NAME = {
+    "START": _STATE.START,
+    "LOADING": _STATE.LOADING,
+    "AVAILABLE": _STATE.AVAILABLE,
+    "UNLOADING": _STATE.UNLOADING,
+    "END": _STATE.END,
+}
+
+
+def _model_name(model_spec) -> str:
+    if not model_spec.name:
+        raise InvalidInput("model_spec.name is required")
+    return model_spec.name
+
+
+def resolve_model(registry, model_spec) -> Any:
+    """The ``ServedModel`` a TF Serving ``ModelSpec`` names (version, label or newest)."""
+    name = _model_name(model_spec)
+    choice = model_spec.WhichOneof("version_choice")
+    if choice == "version":
+        return registry.get(name, version=int(model_spec.version.value))
+    if choice == "version_label":
+        return registry.get(name, label=model_spec.version_label)
+    return registry.get(name)
+
+
+def _check_signature_name(served, model_spec) -> str:
+    # TF Serving models may carry several signatures; ours carry one, served
+    # under "serving_default" and under the configured --serving-sig name.
+    wanted = model_spec.signature_name or DEFAULT_SIGNATURE
+    configured = getattr(getattr(served, "settings", None), "serving_signature", DEFAULT_SIGNATURE)
+    if wanted not in (DEFAULT_SIGNATURE, configured):
+        raise InvalidInput(
+            f"model {served.name!r} has no signature {wanted!r}; it serves "
+            f"{DEFAULT_SIGNATURE!r}" + (f" and {configured!r}" if configured != DEFAULT_SIGNATURE else "")
+        )
+    return wanted
+
+
+def fill_model_spec(target, served, signature_name: str = DEFAULT_SIGNATURE) -> None:
+    """Name the model and the version that served the request in ``target``."""
+    target.name = served.name
+    target.version.value = served.version
+    target.signature_name = signature_name
+
+
+def deadline_from(context) -> float | None:
+    """The caller's gRPC deadline as an absolute ``time.monotonic()`` value, or None."""
+    remaining_s = context.time_remaining()
+    if remaining_s is None:
+        return None
+    return time.monotonic() + remaining_s
+
+
+#: answers at least this big are gzip-compressed (when the client accepts gzip);
+#: below it, compressing costs more CPU than the bytes saved on loopback/LAN.
+COMPRESS_MIN_BYTES = 4096
+
+
+def compress_if_large(context, response) -> None:
+    """Ask gRPC to gzip ``response`` when it is at least ``COMPRESS_MIN_BYTES``."""
+    if response.ByteSize() >= COMPRESS_MIN_BYTES:
+        context.set_compression(grpc.Compression.Gzip)
+
+
+def signature_def(signature) -> meta_graph_pb2.SignatureDef:
+    """A navi ``Signature`` in TF's SignatureDef layout (dtypes, shapes with -1)."""
+    sig = meta_graph_pb2.SignatureDef(method_name=signature.method_name)
+    for target, specs in ((sig.inputs, signature.inputs), (sig.outputs, signature.outputs)):
+        for spec in specs:
+            info = target[spec.name]
+            info.name = spec.name
+            info.dtype = codec.tf_dtype_of(spec.dtype)
+            for size in codec.shape_for_metadata(spec.shape):
+                info.tensor_shape.dim.add(size=size)
+    return sig
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService`` over a ``ModelRegistry``."""
+
+    def __init__(self, registry, metrics):
+        self._registry = registry
+        self._metrics = metrics
+
+    @grpc_errors
+    def Predict(self, request, context):
+        """Run the request's inputs through the model, batched with other callers."""
+        started_s = time.monotonic()
+        model_name = request.model_spec.name
+        metrics = self._metrics
+        metrics.num_requests.inc()
+        metrics.num_requests_by_model.labels(model_name).inc()
+        try:
+            served = resolve_model(self._registry, request.model_spec)
+            signature_name = _check_signature_name(served, request.model_spec)
+            inputs = {
+                name: codec.tensor_proto_to_ndarray(tensor, name)
+                for name, tensor in request.inputs.items()
+            }
+            future = served.submit(inputs, tuple(request.output_filter), deadline_from(context))
+            # If the caller goes away, a still-queued request need not run.
+            context.add_callback(future.cancel)
+            outputs = future.result()
+        except Exception:
+            metrics.num_requests_failed.inc()
+            metrics.num_requests_failed_by_model.labels(model_name).inc()
+            raise
+        response = predict_pb2.PredictResponse()
+        fill_model_spec(response.model_spec, served, signature_name)
+        rows = 0
+        for name, array in outputs.items():
+            codec.ndarray_to_tensor_proto(array, response.outputs[name])
+            if rows == 0 and np.ndim(array) > 0:
+                rows = len(array)
+        metrics.num_predictions.inc(rows)
+        metrics.num_prediction_by_model.labels(model_name).inc(rows)
+        compress_if_large(context, response)
+        metrics.response_time.labels(model_name).observe(time.monotonic() - started_s)
+        return response
+
+    @grpc_errors
+    def GetModelMetadata(self, request, context):
+        """The model's signature, as TF Serving returns it (Any-packed SignatureDefMap)."""
+        fields = list(request.metadata_field) or [SIGNATURE_DEF_FIELD]
+        unknown = [field for field in fields if field != SIGNATURE_DEF_FIELD]
+        if unknown:
+            raise InvalidInput(
+                f"metadata_field {unknown[0]!r} is not supported; only {SIGNATURE_DEF_FIELD!r}"
+            )
+        served = resolve_model(self._registry, request.model_spec)
+        sig = signature_def(served.signature)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        sig_map.signature_def[DEFAULT_SIGNATURE].CopyFrom(sig)
+        configured = getattr(served.settings, "serving_signature", DEFAULT_SIGNATURE)
+        if configured and configured != DEFAULT_SIGNATURE:
+            sig_map.signature_def[configured].CopyFrom(sig)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        fill_model_spec(response.model_spec, served, "")
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(sig_map)
+        return response
+
+    def _delegate(self, request, method: str, result_type):
+        """Call ``LoadedModel.<method>(input)`` when the runtime offers it.
+
+        The runtime receives the request's ``tensorflow.serving.Input`` message
+        and returns the matching result message (or its serialized bytes).
+        """
+        served = resolve_model(self._registry, request.model_spec)
+        model = getattr(served, "model", None)
+        handler = getattr(model, method, None)
+        if handler is None:
+            raise Unimplemented(
+                f"{method.capitalize()} is not supported by model {served.name!r} "
+                f"(runtime {getattr(served.settings, 'runtime', '?')}); use Predict"
+            )
+        produced = handler(request.input)
+        result = result_type()
+        if isinstance(produced, (bytes, bytearray)):
+            result.ParseFromString(produced)
+        else:
+            result.CopyFrom(produced)
+        return served, result
+
+    @grpc_errors
+    def Classify(self, request, context):
+        """Classify tf.Examples: only for runtimes whose models implement ``classify``."""
+        served, result = self._delegate(request, "classify", classification_pb2.ClassificationResult)
+        response = classification_pb2.ClassificationResponse()
+        fill_model_spec(response.model_spec, served, request.model_spec.signature_name or DEFAULT_SIGNATURE)
+        response.result.CopyFrom(result)
+        return response
+
+    @grpc_errors
+    def Regress(self, request, context):
+        """Regress tf.Examples: only for runtimes whose models implement ``regress``."""
+        served, result = self._delegate(request, "regress", regression_pb2.RegressionResult)
+        response = regression_pb2.RegressionResponse()
+        fill_model_spec(response.model_spec, served, request.model_spec.signature_name or DEFAULT_SIGNATURE)
+        response.result.CopyFrom(result)
+        return response
+
+    @grpc_errors
+    def MultiInference(self, request, context):
+        """Several classify/regress tasks over one input, each delegated as above."""
+        if not request.tasks:
+            raise InvalidInput("MultiInference needs at least one task")
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            if task.method_name == "tensorflow/serving/classify":
+                method, result_type, field = "classify", classification_pb2.ClassificationResult, "classification_result"
+            elif task.method_name == "tensorflow/serving/regress":
+                method, result_type, field = "regress", regression_pb2.RegressionResult, "regression_result"
+            else:
+                raise Unimplemented(
+                    f"MultiInference method {task.method_name!r} is not supported; "
+                    "navi answers tensorflow/serving/classify and tensorflow/serving/regress "
+                    "for runtimes that implement them, and Predict for all"
+                )
+            sub_request = classification_pb2.ClassificationRequest(input=request.input)
+            sub_request.model_spec.CopyFrom(task.model_spec)
+            served, result = self._delegate(sub_request, method, result_type)
+            entry = response.results.add()
+            fill_model_spec(entry.model_spec, served, task.model_spec.signature_name or DEFAULT_SIGNATURE)
+            getattr(entry, field).CopyFrom(result)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``tensorflow.serving.ModelService``: version states of each model."""
+
+    def __init__(self, registry):
+        self._registry = registry
+
+    @grpc_errors
+    def GetModelStatus(self, request, context):
+        """Each known version's state (START .. END) and its load error, if any."""
+        name = _model_name(request.model_spec)
+        statuses = self._registry.version_status(name)
+        wanted = None
+        if request.model_spec.WhichOneof("version_choice") == "version":
+            wanted = int(request.model_spec.version.value)
+        elif request.model_spec.WhichOneof("version_choice") == "version_label":
+            wanted = self._registry.get(name, label=request.model_spec.version_label).version
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in statuses:
+            if wanted is not None and status.version != wanted:
+                continue
+            entry = response.model_version_status.add()
+            entry.version = status.version
+            entry.state = _STATE_BY_NAME.get(status.state, _STATE.UNKNOWN)
+            if status.error_code is not None:
+                entry.status.error_code = TF_ERROR_CODE[status.error_code]
+            entry.status.error_message = status.error_message or ""
+        if wanted is not None and not response.model_version_status:
+            raise ModelVersionNotFound(f"model {name!r} has no version {wanted}")
+        return response
+
+    @grpc_errors
+    def HandleReloadConfigRequest(self, request, context):
+        """Not offered: navi's model set comes from --model-dir / --config."""
+        raise Unimplemented(
+            "HandleReloadConfigRequest is not supported: navi serves the models given by "
+            "--model-dir or --config and picks up new versions by polling each model directory"
+        )
+
+
+__all__ = ["PredictionServicer", "ModelServicer", "signature_def", "resolve_model"]
