@@ -122,3 +122,19 @@ def test_cli_heavy_defaults_to_the_cache(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "models" / "home_heavy" / str(DEMO_VERSION) / "model.onnx").is_file()
     assert not (tmp_path / "models" / "home").exists()
+
+
+def test_home_demo_answers_converted_bprs_with_informative_probabilities():
+    # the committed model, fed the way the daemon feeds it: BPRs through the converter
+    from navi.converter import BprConverter
+    from navi.workload import make_bprs
+
+    version_dir = REPO_ROOT / "models" / "home" / str(DEMO_VERSION)
+    layout = load_layout_from_dir(version_dir)
+    batch = BprConverter(layout).convert(make_bprs(layout, 2, candidates=20, seed=1))
+    model = OnnxRuntime().load(version_dir, ModelSettings(name="home", model_dir=version_dir.parent))
+    out = model.run({name: batch[name] for name in layout.feed_order})["output_0"].ravel()
+    assert out.shape == (40,)
+    # neither saturated nor constant: a wrong row order or a dropped feature would show
+    assert 0.01 < out.min() and out.max() < 0.99
+    assert out.std() > 0.02
