@@ -1,0 +1,286 @@
+"""Repository pieces: version names, directory scans, META.json, TFRecord, the registry."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from navi.errors import Code, ConfigError, ModelNotFound, ModelNotReady, ModelVersionNotFound
+from navi.metrics import Metrics
+from navi.repository import (
+    ModelDirScanner,
+    ModelRegistry,
+    files_signature,
+    parse_meta,
+    parse_version,
+    read_meta,
+)
+from navi.repository.tfrecord import TFRecordError, read_records, write_records
+from navi.settings import BatchingSettings, ModelSettings, ServerSettings
+
+
+def write_version(model_dir, name, value=None):
+    """model_dir/name/model.onnx: output_0 = x + value (value defaults to the version)."""
+    value = float(parse_version(str(name)) if value is None else value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "v"], ["output_0"])], "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor("v", TensorProto.FLOAT, [], [value])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = model_dir / str(name)
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"))
+    return path
+
+
+# ---------------------------------------------------------------- version names / scan
+
+
+@pytest.mark.parametrize("name, version", [
+    ("1679693908377", 1679693908377),
+    ("0", 0),
+    ("2022-12-20T10:18:53.000Z", 1671531533000),
+    ("2022-12-20T10:18:53Z", 1671531533000),
+    ("2022-12-20T11:18:53.250+01:00", 1671531533250),
+    ("META.json", None),
+    ("-5", None),
+    ("2022-12-20", None),
+    ("2022-13-40T10:18:53Z", None),
+    ("99999999999999999999", None),
+])
+def test_parse_version(name, version):
+    assert parse_version(name) == version
+
+
+def test_scan_orders_numerically_and_skips_the_rest(tmp_path, caplog):
+    for name in ("999", "1000", "2022-12-20T10:18:53.000Z"):
+        write_version(tmp_path, name, 0)
+    (tmp_path / "META.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "2000").mkdir()  # half copied: no model file yet
+    scanner = ModelDirScanner(tmp_path, lambda p: (p / "model.onnx").exists())
+    caplog.set_level("INFO")
+    assert [v.version for v in scanner.scan()] == [1671531533000, 1000, 999]
+    assert [v.name for v in scanner.scan()][0] == "2022-12-20T10:18:53.000Z"
+    skipped = [r for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(skipped) == 3  # META.json, notes, 2000: once each despite two scans
+    write_version(tmp_path, "2000", 0)
+    assert scanner.scan()[0].version == 1671531533000 and len(scanner.scan()) == 4
+
+
+def test_files_signature_changes_with_content(tmp_path):
+    path = write_version(tmp_path, "1", 0)
+    before = files_signature(path)
+    (path / "model.onnx").write_bytes(b"different length")
+    assert files_signature(path) != before
+
+
+# ---------------------------------------------------------------- META.json
+
+
+def test_meta_parses_pin_labels_and_overrides():
+    metas = parse_meta({
+        "m": {"version": "2022-12-20T10:18:53.000Z", "labels": {"stable": 1, "canary": "2"},
+              "intra_op_parallelism": "4", "batch_time_out_millis": 7,
+              "batching": {"max_batch_size": 3}},
+        "other": {},
+    })
+    meta = metas["m"]
+    assert meta.version == 1671531533000
+    assert meta.labels == {"stable": 1, "canary": 2}
+    base = ModelSettings(name="m", model_dir="/x")
+    applied = meta.apply(base)
+    assert applied.intra_op_parallelism == 4
+    assert applied.batching.batch_timeout_ms == 7 and applied.batching.max_batch_size == 3
+    assert metas["other"].apply(base) is base
+
+
+@pytest.mark.parametrize("data, key", [
+    ([], ""),
+    ({"m": 3}, "m"),
+    ({"m": {"version": "latest"}}, "m.version"),
+    ({"m": {"labels": {"a": "x"}}}, "m.labels.a"),
+    ({"m": {"max_batch_size": 0}}, "m.batching"),
+    ({"m": {"intra_op_parallelism": "many"}}, "m.intra_op_parallelism"),
+    ({"m": {"colour": "red"}}, "m.colour"),
+])
+def test_meta_rejects_malformed_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        parse_meta(data)
+    assert err.value.key == key
+
+
+def test_read_meta_missing_and_bad_json(tmp_path):
+    assert read_meta(tmp_path / "META.json") is None
+    (tmp_path / "META.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        read_meta(tmp_path / "META.json")
+
+
+# ---------------------------------------------------------------- TFRecord
+
+
+def test_tfrecord_round_trip_and_corruption(tmp_path):
+    path = tmp_path / "records"
+    write_records(path, [b"one", b"", b"x" * 5000])
+    assert list(read_records(path)) == [b"one", b"", b"x" * 5000]
+    assert list(read_records(path, limit=1)) == [b"one"]
+    data = bytearray(path.read_bytes())
+    data[14] ^= 0xFF  # inside the first record's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(TFRecordError, match="data checksum of record 0"):
+        list(read_records(path))
+    path.write_bytes(bytes(data[:-2]))
+    with pytest.raises(TFRecordError):
+        list(read_records(path))
+
+
+# ---------------------------------------------------------------- registry
+
+
+def make_registry(model_dir, **server):
+    settings = ServerSettings(
+        models=(ModelSettings(name="m", model_dir=model_dir, outputs=(),
+                              batching=BatchingSettings(batch_timeout_ms=0)),),
+        **server,
+    )
+    return ModelRegistry(settings, Metrics())
+
+
+def answer(registry, version=None, label=None):
+    served = registry.get("m", version=version, label=label)
+    out = served.predict({"x": np.zeros((1, 1), np.float32)}, timeout_s=30)
+    return served.version, float(out["output_0"][0, 0])
+
+
+def test_registry_serves_newest_and_keeps_k_versions(tmp_path):
+    write_version(tmp_path / "m", 1)
+    write_version(tmp_path / "m", 2)
+    registry = make_registry(tmp_path / "m", versions_per_model=2)
+    registry.start()
+    try:
+        assert registry.is_ready("m") and registry.is_ready()
+        assert answer(registry) == (2, 2.0)
+        assert answer(registry, version=1) == (1, 1.0)
+        write_version(tmp_path / "m", 3)
+        registry.rescan({})
+        registry.wait_for_loads(30)
+        assert answer(registry) == (3, 3.0)
+        assert answer(registry, version=2) == (2, 2.0)
+        with pytest.raises(ModelVersionNotFound):
+            registry.get("m", version=1)
+        states = {s.version: s.state for s in registry.version_status("m")}
+        assert states[3] == states[2] == "AVAILABLE" and states[1] in ("UNLOADING", "END")
+        with pytest.raises(ModelNotFound):
+            registry.get("nope")
+    finally:
+        registry.stop(5)
+
+
+def test_corrupt_version_skipped_until_its_files_change(tmp_path):
+    write_version(tmp_path / "m", 1)
+    registry = make_registry(tmp_path / "m")
+    registry.start()
+    try:
+        bad = tmp_path / "m" / "2"
+        bad.mkdir()
+        (bad / "model.onnx").write_bytes(b"not an onnx model")
+        registry.rescan({})
+        registry.wait_for_loads(30)
+        assert answer(registry) == (1, 1.0)
+        status = {s.version: s for s in registry.version_status("m")}
+        assert status[2].state == "END" and status[2].error_code == Code.INTERNAL
+        assert "onnx" in status[2].error_message.lower()
+        registry.rescan({})
+        registry.wait_for_loads(30)
+        failures = registry.metrics.registry.get_sample_value(
+            ":navi:model_load_failures_total", {"model_name": "m"})
+        assert failures == 1  # unchanged files are not retried
+        write_version(tmp_path / "m", 2)
+        os.utime(bad / "model.onnx", ns=(1, 1))  # make sure the signature differs
+        registry.rescan({})
+        registry.wait_for_loads(30)
+        assert answer(registry) == (2, 2.0)
+    finally:
+        registry.stop(5)
+
+
+def test_meta_pin_and_labels(tmp_path):
+    for v in (1, 2, 3):
+        write_version(tmp_path / "m", v)
+    registry = make_registry(tmp_path / "m")
+    registry.start()
+    try:
+        assert answer(registry) == (3, 3.0)
+        registry.rescan(parse_meta({"m": {"version": 1, "labels": {"canary": 2}}}))
+        registry.wait_for_loads(30)
+        assert answer(registry) == (1, 1.0)
+        assert answer(registry, label="canary") == (2, 2.0)
+        with pytest.raises(ModelVersionNotFound):
+            registry.get("m", label="stable")
+        with pytest.raises(ModelVersionNotFound):
+            registry.get("m", version=3)
+        registry.rescan({})
+        registry.wait_for_loads(30)
+        assert answer(registry) == (3, 3.0)
+    finally:
+        registry.stop(5)
+
+
+def test_not_ready_when_nothing_loads(tmp_path):
+    (tmp_path / "m").mkdir()
+    registry = make_registry(tmp_path / "m")
+    registry.start()
+    try:
+        assert not registry.is_ready()
+        with pytest.raises(ModelNotReady):
+            registry.get("m")
+    finally:
+        registry.stop(5)
+
+
+def _predict_log(value):
+    from navi._proto.tensorflow_serving.apis import prediction_log_pb2
+    from navi.server.codec import ndarray_to_tensor_proto
+
+    entry = prediction_log_pb2.PredictionLog()
+    request = entry.predict_log.request
+    request.model_spec.name = "m"
+    ndarray_to_tensor_proto(np.full((2, 1), value, np.float32), request.inputs["x"])
+    return entry.SerializeToString()
+
+
+def test_warmup_file_replayed_before_ready(tmp_path):
+    version_dir = write_version(tmp_path / "m", 1)
+    (version_dir / "assets.extra").mkdir()
+    write_records(version_dir / "assets.extra" / "tf_serving_warmup_requests",
+                  [_predict_log(i) for i in range(4)])
+    registry = make_registry(tmp_path / "m", max_concurrent_loads=1)
+    registry.start()
+    try:
+        rows = registry.metrics.registry.get_sample_value(
+            ":navi:num_prediction_by_model_total", {"model_name": "m"})
+        assert rows == 8  # four records of two rows each, nothing else yet
+        assert registry.is_ready("m")
+    finally:
+        registry.stop(5)
+
+
+def test_bad_warmup_record_fails_the_load(tmp_path):
+    version_dir = write_version(tmp_path / "m", 1)
+    (version_dir / "assets.extra").mkdir()
+    write_records(version_dir / "assets.extra" / "tf_serving_warmup_requests", [b"\xff\xff"])
+    registry = make_registry(tmp_path / "m")
+    registry.start()
+    try:
+        assert not registry.is_ready("m")
+        assert registry.version_status("m")[0].state == "END"
+    finally:
+        registry.stop(5)
