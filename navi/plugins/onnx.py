@@ -123,7 +123,7 @@ class OnnxOptions:
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> "OnnxOptions":
         """Validate ``settings.runtime_options``; raise ``ConfigError`` naming a bad option."""
-        options = {k: v for k, v in settings.runtime_options.items()}
+        options = settings.runtime_options
         unknown = sorted(set(options) - set(OPTION_KEYS))
         if unknown:
             raise ConfigError(
@@ -360,6 +360,12 @@ class OnnxRuntime(Runtime):
         except Exception as exc:
             raise RuntimeFailure(f"ONNX Runtime cannot load {path}: {exc}") from exc
         model = OnnxModel(session, path, options)
+        requested = [p for p in providers if p != "CPUExecutionProvider"]
+        if requested and model.providers[0] == "CPUExecutionProvider":
+            # listed as available but failed to start (e.g. CUDA libraries missing):
+            # ONNX Runtime quietly fell back, so say it where operators look
+            logger.warning("%s: execution provider %s did not start; running on CPU",
+                           path, options.gpu_ep)
         logger.info(
             "loaded %s (providers %s, intra-op threads %d, inter-op threads %d)",
             path, ",".join(model.providers), options.intra_op_threads, options.inter_op_threads,
