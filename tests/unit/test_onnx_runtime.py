@@ -60,6 +60,7 @@ def dense_version(tmp_path) -> Path:
 
 def test_dense_model_answers_equal_a_direct_run(dense_version):
     model = OnnxRuntime().load(dense_version, settings_for(dense_version.parent))
+    assert isinstance(model, OnnxModel)
     x = np.random.default_rng(0).normal(size=(9, 16)).astype(np.float32)
     got = model.run({"x": x})
     assert list(got) == ["y"]
