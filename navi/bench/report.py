@@ -115,9 +115,11 @@ def serve_tables(document: dict):
     from rich.table import Table
 
     summary = summarize_runs(document.get("runs", []))
-    table = Table(title="navi bench serve", title_justify="left")
-    for column in ("target", "load", "req/s", "rows/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-                   "max ms", "errors", "client CPU ms/req", "server CPU ms/req"):
+    workload = document.get("workload", {}).get("description", "")
+    table = Table(title=f"navi bench serve: {workload} (latency in ms, CPU in ms per request)",
+                  title_justify="left")
+    for column in ("target", "load", "req/s", "rows/s", "p50", "p90", "p99", "p99.9",
+                   "max", "errors", "client CPU", "server CPU"):
         table.add_column(column, justify="left" if column in ("target", "load", "errors") else "right")
     for row in summary:
         latency = row["latency_ms"]
@@ -256,3 +258,42 @@ def runtime_table(document: dict):
             row.get("note", ""),
         )
     return table
+
+
+#: JSON Schema of the ``--json`` file of `navi bench serve` (the part machines rely on).
+SERVE_JSON_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["runs", "machine", "workload", "settings"],
+    "properties": {
+        "runs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["target", "mode", "requests_per_s", "rows_per_s", "latency_ms", "errors"],
+                "properties": {
+                    "target": {"type": "string"},
+                    "mode": {"enum": ["closed", "open"]},
+                    "concurrency": {"type": "integer", "minimum": 1},
+                    "rate": {"type": "number", "exclusiveMinimum": 0},
+                    "requests_per_s": {"type": ["number", "null"]},
+                    "rows_per_s": {"type": ["number", "null"]},
+                    "latency_ms": {
+                        "type": "object",
+                        "required": ["p50", "p90", "p99", "p999", "max"],
+                        "additionalProperties": {"type": ["number", "null"]},
+                    },
+                    "errors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "client_cpu_s_per_request": {"type": ["number", "null"]},
+                    "server_cpu_s_per_request": {"type": ["number", "null"]},
+                },
+                "oneOf": [{"required": ["concurrency"]}, {"required": ["rate"]}],
+            },
+        },
+        "summary": {"type": "array"},
+        "comparisons": {"type": "array"},
+        "machine": {"type": "object", "required": ["cores", "cpu_model"]},
+        "workload": {"type": "object"},
+        "settings": {"type": "object"},
+    },
+}

@@ -11,7 +11,6 @@ ceiling a Python server is compared with.
 """
 from __future__ import annotations
 
-import base64
 import math
 import os
 import platform
@@ -303,28 +302,17 @@ def probe_rows(address: str, method: str, payload: bytes, protocol: str, timeout
 def read_bpr_file(path: Path) -> list[bytes]:
     """Read serialized BPRs: base64 lines, or u32 little-endian length-prefixed records.
 
-    The format is detected from the content: a file that decodes as base64
-    line by line is taken as such; otherwise length-prefixed binary.
+    The format is detected as ``navi convert`` does (``navi.bprfile``); a
+    record that cannot be read stops the benchmark with its number.
     """
-    data = Path(path).read_bytes()
-    try:
-        lines = [line.strip() for line in data.splitlines() if line.strip()]
-        records = [base64.b64decode(line, validate=True) for line in lines]
-        if records:
-            return records
-    except (ValueError, UnicodeDecodeError):
-        pass
+    from navi import bprfile
+
     records = []
-    offset = 0
-    while offset < len(data):
-        if offset + 4 > len(data):
-            raise ValueError(f"{path}: truncated length prefix at byte {offset}")
-        (size,) = struct.unpack_from("<I", data, offset)
-        offset += 4
-        if offset + size > len(data):
-            raise ValueError(f"{path}: record at byte {offset - 4} claims {size} bytes, file ends first")
-        records.append(data[offset:offset + size])
-        offset += size
+    with open(path, "rb") as stream:
+        for record in bprfile.iter_records(stream):
+            if record.payload is None:
+                raise ValueError(f"{path}: record {record.number}: {record.error}")
+            records.append(record.payload)
     if not records:
         raise ValueError(f"{path}: no BPR records")
     return records
@@ -543,7 +531,7 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeasurement,
+def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeasurement,
                 server_cpu_s: float | None) -> dict[str, object]:
     """The JSON record of one run."""
     record: dict[str, object] = {
@@ -636,7 +624,7 @@ def run_serve_bench(
                                            poll=lambda l=labels: emit("poll", l))
                     cpu_after = process_cpu_s(target.pid) if target.pid else None
                     server_cpu = (cpu_after - cpu_before) if cpu_before is not None and cpu_after is not None else None
-                    record = _run_record(target, spec, repeat, measurement, server_cpu)
+                    record = run_record(target, spec, repeat, measurement, server_cpu)
                     runs.append(record)
                     emit("done", record)
     finally:

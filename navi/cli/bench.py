@@ -38,6 +38,16 @@ def bench() -> None:
     """Benchmarks: the converter, runtimes in-process, and a server under load."""
 
 
+def _console():
+    """A rich console; wide when writing to a file or pipe so tables are not squeezed."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    return console
+
+
 def _int_list(text: str | None) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()] if text else []
 
@@ -92,11 +102,9 @@ def serve_command(targets, protocol, concurrency, rate, duration_s, requests, wa
                   bprs_per_request, candidates, spec_dir, batch_rows, distinct_requests, seed, server_pids,
                   json_path, plot_path) -> None:
     """Load a running TF Serving / KServe V2 compatible server and report throughput and latency."""
-    from rich.console import Console
-
     from navi.bench import report, serve
 
-    console = Console(stderr=False)
+    console = _console()
     try:
         parsed = [serve.Target.parse(t) for t in targets]
     except ValueError as error:
@@ -231,15 +239,17 @@ def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
 @click.option("--home-model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="a home model version dir (model.onnx + spec files); default: build a small one.")
 @click.option("--candidates", type=int, default=100, show_default=True, help="candidates per BPR (home case).")
+@click.option("--home-bprs", default="1,4,16", show_default=True, help="BPRs per batch in the home case.")
+@click.option("--callers", type=int, default=1, show_default=True,
+              help="threads calling the runtime at once (a server keeps several batches in flight).")
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, home_model_dir, candidates,
-                    json_path) -> None:
+                    home_bprs, callers, seed, json_path) -> None:
     """In-process runtime throughput: ONNX / TF / torch on one dense model, and converter + runtime."""
-    from rich.console import Console
-
     from navi.bench import report, runtime
 
-    console = Console()
+    console = _console()
     document = runtime.run_runtime_bench(
         runtimes=[r.strip() for r in runtimes.split(",") if r.strip()],
         batch_rows=_int_list(batch_rows),
@@ -249,6 +259,9 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
         home=home,
         home_model_dir=home_model_dir,
         candidates=candidates,
+        home_bprs_per_batch=_int_list(home_bprs),
+        callers=callers,
+        seed=seed,
         log=lambda text: console.print(text, style="dim"),
     )
     console.print(report.runtime_table(document))
