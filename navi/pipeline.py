@@ -385,7 +385,7 @@ class ServedModel:
                 cast_into(src, buffer, start)
                 start += src.shape[0]
             feeds[spec.name] = buffer
-        outputs = self._run_model(feeds, wanted, total)
+        outputs = self._run_model(feeds, wanted)
         try:
             pieces = split_rows(outputs, rows)
         except ValueError:
@@ -423,18 +423,16 @@ class ServedModel:
         for model_input, (tensor_name, dtype) in self._feed.items():
             array = out[tensor_name]
             feeds[model_input] = array if array.dtype == dtype else array.astype(dtype)
-        outputs = self._run_model(feeds, wanted, total)
+        outputs = self._run_model(feeds, wanted)
         pieces = split_rows(outputs, [t.rows for t in tasks])
         return [{n: piece[n] for n in t.payload[1]} for t, piece in zip(tasks, pieces)]
 
-    def _run_model(self, feeds: dict, wanted: tuple[str, ...], rows: int) -> dict:
+    def _run_model(self, feeds: dict, wanted: tuple[str, ...]) -> dict:
         started = time.monotonic()
         outputs = self.model.run(feeds, wanted)
+        # rows predicted are counted by the server per answered request (warmup excluded)
         if self._metrics is not None:
-            m = self._metrics
-            m.model_inference_time.labels(self.name).observe(time.monotonic() - started)
-            m.num_predictions.inc(rows)
-            m.num_prediction_by_model.labels(self.name).inc(rows)
+            self._metrics.model_inference_time.labels(self.name).observe(time.monotonic() - started)
         return outputs
 
 

@@ -266,7 +266,7 @@ def test_warmup_file_replayed_before_ready(tmp_path):
     registry.start()
     try:
         rows = registry.metrics.registry.get_sample_value(
-            ":navi:num_prediction_by_model_total", {"model_name": "m"})
+            ":navi:batch_rows_sum", {"model_name": "m"})
         assert rows == 8  # four records of two rows each, nothing else yet
         assert registry.is_ready("m")
     finally:
