@@ -175,13 +175,14 @@ def _file_models(data: dict[str, Any], source: str, base_dir: Path) -> list[dict
 def build_settings(
     flags: Mapping[str, Any],
     config_path: Path | None = None,
-    default_model_dirs: Sequence[Path] = (),
+    default_model_dirs: Sequence[Path] | Callable[[], Sequence[Path]] = (),
 ) -> ServerSettings:
     """The validated ``ServerSettings`` for ``flags`` layered over ``config_path``.
 
     ``flags`` holds only the flags the user gave, by flag name; per-model and
     ``--model-dir`` values are sequences. ``default_model_dirs`` serve when
-    neither ``--model-dir`` nor the file names a model.
+    neither ``--model-dir`` nor the file names a model (a callable is only
+    called then: finding the demo model may build it).
     """
     data: dict[str, Any] = {}
     source = ""
@@ -209,6 +210,8 @@ def build_settings(
     elif file_models:
         models = file_models
     else:
+        if callable(default_model_dirs):
+            default_model_dirs = default_model_dirs()
         models = [
             _merge(defaults, {"name": model_name_of(d), "model_dir": Path(d)}) for d in default_model_dirs
         ]

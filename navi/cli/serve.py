@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-import navi
 from navi.config import build_settings
 from navi.errors import ConfigError
 
@@ -29,11 +28,14 @@ DEMO_MODEL = Path("models") / "home"
 
 
 def default_model_dirs() -> list[Path]:
-    """``models/home`` under the working directory if present, else the repository's demo."""
+    """``models/home`` under the working directory if present, else the embedded demo model."""
     local = Path.cwd() / DEMO_MODEL
     if local.is_dir():
         return [local]
-    return [Path(navi.__file__).resolve().parent.parent / DEMO_MODEL]
+    # the checkout's models/ or, for an installed wheel, a deterministic rebuild
+    from navi.demo import demo_repository
+
+    return [demo_repository() / DEMO_MODEL.name]
 
 
 def _per_model(flag: str, type_, help_: str):
@@ -108,7 +110,7 @@ def _given_flags(ctx: click.Context, params: dict) -> dict:
 def settings_from_cli(ctx: click.Context, params: dict):
     """Build and check the ServerSettings; any problem becomes a click usage error (exit 2)."""
     try:
-        settings = build_settings(_given_flags(ctx, params), params.get("config_path"), default_model_dirs())
+        settings = build_settings(_given_flags(ctx, params), params.get("config_path"), default_model_dirs)
         _check_runtimes(settings)
     except ConfigError as error:
         raise click.UsageError(str(error), ctx=ctx) from None

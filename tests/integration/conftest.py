@@ -1,0 +1,112 @@
+"""Shared fixtures of the integration tests: a real ``navi serve`` daemon.
+
+``start_navi(*args)`` (module scoped) launches ``python -m navi.cli.main serve``
+on free loopback ports with the given flags, waits until it logs that it is
+ready, and stops it (SIGTERM) when the module ends. Keep additions additive:
+other suites put their own fixtures below.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_LISTENING = re.compile(r"navi gRPC listening on [^ ]+:(\d+) \(([^)]*)\), metrics on :(\d+)/metrics")
+_READY = "navi ready"
+
+
+class NaviDaemon:
+    """One ``navi serve`` subprocess; its log goes to a file, read back by the test."""
+
+    def __init__(self, args: list[str], log_path: Path, cwd: Path | None = None):
+        self.args = list(args)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "navi.cli.main", "serve", "--host", "127.0.0.1",
+             "--port", "0", "--prometheus-port", "0", *self.args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO_ROOT, env=env,
+        )
+        self.port = 0
+        self.prometheus_port = 0
+        self.address = ""
+
+    def log_text(self) -> str:
+        """Everything the daemon logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 90.0, ready_line: str = _READY) -> "NaviDaemon":
+        """Block until the daemon logged ``ready_line``; fail with its log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            match = _LISTENING.search(text)
+            if match and not self.port:
+                self.port = int(match.group(1))
+                self.prometheus_port = int(match.group(3))
+                self.address = f"127.0.0.1:{self.port}"
+            if match and ready_line in text:
+                return self
+            if self.process.poll() is not None:
+                pytest.fail(f"navi serve exited with {self.process.returncode}:\n{text}")
+            time.sleep(0.1)
+        self.kill()
+        pytest.fail(f"navi serve not ready after {timeout_s} s:\n{self.log_text()}")
+
+    def channel(self, **options) -> grpc.Channel:
+        """An insecure channel to the daemon (close it, or use it in a ``with``)."""
+        opts = [("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20)]
+        return grpc.insecure_channel(self.address, options=opts + list(options.items()))
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Send ``sig`` and wait for the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.process.returncode
+
+    def wait_exit(self, timeout_s: float = 30.0) -> int:
+        """Wait for the daemon to exit on its own (e.g. after a signal the test sent)."""
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"navi serve did not exit within {timeout_s} s:\n{self.log_text()}")
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """Stop at once (test cleanup)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def start_navi(tmp_path_factory):
+    """Factory: ``start_navi(*flags, wait=True) -> NaviDaemon``; all are stopped at module end."""
+    daemons: list[NaviDaemon] = []
+
+    def start(*args: str, wait: bool = True, cwd: Path | None = None) -> NaviDaemon:
+        log_path = tmp_path_factory.mktemp("navi-log") / "navi.log"
+        daemon = NaviDaemon([str(a) for a in args], log_path, cwd=cwd)
+        daemons.append(daemon)
+        return daemon.wait_ready() if wait else daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.terminate(timeout_s=15)
