@@ -7,6 +7,7 @@ answered INTERNAL, with the traceback logged here (never sent to the client).
 from __future__ import annotations
 
 import functools
+from concurrent import futures
 import logging
 from typing import Callable
 
@@ -47,6 +48,9 @@ def grpc_errors(method: Callable) -> Callable:
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
+        except futures.CancelledError:
+            # the caller went away (or its deadline passed) while queued
+            code, details = grpc.StatusCode.CANCELLED, "request cancelled"
         except NaviError as error:
             code, details = grpc_code_of(error), error.message
             if code is grpc.StatusCode.INTERNAL:

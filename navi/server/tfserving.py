@@ -169,8 +169,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"metadata_field {unknown[0]!r} is not supported; only {SIGNATURE_DEF_FIELD!r}"
             )
         served = resolve_model(self._registry, request.model_spec)
-        sig = signature_def(served.signature)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
+        # A runtime with several signatures (a SavedModel) lists them all; the
+        # one Predict serves is what clients see through the pipeline (in BPR
+        # mode: one string input), so it overrides the model's own entry.
+        signature_defs = getattr(getattr(served, "model", None), "signature_defs", None)
+        if callable(signature_defs):
+            for name, other in signature_defs().items():
+                sig_map.signature_def[name].CopyFrom(signature_def(other))
+        sig = signature_def(served.signature)
         sig_map.signature_def[DEFAULT_SIGNATURE].CopyFrom(sig)
         configured = getattr(served.settings, "serving_signature", DEFAULT_SIGNATURE)
         if configured and configured != DEFAULT_SIGNATURE:
@@ -184,7 +191,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Call ``LoadedModel.<method>(input)`` when the runtime offers it.
 
         The runtime receives the request's ``tensorflow.serving.Input`` message
-        and returns the matching result message (or its serialized bytes).
+        (and ``signature_name=`` when the request names one) and returns the
+        matching result message or its serialized bytes.
         """
         served = resolve_model(self._registry, request.model_spec)
         model = getattr(served, "model", None)
@@ -194,7 +202,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"{method.capitalize()} is not supported by model {served.name!r} "
                 f"(runtime {getattr(served.settings, 'runtime', '?')}); use Predict"
             )
-        produced = handler(request.input)
+        signature_name = request.model_spec.signature_name
+        if signature_name:
+            produced = handler(request.input, signature_name=signature_name)
+        else:
+            produced = handler(request.input)
         result = result_type()
         if isinstance(produced, (bytes, bytearray)):
             result.ParseFromString(produced)

@@ -46,8 +46,10 @@ from navi._proto.tensorflow_serving.apis import (
     regression_pb2,
 )
 from navi.server import codec
+from tests.integration.conftest import REPO_ROOT
 
 VERSION = 1700000000000
+HOME_MODEL_DIR = REPO_ROOT / "models" / "home"
 ROWS_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "flag": np.bool_}
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 7.0
 BIAS = np.array([0.5, -1.0, 2.0], dtype=np.float32)
@@ -115,8 +117,10 @@ def oracle(repo):
 @pytest.fixture(scope="module")
 def navi(start_navi, repo):
     root, _ = repo
+    # the committed demo "home" model serves BPR mode; its input keeps the default name
     return start_navi("--model-dir", root / "mixed", "--model-dir", root / "fragile",
-                      "--batch-time-out-millis", "20", "--max-batch-size", "8", "--input", "")
+                      "--model-dir", HOME_MODEL_DIR, "--input", "", "--input", "", "--input", "examples",
+                      "--batch-time-out-millis", "20", "--max-batch-size", "8")
 
 
 @pytest.fixture(scope="module")
@@ -368,6 +372,29 @@ def test_get_model_status(navi):
         assert "model-dir" in info.value.details()
 
 
+def test_bpr_mode_matches_converter_plus_onnxruntime(stub):
+    from navi.converter import BprConverter
+    from navi.segdense import load_layout_from_dir
+    from navi.workload import make_bprs
+
+    version_dir = HOME_MODEL_DIR / str(VERSION)
+    layout = load_layout_from_dir(version_dir)
+    payloads = make_bprs(layout, 3, candidates=4, seed=21)
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    dense = BprConverter(layout).convert(payloads)
+    (expected,) = session.run(None, {name: dense[name] for name in layout.feed_order})
+    for input_name in ("examples", "whatever_name"):  # one string tensor is taken by any name
+        request = predict_request({input_name: np.array(payloads, dtype=object)}, model="home")
+        response = stub.Predict(request, timeout=30)
+        assert response.model_spec.name == "home" and response.model_spec.version.value == VERSION
+        got = decode(response)["output_0"]
+        assert got.shape == expected.shape == (12, 1)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    broken = predict_request({"examples": np.array([payloads[0], payloads[1][:40]], dtype=object)}, model="home")
+    code, details = _code_of(stub.Predict, broken)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -502,7 +529,7 @@ def test_kserve_metadata_and_readiness(kstub):
 def test_health(navi):
     with navi.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "mixed", "fragile"):
+        for service in ("", "mixed", "fragile", "home"):
             answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
         with pytest.raises(grpc.RpcError) as info:

@@ -1,0 +1,132 @@
+"""``navi serve`` with mutual TLS from ``--ssl-dir``, configured through ``--config``."""
+from __future__ import annotations
+
+import datetime
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from onnx import TensorProto as T
+from onnx import helper
+from prometheus_client.parser import text_string_to_metric_families
+
+from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from navi.server import codec
+
+NOT_AFTER = datetime.datetime(2031, 5, 17, 12, 0, tzinfo=datetime.timezone.utc)
+
+
+def _name(common_name):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(subject, issuer, public_key, signing_key, *, ca=False, dns=None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject)).issuer_name(_name(issuer)).public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if dns:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def _pem(obj) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for "localhost" and a client certificate, as PEM bytes."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("navi test CA", "navi test CA", ca_key.public_key(), ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _certificate("localhost", "navi test CA", server_key.public_key(), ca_key, dns="localhost")
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _certificate("client", "navi test CA", client_key.public_key(), ca_key)
+    ssl_dir = tmp_path_factory.mktemp("ssl")
+    (ssl_dir / "server.crt").write_bytes(_pem(server))
+    (ssl_dir / "server.key").write_bytes(_pem(server_key))
+    (ssl_dir / "server.chain").write_bytes(_pem(ca))
+    return {"dir": ssl_dir, "ca": _pem(ca), "client": _pem(client), "client_key": _pem(client_key)}
+
+
+@pytest.fixture(scope="module")
+def tls_navi(start_navi, pki, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls-repo")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["out"])], "add",
+        [helper.make_tensor_value_info(n, T.FLOAT, ["N", 2]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("out", T.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (root / "adder" / "1").mkdir(parents=True)
+    (root / "adder" / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    config = root / "navi.yaml"
+    config.write_text(
+        f"ssl_dir: {pki['dir']}\n"
+        "models:\n"
+        "  - model_dir: adder\n"  # relative to the config file
+        "    inputs: []\n"
+        "    outputs: []\n"
+        "    batching: {batch_timeout_ms: 0}\n"
+    )
+    return start_navi("--config", config)
+
+
+def _request():
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "adder"
+    codec.ndarray_to_tensor_proto(np.ones((1, 2), np.float32), request.inputs["a"])
+    codec.ndarray_to_tensor_proto(np.full((1, 2), 2, np.float32), request.inputs["b"])
+    return request
+
+
+def _secure_channel(navi, pki, with_client_cert: bool):
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki["ca"],
+        private_key=pki["client_key"] if with_client_cert else None,
+        certificate_chain=pki["client"] if with_client_cert else None,
+    )
+    return grpc.secure_channel(navi.address, credentials,
+                               options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def test_mutual_tls(tls_navi, pki):
+    assert "(mutual TLS)" in tls_navi.log_text()
+    with _secure_channel(tls_navi, pki, with_client_cert=True) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=30)
+    out = codec.tensor_proto_to_ndarray(response.outputs["out"])
+    np.testing.assert_array_equal(out, np.full((1, 2), 3, np.float32))
+
+
+def test_client_without_certificate_is_refused(tls_navi, pki):
+    with _secure_channel(tls_navi, pki, with_client_cert=False) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_client_is_refused(tls_navi):
+    with tls_navi.channel() as channel:
+        with pytest.raises(grpc.RpcError):
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=10)
+
+
+def test_cert_expiry_metric(tls_navi):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{tls_navi.prometheus_port}/metrics", timeout=10).read()
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    (sample,) = families[":navi:cert_expiry_epoch"].samples
+    assert sample.value == NOT_AFTER.timestamp()
