@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -265,6 +265,57 @@ class _SignatureRunner:
         return {name: result[name].numpy() for name in wanted}
 
 
+def _is_input_message(value: Any) -> bool:
+    """Whether ``value`` is a ``tensorflow.serving.Input`` message rather than a list of bytes."""
+    return hasattr(value, "WhichOneof") and hasattr(value, "example_list")
+
+
+def input_to_examples(message: Any) -> list[bytes]:
+    """Serialized tf.Examples of a TF Serving ``Input`` message.
+
+    With a context, each example is the context's bytes followed by the
+    example's: protobuf merges concatenated messages, so the model parses
+    one Example holding both, and a feature present in both takes the
+    example's value (as TF Serving does).
+    """
+    kind = message.WhichOneof("kind")
+    if kind == "example_list":
+        return [example.SerializeToString() for example in message.example_list.examples]
+    if kind == "example_list_with_context":
+        listed = message.example_list_with_context
+        context = listed.context.SerializeToString()
+        return [context + example.SerializeToString() for example in listed.examples]
+    raise InvalidInput("Input is empty: set example_list or example_list_with_context")
+
+
+def classification_result_bytes(classes: np.ndarray | None, scores: np.ndarray | None) -> bytes:
+    """TF Serving's ``ClassificationResult`` (serialized) of classify's arrays."""
+    from navi._proto.tensorflow_serving.apis import classification_pb2  # generated at build time
+
+    result = classification_pb2.ClassificationResult()
+    shape = classes.shape if classes is not None else scores.shape
+    for row in range(shape[0]):
+        entry = result.classifications.add()
+        for column in range(shape[1]):
+            item = entry.classes.add()
+            if classes is not None:
+                label = classes[row, column]
+                item.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                item.score = float(scores[row, column])
+    return result.SerializeToString()
+
+
+def regression_result_bytes(values: np.ndarray) -> bytes:
+    """TF Serving's ``RegressionResult`` (serialized) of regress's values."""
+    from navi._proto.tensorflow_serving.apis import regression_pb2  # generated at build time
+
+    result = regression_pb2.RegressionResult()
+    for value in values.tolist():
+        result.regressions.add(value=float(value))
+    return result.SerializeToString()
+
+
 class TensorFlowModel(LoadedModel):
     """One loaded SavedModel version; every method is safe to call from several threads."""
 
@@ -352,13 +403,19 @@ class TensorFlowModel(LoadedModel):
         return {specs[0].name: examples}
 
     def classify(
-        self, serialized_examples: Sequence[bytes], signature_name: str | None = None
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        self, serialized_examples: "Sequence[bytes] | Any", signature_name: str | None = None
+    ) -> "tuple[np.ndarray | None, np.ndarray | None] | bytes":
         """TF Serving's Classify: (classes [n, k] of bytes or None, scores [n, k] float32 or None).
 
         With no ``signature_name``, the serving signature is used when it is a
         classify signature, else the model's only classify signature.
+
+        ``serialized_examples`` may also be TF Serving's ``Input`` message
+        (what the gRPC layer hands over); the answer is then TF Serving's
+        ``ClassificationResult``, serialized.
         """
+        as_message = _is_input_message(serialized_examples)
+        examples = input_to_examples(serialized_examples) if as_message else serialized_examples
         runner = self._runner(signature_name, CLASSIFY_METHOD)
         outputs = [key for key in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if runner.signature.output(key)]
         if not outputs:
@@ -366,8 +423,8 @@ class TensorFlowModel(LoadedModel):
                 f"classify signature {runner.name!r} has neither a {CLASSIFY_CLASSES!r} nor a "
                 f"{CLASSIFY_SCORES!r} output"
             )
-        result = runner(self._examples(runner, serialized_examples), tuple(outputs), tuple(outputs))
-        rows = len(serialized_examples)
+        result = runner(self._examples(runner, examples), tuple(outputs), tuple(outputs))
+        rows = len(examples)
         answer: list[np.ndarray | None] = []
         for key in (CLASSIFY_CLASSES, CLASSIFY_SCORES):
             value = result.get(key)
@@ -379,20 +436,37 @@ class TensorFlowModel(LoadedModel):
                         f"classify output {key!r} must have shape [{rows}, num_classes], got {list(value.shape)}"
                     )
             answer.append(value)
-        return answer[0], answer[1]
+        classes, scores = answer
+        if classes is not None and scores is not None and classes.shape != scores.shape:
+            raise RuntimeFailure(
+                f"classify outputs disagree: classes {list(classes.shape)}, scores {list(scores.shape)}"
+            )
+        if as_message:
+            return classification_result_bytes(classes, scores)
+        return classes, scores
 
-    def regress(self, serialized_examples: Sequence[bytes], signature_name: str | None = None) -> np.ndarray:
-        """TF Serving's Regress: one float per example, shape [n]."""
+    def regress(
+        self, serialized_examples: "Sequence[bytes] | Any", signature_name: str | None = None
+    ) -> "np.ndarray | bytes":
+        """TF Serving's Regress: one float per example, shape [n].
+
+        Given TF Serving's ``Input`` message instead of bytes, the answer is
+        TF Serving's ``RegressionResult``, serialized.
+        """
+        as_message = _is_input_message(serialized_examples)
+        examples = input_to_examples(serialized_examples) if as_message else serialized_examples
         runner = self._runner(signature_name, REGRESS_METHOD)
         if runner.signature.output(REGRESS_OUTPUTS) is None:
             raise RuntimeFailure(f"regress signature {runner.name!r} has no {REGRESS_OUTPUTS!r} output")
-        result = runner(self._examples(runner, serialized_examples), (REGRESS_OUTPUTS,), (REGRESS_OUTPUTS,))
+        result = runner(self._examples(runner, examples), (REGRESS_OUTPUTS,), (REGRESS_OUTPUTS,))
         values = result[REGRESS_OUTPUTS]
-        rows = len(serialized_examples)
+        rows = len(examples)
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
         if values.ndim != 1 or values.shape[0] != rows:
             raise RuntimeFailure(f"regress output must have shape [{rows}] or [{rows}, 1], got {list(values.shape)}")
+        if as_message:
+            return regression_result_bytes(values)
         return values
 
     def warmup(self) -> None:
