@@ -13,17 +13,20 @@ the tensor, so the server answers INVALID_ARGUMENT.
 """
 from __future__ import annotations
 
+import math
 import struct
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
-from navi._proto.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
 from navi.errors import InvalidInput
 
 # ---------------------------------------------------------------------------
 # dtype tables
+
+_LITTLE_ENDIAN_HOST = np.little_endian
 
 #: TF DataType -> numpy dtype (strings are object arrays of bytes)
 TF_TO_NUMPY: dict[int, np.dtype] = {
@@ -42,6 +45,11 @@ TF_TO_NUMPY: dict[int, np.dtype] = {
     types_pb2.DT_HALF: np.dtype(np.float16),
 }
 _NUMPY_TO_TF: dict[np.dtype, int] = {v: k for k, v in TF_TO_NUMPY.items()}
+# wire byte order (little-endian) of each numeric TF dtype, built once: the
+# per-request path only looks it up
+_TF_WIRE_DTYPE: dict[int, np.dtype] = {
+    k: v.newbyteorder("<") for k, v in TF_TO_NUMPY.items() if v != np.dtype(object)
+}
 
 # Typed field of each TF dtype: (field number in TensorProto, wire kind).
 # "f4"/"f8" are fixed-width little-endian; "varint" are (zigzag-free) varints.
@@ -96,6 +104,9 @@ _KSERVE_CONTENTS_FIELD: dict[str, tuple[str, int, str]] = {
 
 def tf_dtype_of(dtype: np.dtype) -> int:
     """The TF ``DataType`` enum value for a numpy dtype (strings: DT_STRING)."""
+    found = _NUMPY_TO_TF.get(dtype)  # the common case: a native-order numeric dtype
+    if found is not None:
+        return found
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         return types_pb2.DT_STRING
@@ -220,14 +231,14 @@ def _packed_array(message, field_number: int, kind: str, dtype: np.dtype) -> np.
 def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidInput(f"input {name!r}: tensor_shape has unknown rank")
-    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
+    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    if shape and min(shape) < 0:
         raise InvalidInput(f"input {name!r}: tensor_shape {list(shape)} has a negative dimension")
     return shape
 
 
 def _fit_values(values: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if values.size == count:
         return values.reshape(shape)
     # TensorFlow fills a tensor from one value (tf.make_tensor_proto of a scalar
@@ -261,13 +272,13 @@ def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np
         return _fit_values(strings, shape, name, "string_val")
     content = proto.tensor_content
     if content:
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize
         if len(content) != expected:
             raise InvalidInput(
                 f"input {name!r}: tensor_content has {len(content)} bytes but "
                 f"{tf_dtype_name(proto.dtype)}{list(shape)} needs {expected}"
             )
-        return np.frombuffer(content, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(content, dtype=_TF_WIRE_DTYPE[proto.dtype]).reshape(shape)
     field_name, number, kind = _TF_TYPED_FIELD[proto.dtype]
     values = _packed_array(proto, number, kind, dtype)
     return _fit_values(values, shape, name, field_name)
@@ -298,11 +309,13 @@ def ndarray_to_tensor_proto(
         proto = tensor_pb2.TensorProto()
     array = np.asarray(array)
     proto.dtype = tf_dtype_of(array.dtype)
-    proto.tensor_shape.dim.extend(
-        tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape
-    )
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
     if proto.dtype == types_pb2.DT_STRING:
         proto.string_val.extend(_as_bytes_list(array))
+    elif _LITTLE_ENDIAN_HOST and array.dtype.isnative and array.flags.c_contiguous:
+        proto.tensor_content = array.tobytes()
     else:
         proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
     return proto
@@ -358,7 +371,7 @@ def kserve_input_to_ndarray(
     shape = tuple(int(size) for size in tensor.shape)
     if any(size < 0 for size in shape):
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if raw is not None:
         if dtype == object:
             return _bytes_from_raw(raw, count, name).reshape(shape)

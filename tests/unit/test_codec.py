@@ -234,3 +234,12 @@ def test_kserve_unknown_datatype():
     tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name="s", datatype="FP8", shape=[1])
     with pytest.raises(InvalidInput, match="'FP8' is not supported"):
         codec.kserve_input_to_ndarray(tensor)
+
+
+def test_big_endian_and_strided_arrays_are_sent_little_endian():
+    array = np.arange(6, dtype=">i4").reshape(2, 3)
+    proto = codec.ndarray_to_tensor_proto(array)
+    assert proto.tensor_content == np.arange(6, dtype="<i4").tobytes()
+    strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
+    back = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(strided))
+    np.testing.assert_array_equal(back, strided)
