@@ -83,15 +83,147 @@ ERROR_REASONS = {
     7: "too many candidates in one request",
 }
 
-cdef struct Slot:
-    int64_t key
-    int32_t col
-    int32_t pad
+cdef extern from *:
+    """
+    /* Feature id -> column table: open addressing over 64-byte buckets of
+       four slots (one cache line), probed linearly by bucket. A lookup reads
+       one line in the common case and its slot test is branch-free; the load
+       stays at or below two per bucket, so a second bucket is rarely read. */
+    typedef struct { int64_t keys[4]; int32_t cols[4]; int32_t pad[4]; } navi_bucket;
+    typedef struct { navi_bucket* buckets; uint64_t mask; int shift; } navi_table;
 
-cdef struct Table:
-    Slot* slots
-    uint64_t mask
-    int shift
+    static inline uint64_t navi_hash(const navi_table* t, int64_t key) {
+        return ((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> t->shift;
+    }
+
+    static inline int32_t navi_lookup(const navi_table* t, int64_t key) {
+        uint64_t h = navi_hash(t, key);
+        for (;;) {
+            const navi_bucket* b = &t->buckets[h];
+            /* Mask arithmetic rather than branches: which slot matches is
+               unpredictable. Slots fill in order, so scanning from the last
+               lets a real match win over an empty slot (col -1) whose stale
+               key happens to equal the probe. */
+            int32_t r = -1;
+            for (int j = 3; j >= 0; j--) {
+                int32_t m = -(int32_t)(b->keys[j] == key);
+                r = (m & b->cols[j]) | (~m & r);
+            }
+            if (__builtin_expect(r >= 0 || b->cols[3] < 0, 1))
+                return r;
+            h = (h + 1) & t->mask;
+        }
+    }
+
+    /* Insert or overwrite; the table always has free slots (sized by the caller). */
+    static inline void navi_insert(navi_table* t, int64_t key, int32_t col) {
+        uint64_t h = navi_hash(t, key);
+        for (;;) {
+            navi_bucket* b = &t->buckets[h];
+            for (int j = 0; j < 4; j++) {
+                if (b->cols[j] < 0) { b->keys[j] = key; b->cols[j] = col; return; }
+                if (b->keys[j] == key) { b->cols[j] = col; return; }
+            }
+            h = (h + 1) & t->mask;
+        }
+    }
+
+    #define NAVI_PREFETCH_AHEAD 8
+
+    /* The cells of a template row that differ (bitwise) from the fill value:
+       the common features as a sparse list, at most width entries. */
+    static Py_ssize_t navi_sparse_f32(const float* row, Py_ssize_t width, float fill, int32_t* cols, float* vals) {
+        uint32_t fill_bits, bits;
+        Py_ssize_t n = 0;
+        memcpy(&fill_bits, &fill, 4);
+        for (Py_ssize_t j = 0; j < width; j++) {
+            memcpy(&bits, row + j, 4);
+            if (bits != fill_bits) { cols[n] = (int32_t)j; vals[n] = row[j]; n++; }
+        }
+        return n;
+    }
+
+    static void navi_fill_f32(float* dst, Py_ssize_t width, float fill) {
+        for (Py_ssize_t j = 0; j < width; j++) dst[j] = fill;
+    }
+
+    static void navi_put_f32(float* dst, const int32_t* cols, const float* vals, Py_ssize_t n) {
+        for (Py_ssize_t j = 0; j < n; j++) dst[cols[j]] = vals[j];
+    }
+
+    /* Row copy that keeps the destination in cache. glibc's memcpy may use
+       cache-bypassing string stores for rows this size, and then every
+       scattered feature store that follows misses; a plain vectorised loop
+       (kept from being turned back into a memcpy call) does not. */
+    __attribute__((optimize("no-tree-loop-distribute-patterns")))
+    static void navi_copy_row(void* restrict dst, const void* restrict src, size_t nbytes) {
+        uint64_t* d = (uint64_t*)dst;
+        const uint64_t* s = (const uint64_t*)src;
+        size_t n = nbytes / 8, i;
+        for (i = 0; i < n; i++) d[i] = s[i];
+        if (nbytes & 7) memcpy((char*)dst + n * 8, (const char*)src + n * 8, nbytes & 7);
+    }
+
+    static inline int64_t navi_be64(const uint8_t* p) {
+        uint64_t v; memcpy(&v, p, 8); return (int64_t)__builtin_bswap64(v);
+    }
+    static inline double navi_bef64(const uint8_t* p) {
+        uint64_t v; double d; memcpy(&v, p, 8); v = __builtin_bswap64(v); memcpy(&d, &v, 8); return d;
+    }
+
+    /* map<i64, double> entries -> float columns. Unknown ids store into a
+       dummy, keeping the loop free of data-dependent branches. */
+    static void navi_scatter_f32(const navi_table* t, const uint8_t* p, int32_t n, float* dst) {
+        float dummy;
+        for (int32_t i = 0; i < n; i++) {
+            if (i + NAVI_PREFETCH_AHEAD < n)
+                __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(p + 16 * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);
+            int32_t col = navi_lookup(t, navi_be64(p + 16 * i));
+            float* target = col >= 0 ? dst + col : &dummy;
+            *target = (float)navi_bef64(p + 16 * i + 8);
+        }
+    }
+
+    /* map<i64, i64> entries -> int64 columns. */
+    static void navi_scatter_i64(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) {
+        int64_t dummy;
+        for (int32_t i = 0; i < n; i++) {
+            if (i + NAVI_PREFETCH_AHEAD < n)
+                __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(p + 16 * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);
+            int32_t col = navi_lookup(t, navi_be64(p + 16 * i));
+            int64_t* target = col >= 0 ? dst + col : &dummy;
+            *target = navi_be64(p + 16 * i + 8);
+        }
+    }
+
+    /* set<i64> entries -> 1 in int64 columns. */
+    static void navi_scatter_present(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) {
+        int64_t dummy;
+        for (int32_t i = 0; i < n; i++) {
+            if (i + NAVI_PREFETCH_AHEAD < n)
+                __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(p + 8 * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);
+            int32_t col = navi_lookup(t, navi_be64(p + 8 * i));
+            int64_t* target = col >= 0 ? dst + col : &dummy;
+            *target = 1;
+        }
+    }
+    """
+    ctypedef struct navi_bucket:
+        int64_t keys[4]
+        int32_t cols[4]
+        int32_t pad[4]
+    ctypedef struct navi_table:
+        navi_bucket* buckets
+        uint64_t mask
+        int shift
+    void navi_insert(navi_table* t, int64_t key, int32_t col) nogil
+    void navi_scatter_f32(const navi_table* t, const uint8_t* p, int32_t n, float* dst) nogil
+    void navi_scatter_i64(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) nogil
+    void navi_scatter_present(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) nogil
+    void navi_copy_row(void* dst, const void* src, size_t nbytes) nogil
+    Py_ssize_t navi_sparse_f32(const float* row, Py_ssize_t width, float fill, int32_t* cols, float* vals) nogil
+    void navi_fill_f32(float* dst, Py_ssize_t width, float fill) nogil
+    void navi_put_f32(float* dst, const int32_t* cols, const float* vals, Py_ssize_t n) nogil
 
 cdef struct Reader:
     const uint8_t* data
@@ -280,70 +412,6 @@ cdef int index_bpr(Reader* r, BprIndex* out, int64_t max_rows) noexcept nogil:
 
 
 
-# The scatter loops copy the table and destination into locals: navi builds
-# with -fno-strict-aliasing (as CPython does), so without this every store
-# would force the compiler to reload them. Slots of entries a few positions
-# ahead are prefetched, since a lookup is one likely cache miss.
-DEF PREFETCH_AHEAD = 8
-
-cdef extern from *:
-    """
-    #define navi_prefetch(p) __builtin_prefetch((p), 0, 1)
-    """
-    void navi_prefetch(const void* p) nogil
-
-
-cdef inline int32_t probe(const Slot* slots, uint64_t mask, uint64_t h, int64_t key) noexcept nogil:
-    while True:
-        if slots[h].col < 0:
-            return -1
-        if slots[h].key == key:
-            return slots[h].col
-        h = (h + 1) & mask
-
-
-cdef void scatter_continuous(const Table* t, const uint8_t* p, int32_t n, float* dst) noexcept nogil:
-    cdef const Slot* slots = t.slots
-    cdef uint64_t mask = t.mask
-    cdef int shift = t.shift
-    cdef int32_t i, col
-    cdef int64_t key
-    for i in range(n):
-        if i + PREFETCH_AHEAD < n:
-            navi_prefetch(&slots[(<uint64_t>navi_i64(p + 16 * (i + PREFETCH_AHEAD)) * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift])
-        key = navi_i64(p + 16 * i)
-        col = probe(slots, mask, (<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift, key)
-        if col >= 0:
-            dst[col] = <float>navi_f64(p + 16 * i + 8)
-
-
-cdef void scatter_discrete(const Table* t, const uint8_t* p, int32_t n, int64_t* dst) noexcept nogil:
-    cdef const Slot* slots = t.slots
-    cdef uint64_t mask = t.mask
-    cdef int shift = t.shift
-    cdef int32_t i, col
-    cdef int64_t key
-    for i in range(n):
-        if i + PREFETCH_AHEAD < n:
-            navi_prefetch(&slots[(<uint64_t>navi_i64(p + 16 * (i + PREFETCH_AHEAD)) * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift])
-        key = navi_i64(p + 16 * i)
-        col = probe(slots, mask, (<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift, key)
-        if col >= 0:
-            dst[col] = navi_i64(p + 16 * i + 8)
-
-
-cdef void scatter_binary(const Table* t, const uint8_t* p, int32_t n, int64_t* dst) noexcept nogil:
-    cdef const Slot* slots = t.slots
-    cdef uint64_t mask = t.mask
-    cdef int shift = t.shift
-    cdef int32_t i, col
-    cdef int64_t key
-    for i in range(n):
-        key = navi_i64(p + 8 * i)
-        col = probe(slots, mask, (<uint64_t>key * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift, key)
-        if col >= 0:
-            dst[col] = 1
-
 
 cdef class BprDecoder:
     """Decodes serialized BPRs into the dense tensors of a DenseLayout.
@@ -357,7 +425,7 @@ cdef class BprDecoder:
     its scratch space to itself and runs without the GIL.
     """
 
-    cdef Table tables[3]  # continuous, binary, discrete
+    cdef navi_table tables[3]  # continuous, binary, discrete
     cdef int64_t emb_ids[MAX_EMBEDDINGS]
     cdef int n_emb
     cdef Py_ssize_t widths[3 + MAX_EMBEDDINGS]
@@ -366,7 +434,7 @@ cdef class BprDecoder:
     def __cinit__(self):
         cdef int i
         for i in range(3):
-            self.tables[i].slots = NULL
+            self.tables[i].buckets = NULL
 
     def __init__(self, layout):
         self.layout = layout
@@ -389,38 +457,31 @@ cdef class BprDecoder:
             self._build_table(i, np.asarray(ids, dtype=np.int64), np.asarray(cols, dtype=np.int64), self.widths[i])
 
     cdef _build_table(self, int which, const int64_t[::1] ids, const int64_t[::1] cols, Py_ssize_t width):
-        cdef Py_ssize_t n = ids.shape[0], i
+        cdef Py_ssize_t n = ids.shape[0], i, j
         cdef int bits = 1
-        while (<Py_ssize_t>1 << bits) < 2 * n + 2:
+        # at most two entries per four-slot bucket on average
+        while (<Py_ssize_t>1 << bits) * 2 < n + 1:
             bits += 1
         cdef Py_ssize_t capacity = <Py_ssize_t>1 << bits
-        cdef Slot* slots = <Slot*>malloc(capacity * sizeof(Slot))
-        if slots == NULL:
+        cdef navi_bucket* buckets = <navi_bucket*>calloc(capacity, sizeof(navi_bucket))
+        if buckets == NULL:
             raise MemoryError()
         for i in range(capacity):
-            slots[i].col = -1
-            slots[i].key = 0
-            slots[i].pad = 0
-        cdef uint64_t mask = capacity - 1, h
-        cdef int shift = 64 - bits
+            for j in range(4):
+                buckets[i].cols[j] = -1
+        self.tables[which].buckets = buckets
+        self.tables[which].mask = capacity - 1
+        self.tables[which].shift = 64 - bits
         for i in range(n):
             # a column outside the tensor is ignored, as the spec notes say
-            if cols[i] < 0 or cols[i] >= width:
-                continue
-            h = (<uint64_t>ids[i] * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift
-            while slots[h].col >= 0 and slots[h].key != ids[i]:
-                h = (h + 1) & mask
-            slots[h].key = ids[i]
-            slots[h].col = <int32_t>cols[i]  # a repeated id: the later entry wins
-        self.tables[which].slots = slots
-        self.tables[which].mask = mask
-        self.tables[which].shift = shift
+            if 0 <= cols[i] < width:
+                navi_insert(&self.tables[which], ids[i], <int32_t>cols[i])  # repeated id: later wins
 
     def __dealloc__(self):
         cdef int i
         for i in range(3):
-            free(self.tables[i].slots)
-            self.tables[i].slots = NULL
+            free(self.tables[i].buckets)
+            self.tables[i].buckets = NULL
 
     def count_rows(self, payloads, int64_t max_rows=1 << 30):
         """Validate every payload and return its number of candidates.
@@ -543,7 +604,8 @@ cdef class BprDecoder:
             data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
             sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
             # template rows: one row per tensor, sized by the layout (never by the wire)
-            scratch_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8
+            # template rows, then the sparse common list of the continuous row
+            scratch_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8 + self.widths[0] * 8
             for k in range(self.n_emb):
                 scratch_bytes += self.widths[3 + k] * 4
             scratch = <char*>malloc(scratch_bytes + 64)
@@ -578,6 +640,12 @@ cdef class BprDecoder:
         cdef Py_ssize_t wc = self.widths[0], wb = self.widths[1], wd = self.widths[2]
         cdef Rows out
         cdef float nan = NAN
+        # The continuous row is the widest: rather than copying a template row
+        # (which doubles what must stay in L1 while features are scattered),
+        # each row is filled and gets the common features from a sparse list.
+        cdef int32_t* common_cols = <int32_t*>(tmpl.emb[self.n_emb - 1] + self.widths[3 + self.n_emb - 1]) if self.n_emb else <int32_t*>(tmpl.cont + wc)
+        cdef float* common_vals = <float*>(common_cols + wc)
+        cdef Py_ssize_t n_common
         for i in range(n):
             r.data = data[i]
             r.end = sizes[i]
@@ -592,20 +660,22 @@ cdef class BprDecoder:
                 r.pos = index[i].common_pos
                 if self._scatter_record(r, tmpl):
                     return
+            n_common = navi_sparse_f32(tmpl.cont, wc, nan, common_cols, common_vals)
             r.pos = index[i].list_pos
             for c in range(index[i].rows):
                 out.cont = cont + row * wc
                 out.binary = binary + row * wb if binary != NULL else NULL
                 out.disc = disc + row * wd if disc != NULL else NULL
-                memcpy(out.cont, tmpl.cont, wc * 4)
+                navi_fill_f32(out.cont, wc, nan)
+                navi_put_f32(out.cont, common_cols, common_vals, n_common)
                 if wb:
-                    memcpy(out.binary, tmpl.binary, wb * 8)
+                    navi_copy_row(out.binary, tmpl.binary, wb * 8)
                 if wd:
-                    memcpy(out.disc, tmpl.disc, wd * 8)
+                    navi_copy_row(out.disc, tmpl.disc, wd * 8)
                 for k in range(self.n_emb):
                     if emb_base[k] != NULL:
                         out.emb[k] = emb_base[k] + row * self.widths[3 + k]
-                        memcpy(out.emb[k], tmpl.emb[k], self.widths[3 + k] * 4)
+                        navi_copy_row(out.emb[k], tmpl.emb[k], self.widths[3 + k] * 4)
                     else:
                         out.emb[k] = NULL
                 if self._scatter_record(r, &out):
@@ -639,7 +709,7 @@ cdef class BprDecoder:
                 if n < 0 or n > (r.end - r.pos - 5) // 8:
                     return fail(r, E_TRUNCATED, r.pos, "binaryFeatures")
                 p = r.data + r.pos + 5
-                scatter_binary(&self.tables[1], p, n, out.binary)
+                navi_scatter_present(&self.tables[1], p, n, out.binary)
                 r.pos += 5 + <Py_ssize_t>n * 8
             elif (fid == 2 or fid == 3) and ft == T_MAP and r.end - r.pos >= 6 and r.data[r.pos] == T_I64 \
                     and r.data[r.pos + 1] == (T_DOUBLE if fid == 2 else T_I64):
@@ -648,9 +718,9 @@ cdef class BprDecoder:
                     return fail(r, E_TRUNCATED, r.pos, "feature map")
                 p = r.data + r.pos + 6
                 if fid == 2:
-                    scatter_continuous(&self.tables[0], p, n, out.cont)
+                    navi_scatter_f32(&self.tables[0], p, n, out.cont)
                 else:
-                    scatter_discrete(&self.tables[2], p, n, out.disc)
+                    navi_scatter_i64(&self.tables[2], p, n, out.disc)
                 r.pos += 6 + <Py_ssize_t>n * 16
             elif fid == 8 and ft == T_MAP and r.end - r.pos >= 6 and r.data[r.pos] == T_I64 \
                     and r.data[r.pos + 1] == T_STRUCT:

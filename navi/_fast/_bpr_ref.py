@@ -285,7 +285,9 @@ class BprDecoder:
                     if fid == 2:
                         col = self.maps[0].get(key, -1)
                         if col >= 0:
-                            cont[col] = np.float32(r.f64(base + 16 * i + 8))
+                            # out-of-range doubles become +-inf, as the C cast does
+                            with np.errstate(over="ignore"):
+                                cont[col] = np.float32(r.f64(base + 16 * i + 8))
                     else:
                         col = self.maps[2].get(key, -1)
                         if col >= 0:
@@ -340,7 +342,8 @@ class BprDecoder:
                     values = np.frombuffer(r.data, dtype=">f8", count=n, offset=r.pos + 5)
                     for dst in targets:
                         count = min(n, dst.shape[0])
-                        dst[:count] = values[:count].astype(np.float32)
+                        with np.errstate(over="ignore"):
+                            dst[:count] = values[:count].astype(np.float32)
                     r.pos += 5 + n * 8
                 else:
                     _skip(r, ft2, 4)

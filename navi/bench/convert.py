@@ -1,0 +1,204 @@
+"""`navi bench convert`: the BPR converter against an object-building baseline.
+
+Methods, timed side by side and interleaved in every round:
+- ``cython``: our one-pass decode-and-scatter into preallocated arrays;
+- ``cython_2threads``: the same, two threads converting two halves;
+- ``thriftpy2``: thriftpy2's Cython binary protocol decoding each BPR into
+  Python objects, with no scatter at all (the original's design does this
+  before it scatters, so it bounds that design from above);
+- ``reference``: the plain-Python twin (on a few BPRs: it is slow).
+Throughput is reported as the median and the best over rounds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+import numpy as np
+
+METHODS = ("cython", "cython_2threads", "thriftpy2", "reference")
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def _time(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
+    """Method name -> (callable doing the work once, candidates it converts, input bytes)."""
+    from navi._fast import _bpr_ref
+    from navi.converter import BprConverter
+    from navi.idl import bpr_thrift
+
+    converter = BprConverter(layout)
+    rows = converter.count_rows(payloads)
+    total_rows = int(rows.sum())
+    total_bytes = sum(len(p) for p in payloads)
+    out = layout.allocate(total_rows)
+    half = len(payloads) // 2
+    halves = [payloads[:half], payloads[half:]]
+    half_outs = [layout.allocate(int(rows[:half].sum())), layout.allocate(int(rows[half:].sum()))]
+
+    def cython():
+        converter.convert_into(payloads, out)
+
+    def cython_2threads():
+        threads = [threading.Thread(target=converter.convert_into, args=(part, dst))
+                   for part, dst in zip(halves, half_outs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    from thriftpy2.protocol import TCyBinaryProtocolFactory
+    from thriftpy2.utils import deserialize
+
+    factory = TCyBinaryProtocolFactory()
+    bpr_type = bpr_thrift().BatchPredictionRequest
+
+    def thriftpy2_decode():
+        for payload in payloads:
+            deserialize(bpr_type(), payload, factory)
+
+    ref_payloads = list(payloads[:max(1, reference_bprs)])
+    ref_rows = int(rows[:len(ref_payloads)].sum())
+    ref_out = layout.allocate(ref_rows)
+    ref_decoder = _bpr_ref.BprDecoder(layout)
+
+    def reference():
+        ref_decoder.decode_into(ref_payloads, ref_out["continuous"], ref_out["binary"], ref_out["discrete"],
+                                [ref_out[t.name] for t in layout.tensors[3:]])
+
+    methods = {
+        "cython": (cython, total_rows, total_bytes),
+        "cython_2threads": (cython_2threads, total_rows, total_bytes),
+        "thriftpy2": (thriftpy2_decode, total_rows, total_bytes),
+    }
+    if reference_bprs > 0:
+        methods["reference"] = (reference, ref_rows, sum(len(p) for p in ref_payloads))
+    return methods
+
+
+def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, reference_bprs: int = 1,
+                      methods: Sequence[str] = METHODS, log: Callable[[str], None] | None = None) -> dict:
+    """Time each method ``rounds`` times, interleaved; return the results dict."""
+    available = build_methods(layout, payloads, reference_bprs if "reference" in methods else 0)
+    chosen = [m for m in methods if m in available]
+    samples: dict[str, list[float]] = {m: [] for m in chosen}
+    for method in chosen:  # warm-up: first-touch page faults, imports
+        available[method][0]()
+    for round_index in range(rounds):
+        order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
+        for method in order:
+            samples[method].append(_time(available[method][0]))
+        if log:
+            log(f"round {round_index + 1}/{rounds} done")
+    results = {}
+    for method in chosen:
+        _, cand, nbytes = available[method]
+        times = samples[method]
+        results[method] = {
+            "candidates_per_s": cand / statistics.median(times),
+            "mb_per_s": nbytes / 1e6 / statistics.median(times),
+            "best_candidates_per_s": cand / min(times),
+            "best_mb_per_s": nbytes / 1e6 / min(times),
+            "seconds": times,
+        }
+    ratios = {}
+    if "cython" in results and "thriftpy2" in results:
+        ratios["cython_vs_thriftpy2_median"] = results["cython"]["candidates_per_s"] / results["thriftpy2"]["candidates_per_s"]
+        ratios["cython_vs_thriftpy2_best"] = results["cython"]["best_candidates_per_s"] / results["thriftpy2"]["best_candidates_per_s"]
+        per_round = [t / c for t, c in zip(samples["thriftpy2"], samples["cython"])]
+        ratios["cython_vs_thriftpy2_per_round_min"] = min(per_round)
+        ratios["cython_vs_thriftpy2_per_round_median"] = statistics.median(per_round)
+    if "cython" in results and "cython_2threads" in results:
+        per_round = [c / t for c, t in zip(samples["cython"], samples["cython_2threads"])]
+        ratios["two_threads_vs_one_median"] = statistics.median(per_round)
+        ratios["two_threads_vs_one_best"] = max(per_round)
+    if "cython" in results and "reference" in results:
+        ratios["cython_vs_reference_median"] = results["cython"]["candidates_per_s"] / results["reference"]["candidates_per_s"]
+    return {
+        "results": results,
+        "ratios": ratios,
+        "workload": {"bprs": len(payloads), "candidates": int(sum(available[chosen[0]][1:2])),
+                     "input_mb": sum(len(p) for p in payloads) / 1e6, "rounds": rounds},
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def render(report: dict) -> str:
+    """A plain-text table of a convert bench report."""
+    lines = [f"{'method':<16} {'cand/s median':>14} {'cand/s best':>12} {'MB/s median':>12} {'MB/s best':>10}"]
+    for method, r in report["results"].items():
+        lines.append(f"{method:<16} {r['candidates_per_s']:>14,.0f} {r['best_candidates_per_s']:>12,.0f} "
+                     f"{r['mb_per_s']:>12,.1f} {r['best_mb_per_s']:>10,.1f}")
+    for name, value in report["ratios"].items():
+        lines.append(f"{name}: {value:.2f}x")
+    w = report["workload"]
+    lines.append(f"workload: {w['bprs']} BPRs, {w['candidates']} candidates, {w['input_mb']:.1f} MB; "
+                 f"{w['rounds']} rounds; machine: {report['machine']['cpu']} ({report['machine']['cores']} cores)")
+    return "\n".join(lines)
+
+
+@click.command("convert")
+@click.option("--input", "input_path", help="A file of BPRs (base64 lines or u32-LE length-prefixed); "
+              "default: a generated home-recap-shaped workload.")
+@click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), help="Version dir with spec files.")
+@click.option("--spec", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--all-config", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--bprs", default=20, show_default=True, type=click.IntRange(2), help="Generated BPRs.")
+@click.option("--candidates", default=100, show_default=True, type=click.IntRange(1), help="Candidates per generated BPR.")
+@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1))
+@click.option("--reference-bprs", default=1, show_default=True, type=click.IntRange(0),
+              help="BPRs the slow reference decoder converts per round (0 = skip it).")
+@click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated methods to run.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
+def convert_command(input_path, model_dir, spec, all_config, bprs, candidates, rounds, reference_bprs, methods, json_path):
+    """Converter throughput: ours vs thriftpy2 decode-alone vs the reference."""
+    import tempfile
+
+    from navi.bprfile import iter_records, open_input
+    from navi.cli.convert import load_layout_or_exit
+    from navi.segdense import load_layout
+    from navi.workload import home_layout_files, make_bprs
+
+    if input_path:
+        layout = load_layout_or_exit(model_dir, spec, all_config)
+        with open_input(input_path) as stream:
+            payloads = [r.payload for r in iter_records(stream) if r.payload is not None]
+        if len(payloads) < 2:
+            raise click.UsageError(f"{input_path} holds fewer than 2 readable BPRs")
+    else:
+        if model_dir or spec or all_config:
+            layout = load_layout_or_exit(model_dir, spec, all_config)
+        else:
+            layout = load_layout(*home_layout_files(Path(tempfile.mkdtemp(prefix="navi-bench-"))))
+        click.echo(f"generating {bprs} BPRs x {candidates} candidates ...", err=True)
+        payloads = make_bprs(layout, bprs, candidates, seed=0)
+    report = run_convert_bench(layout, payloads, rounds=rounds, reference_bprs=reference_bprs,
+                               methods=[m.strip() for m in methods.split(",") if m.strip()],
+                               log=lambda msg: click.echo(msg, err=True))
+    click.echo(render(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))

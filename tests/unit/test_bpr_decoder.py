@@ -1,0 +1,258 @@
+"""The Cython BPR decoder against its reference twin and a thriftpy2-based oracle."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from navi._fast import _bpr_ref
+from navi._fast._bpr import BprDecoder as CyDecoder
+from navi.errors import DecodeError
+from navi.idl import encode
+from navi.workload import Record, encode_bpr
+
+from .bpr_helpers import (BIN, BPR, CONT, DISC, EMB, assert_same, decode_all, future_thrift, oracle,
+                          small_layout)
+
+LAYOUT = small_layout()
+CY = CyDecoder(LAYOUT)
+REF = _bpr_ref.BprDecoder(LAYOUT)
+
+ids = st.one_of(
+    st.sampled_from(sorted(CONT) + sorted(BIN) + sorted(DISC) + sorted(EMB.values())),
+    st.integers(-(2**63), 2**63 - 1),
+)
+doubles = st.floats(allow_nan=True, allow_infinity=True, width=64)
+i64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@st.composite
+def general_tensors(draw):
+    kind = draw(st.sampled_from(["float", "float", "int64", "raw", "empty_float"]))
+    if kind == "float":
+        return BPR.GeneralTensor(floatTensor=BPR.FloatTensor(floats=draw(st.lists(doubles, max_size=6))))
+    if kind == "empty_float":
+        return BPR.GeneralTensor(floatTensor=BPR.FloatTensor())
+    if kind == "int64":
+        return BPR.GeneralTensor(int64Tensor=BPR.Int64Tensor(longs=draw(st.lists(i64, max_size=4))))
+    return BPR.GeneralTensor(rawTypedTensor=BPR.RawTypedTensor(dataType=0, content=draw(st.binary(max_size=8))))
+
+
+@st.composite
+def records(draw):
+    maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731 - missing or present (possibly empty)
+    return BPR.DataRecord(
+        binaryFeatures=draw(maybe(st.sets(ids, max_size=6))),
+        continuousFeatures=draw(maybe(st.dictionaries(ids, doubles, max_size=8))),
+        discreteFeatures=draw(maybe(st.dictionaries(ids, i64, max_size=6))),
+        stringFeatures=draw(maybe(st.dictionaries(ids, st.text(max_size=5), max_size=3))),
+        sparseBinaryFeatures=draw(maybe(st.dictionaries(ids, st.sets(st.text(max_size=3), max_size=3), max_size=2))),
+        sparseContinuousFeatures=draw(maybe(st.dictionaries(ids, st.dictionaries(st.text(max_size=3), doubles, max_size=2), max_size=2))),
+        blobFeatures=draw(maybe(st.dictionaries(ids, st.binary(max_size=6), max_size=2))),
+        tensors=draw(maybe(st.dictionaries(ids, general_tensors(), max_size=4))),
+    )
+
+
+@st.composite
+def bprs(draw):
+    shape = draw(st.sampled_from(["both", "common_only", "candidates_only"]))
+    cands = [] if shape == "common_only" else draw(st.lists(records(), max_size=5))
+    common = None if shape == "candidates_only" else draw(st.one_of(st.none(), records()))
+    return encode(BPR.BatchPredictionRequest(individualFeaturesList=cands, commonFeatures=common))
+
+
+def run_both(payloads):
+    """Both decoders' outcome: arrays, or the DecodeError's text."""
+    results = []
+    for decoder in (CY, REF):
+        try:
+            results.append(decode_all(decoder, LAYOUT, payloads))
+        except DecodeError as exc:
+            results.append(str(exc))
+    return results
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(bprs(), min_size=1, max_size=3))
+def test_random_bprs_match_reference_and_oracle(payloads):
+    cy, ref = run_both(payloads)
+    assert not isinstance(cy, str), cy
+    assert_same(cy, ref)
+    assert_same(cy, oracle(LAYOUT, payloads))
+    assert list(CY.count_rows(payloads)) == list(REF.count_rows(payloads))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_unknown_fields_of_every_type_are_skipped(tmp_path_factory, data):
+    future = future_thrift(tmp_path_factory.mktemp("idl"))
+    nested = future.Nested(a=1, b=["x", "yz"], c={7: future.Nested2(deep=future.Nested3(blob=b"\x00\x01", lld=[[1.5], []]), s={1, 2})})
+    n = data.draw(st.integers(0, 3))
+    cands = []
+    for _ in range(n):
+        cands.append(future.DataRecord(
+            binaryFeatures=data.draw(st.sets(ids, max_size=4)),
+            continuousFeatures=data.draw(st.dictionaries(ids, doubles, max_size=5)),
+            tensors={EMB["author_embedding"]: future.GeneralTensor(floatTensor=future.FloatTensor(
+                floats=data.draw(st.lists(doubles, max_size=5)), extra=nested)),
+                EMB["user_embedding"]: future.GeneralTensor(futureTensor=nested)},
+            u_bool=True, u_byte=-3, u_i16=300, u_i32=-70000, u_i64=2**40, u_double=2.5, u_string="unknown",
+            u_struct=nested, u_map={"k": [1, 2, 3]}, u_set={b"a", b"bc"}, u_list=[nested, nested],
+        ))
+    common = future.DataRecord(discreteFeatures=data.draw(st.dictionaries(ids, i64, max_size=4)), u_struct=nested)
+    payload = encode(future.BatchPredictionRequest(individualFeaturesList=cands, commonFeatures=common,
+                                                   u_request_id="r1", u_nested=nested,
+                                                   u_more_records=[future.DataRecord(u_i32=1)]))
+    cy, ref = run_both([payload])
+    assert not isinstance(cy, str), cy
+    assert_same(cy, ref)
+    assert_same(cy, oracle(LAYOUT, [payload]))
+
+
+def sample_payload() -> bytes:
+    rec = BPR.DataRecord(binaryFeatures={201, 999}, continuousFeatures={101: 1.5, 103: -2.0, 7: 1.0},
+                         discreteFeatures={301: 42}, tensors={401: BPR.GeneralTensor(floatTensor=BPR.FloatTensor(floats=[1.0, 2.0, 3.0, 4.0]))})
+    common = BPR.DataRecord(continuousFeatures={101: 9.0, 102: 8.0}, binaryFeatures={202},
+                            tensors={402: BPR.GeneralTensor(floatTensor=BPR.FloatTensor(floats=[0.5]))},
+                            stringFeatures={5: "s"})
+    return encode(BPR.BatchPredictionRequest(individualFeaturesList=[rec, BPR.DataRecord()], commonFeatures=common))
+
+
+def test_known_values_land_where_the_spec_says():
+    out = decode_all(CY, LAYOUT, [sample_payload()])
+    cont = out["continuous"]
+    assert cont.shape == (2, 8)
+    assert cont[0, 0] == 1.5 and cont[0, 3] == 8.0 and cont[0, 7] == -2.0  # candidate wins over common
+    assert cont[1, 0] == 9.0 and cont[1, 3] == 8.0 and np.isnan(cont[1, 7])  # common fills every row
+    assert out["binary"].tolist() == [[1, 0, 0, 1], [0, 0, 0, 1]]
+    assert out["discrete"].tolist() == [[0, 0, 42, 0], [0, 0, 0, 0]]
+    assert out["user_embedding"].tolist() == [[1.0, 2.0, 3.0], [0, 0, 0]]  # longer tensor: first width values
+    assert out["user_eng_embedding"].tolist() == [[0.5, 0, 0], [0.5, 0, 0]]
+    assert out["author_embedding"].tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_value_in_the_wrong_container_is_ignored():
+    # 101 is continuous in the spec: as a binary feature it must not be written anywhere.
+    payload = encode(BPR.BatchPredictionRequest(individualFeaturesList=[BPR.DataRecord(binaryFeatures={101})]))
+    out = decode_all(CY, LAYOUT, [payload])
+    assert out["binary"].tolist() == [[0, 0, 0, 0]]
+    assert np.isnan(out["continuous"]).all()
+
+
+def test_workload_encoder_matches_thriftpy2():
+    rec = Record(continuous_ids=np.array([101, 5]), continuous_values=np.array([1.0, 2.0]),
+                 binary_ids=np.array([201]), discrete_ids=np.array([301]), discrete_values=np.array([7]),
+                 embeddings={403: np.array([1.0, 2.0])})
+    ours = encode_bpr([rec], Record(binary_ids=np.array([202])))
+    theirs = encode(BPR.BatchPredictionRequest(
+        individualFeaturesList=[BPR.DataRecord(binaryFeatures={201}, continuousFeatures={101: 1.0, 5: 2.0},
+                                               discreteFeatures={301: 7},
+                                               tensors={403: BPR.GeneralTensor(floatTensor=BPR.FloatTensor(floats=[1.0, 2.0]))})],
+        commonFeatures=BPR.DataRecord(binaryFeatures={202})))
+    assert_same(decode_all(CY, LAYOUT, [ours]), decode_all(CY, LAYOUT, [theirs]))
+
+
+# ----------------------------------------------------------------- malformed input
+
+
+def both_errors(payloads):
+    cy, ref = run_both(payloads)
+    if isinstance(cy, str) or isinstance(ref, str):
+        assert cy == ref, (cy, ref)
+    else:
+        assert_same(cy, ref)
+    return cy
+
+
+def test_every_truncation_is_a_decode_error():
+    payload = sample_payload()
+    for cut in range(len(payload)):
+        result = both_errors([payload[:cut]])
+        assert isinstance(result, str) and ("truncated" in result or "missing" in result), (cut, result)
+
+
+def test_bit_flips_give_decode_error_or_identical_output():
+    payload = sample_payload()
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        data = bytearray(payload)
+        for pos in rng.integers(0, len(data), size=rng.integers(1, 4)):
+            data[pos] ^= 1 << int(rng.integers(0, 8))
+        both_errors([bytes(data)])
+
+
+def test_trailing_bytes_are_an_error():
+    with pytest.raises(DecodeError, match="trailing") as info:
+        CY.count_rows([sample_payload() + b"\x00"])
+    assert info.value.offset == len(sample_payload())
+
+
+def test_missing_candidate_list_is_an_error():
+    assert "individualFeaturesList" in both_errors([b"\x00"])
+
+
+def _header(ftype, fid):
+    return struct.pack(">bh", ftype, fid)
+
+
+@pytest.mark.parametrize("body", [
+    _header(15, 1) + struct.pack(">bi", 12, 2**31 - 1),                          # list<DataRecord>
+    _header(15, 1) + struct.pack(">bi", 12, 1) + _header(14, 1) + struct.pack(">bi", 10, 2**31 - 1),   # set<i64>
+    _header(15, 1) + struct.pack(">bi", 12, 1) + _header(13, 2) + struct.pack(">bbi", 10, 4, 2**31 - 1),  # map<i64,double>
+    _header(15, 1) + struct.pack(">bi", 12, 1) + _header(13, 8) + struct.pack(">bbi", 10, 12, 2**31 - 1),  # map<i64,struct>
+    _header(15, 1) + struct.pack(">bi", 12, 1) + _header(11, 4) + struct.pack(">i", 2**31 - 1),           # string
+    _header(15, 1) + struct.pack(">bi", 12, 1) + _header(15, 30) + struct.pack(">bi", 11, 2**31 - 1),     # list<string>
+    _header(15, 1) + struct.pack(">bi", 12, 1) + _header(13, 6) + struct.pack(">bbi", 10, 13, 2**31 - 1), # map<i64,map>
+])
+def test_huge_counts_with_truncated_bodies_do_not_allocate(body):
+    result = both_errors([body + b"\x00" * 16])
+    assert "truncated" in result
+
+
+@pytest.mark.parametrize("count", [-1, -(2**31)])
+def test_negative_counts_are_errors(count):
+    body = _header(15, 1) + struct.pack(">bi", 12, 1) + _header(13, 2) + struct.pack(">bbi", 10, 4, count) + b"\x00\x00"
+    assert "negative" in both_errors([body])
+
+
+def test_invalid_type_codes_are_errors():
+    for bad in (1, 5, 7, 9, 16, 17, 255):
+        body = _header(15, 1) + struct.pack(">bi", 12, 1) + struct.pack(">Bh", bad, 40) + b"\x00" * 8
+        assert "invalid thrift type" in both_errors([body]), bad
+
+
+def test_nesting_depth_is_capped():
+    # an unknown field of nested structs, 200 deep
+    body = _header(15, 1) + struct.pack(">bi", 12, 1) + _header(12, 40) * 200 + b"\x00" * 201 + b"\x00"
+    assert "nesting too deep" in both_errors([body])
+
+
+def test_error_names_the_payload_and_offset():
+    good = sample_payload()
+    with pytest.raises(DecodeError) as info:
+        CY.count_rows([good, good[:10]])
+    assert "payload 1" in str(info.value) and info.value.offset >= 0 and info.value.what
+
+
+def test_outputs_too_small_are_refused():
+    out = LAYOUT.allocate(1)
+    with pytest.raises(ValueError, match="do not fit"):
+        CY.decode_into([sample_payload()], out["continuous"], out["binary"], out["discrete"],
+                       [out[t.name] for t in LAYOUT.tensors[3:]])
+
+
+def test_non_bytes_payload_is_a_type_error():
+    with pytest.raises(TypeError):
+        CY.count_rows([12])
+
+
+def test_row_start_offsets_the_write():
+    payload = sample_payload()
+    out = LAYOUT.allocate(5)
+    written = CY.decode_into([payload], out["continuous"], out["binary"], out["discrete"],
+                             [out[t.name] for t in LAYOUT.tensors[3:]], 3)
+    assert written == 2
+    assert out["continuous"][3, 0] == 1.5

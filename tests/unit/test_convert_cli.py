@@ -1,0 +1,81 @@
+"""`navi convert` and `navi inspect` through the real click commands."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from navi.bprfile import write_base64, write_raw
+from navi.cli.main import main
+from navi.converter import BprConverter
+from navi.segdense import load_layout
+from navi.workload import home_layout_files, make_bprs
+
+
+def setup_files(tmp_path, n=5, candidates=7):
+    spec, all_config = home_layout_files(tmp_path / "v1")
+    layout = load_layout(spec, all_config)
+    payloads = make_bprs(layout, n, candidates, seed=3, continuous_per_candidate=50)
+    return layout, payloads
+
+
+def test_round_trip_base64_and_raw(tmp_path):
+    layout, payloads = setup_files(tmp_path)
+    expected = BprConverter(layout).convert(payloads)
+    with open(tmp_path / "in.b64", "wb") as f:
+        write_base64(f, payloads)
+    with open(tmp_path / "in.raw", "wb") as f:
+        write_raw(f, payloads)
+    for name in ("in.b64", "in.raw"):
+        out = tmp_path / f"out_{name}"
+        result = CliRunner().invoke(main, ["convert", str(tmp_path / name), "-o", str(out),
+                                           "--model-dir", str(tmp_path / "v1"), "--chunk-bprs", "2"])
+        assert result.exit_code == 0, result.output
+        for tensor, array in expected.items():
+            np.testing.assert_array_equal(np.load(out / f"{tensor}.npy"), array)
+        assert np.load(out / "batch_ends.npy").tolist() == [7, 14, 21, 28, 35]
+
+
+def test_bad_line_stops_with_its_number_unless_skipped(tmp_path):
+    layout, payloads = setup_files(tmp_path, n=3, candidates=2)
+    lines = [payloads[0], payloads[1][:50], payloads[2]]
+    with open(tmp_path / "in.b64", "wb") as f:
+        write_base64(f, lines)
+        f.write(b"!!! not base64\n")
+    args = ["convert", str(tmp_path / "in.b64"), "-o", str(tmp_path / "out"),
+            "--spec", str(tmp_path / "v1" / "segdense_transform_spec_home_recap_2022.json"),
+            "--all-config", str(tmp_path / "v1" / "all_config.json")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "record 2" in result.output
+    result = CliRunner().invoke(main, args + ["--skip-invalid"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 invalid" in result.output
+    assert np.load(tmp_path / "out" / "batch_ends.npy").tolist() == [2, 4]
+    assert np.load(tmp_path / "out" / "continuous.npy").shape == (4, 5293)
+
+
+def test_missing_spec_is_a_usage_error(tmp_path):
+    (tmp_path / "in").write_bytes(b"")
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "in"), "-o", str(tmp_path / "o"),
+                                       "--model-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "missing" in result.output
+
+
+def test_inspect_prints_one_bpr(tmp_path):
+    _, payloads = setup_files(tmp_path, n=2, candidates=3)
+    with open(tmp_path / "in.raw", "wb") as f:
+        write_raw(f, payloads)
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "in.raw"), "--index", "2", "--max-items", "2"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.output)
+    assert described["candidates"] == 3
+    assert len(described["individualFeaturesList"]) == 3  # 2 shown + the "... more" marker
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "in.raw"), "--index", "9"])
+    assert result.exit_code != 0 and "fewer than 9" in result.output
+
+
+def test_every_command_has_help():
+    for command in ("convert", "inspect", "serve", "bench", "demo"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
