@@ -19,6 +19,16 @@ from navi.bench.stats import ratio
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 
 
+def make_console():
+    """A rich console; wide when writing to a file or pipe so tables are not squeezed."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    return console
+
+
 def load_label(run: dict) -> str:
     """A run's load level as text: ``c=8`` (closed loop) or ``r=500/s`` (open loop)."""
     if "concurrency" in run:

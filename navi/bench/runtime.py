@@ -147,6 +147,28 @@ def export_torch(version_dir: Path, weights) -> None:
 EXPORTERS: dict[str, Callable[[Path, list], None]] = {"onnx": export_onnx, "tf": export_tf, "torch": export_torch}
 
 
+def export_all(dst_dir: Path, runtimes: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """Export the dense model for each runtime to ``dst_dir/<runtime>/dense/1``.
+
+    Returns runtime -> "" when exported, or the reason it was skipped. Run it
+    in a child process when the caller also needs navi's generated protobuf
+    modules: TensorFlow's own protos use the same file names.
+    """
+    weights = dense_weights(seed)
+    outcome: dict[str, str] = {}
+    for name in runtimes:
+        exporter = EXPORTERS.get(name)
+        if exporter is None:
+            outcome[name] = "no exporter for this runtime in the benchmark"
+            continue
+        try:
+            exporter(Path(dst_dir) / name / "dense" / "1", weights)
+            outcome[name] = ""
+        except Exception as error:  # a missing framework is a skip with its reason
+            outcome[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return outcome
+
+
 def _settings(name: str, runtime: str, model_dir: Path, threads: int):
     from navi.settings import ModelSettings
 
@@ -193,6 +215,17 @@ def measure(step: Callable[[], object], min_time_s: float, callers: int = 1) -> 
     return sum(counts), time.monotonic() - start
 
 
+def _tf_threads(threads: int) -> None:
+    """Size TensorFlow's pools before the export initializes them (they cannot change later)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialized by an earlier use in this process
+        pass
+
+
 def dense_cases(runtimes: Sequence[str], batch_rows: Sequence[int], threads: int, workdir: Path, seed: int,
                 log: Callable[[str], None]) -> tuple[list[Case], list[dict], list]:
     """Export the dense model per runtime, load it through navi's plugin, and build the cases.
@@ -216,6 +249,8 @@ def dense_cases(runtimes: Sequence[str], batch_rows: Sequence[int], threads: int
             runtime = resolve_runtime(name)
             model_dir = workdir / f"dense_{name}"
             version_dir = model_dir / "1"
+            if name == "tf":
+                _tf_threads(threads)
             EXPORTERS[name](version_dir, weights)
             model = runtime.load(version_dir, _settings(f"dense_{name}", name, model_dir, threads))
         except Exception as error:  # a framework that is missing or broken is skipped, said so

@@ -480,6 +480,74 @@ def start_bare_server(port: int, response: bytes = b"", threads: int = 16, host:
     return server, bound
 
 
+def wait_until_serving(address: str, timeout_s: float = 120.0, health_service: str | None = "",
+                       process=None) -> None:
+    """Block until a server at ``address`` is up.
+
+    With ``health_service`` (a string; "" = the whole server) the gRPC health
+    service must answer SERVING; with None, an open channel is enough (the
+    bare server has no health service). ``process``, when given, is a
+    ``subprocess.Popen`` whose early exit aborts the wait.
+    """
+    import grpc
+
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server process for {address} exited with code {process.returncode}")
+        with grpc.insecure_channel(address) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1.0)
+                if health_service is None:
+                    return
+                from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=health_service), timeout=2.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last_error = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.FutureTimeoutError:
+                last_error = "not accepting connections"
+            except grpc.RpcError as error:
+                last_error = error.code().name
+        time.sleep(0.25)
+    raise TimeoutError(f"{address} not serving after {timeout_s:.0f} s ({last_error})")
+
+
+def launch_server(command: Sequence[str], address: str, timeout_s: float = 180.0, health_service: str | None = "",
+                  log_path: Path | None = None):
+    """Start a server subprocess and wait until it serves; returns the ``subprocess.Popen``.
+
+    Its output goes to ``log_path`` (or is discarded). The caller stops it
+    (``stop_server``).
+    """
+    import subprocess
+
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(address, timeout_s, health_service, process)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process
+
+
+def stop_server(process, grace_s: float = 15.0) -> None:
+    """SIGTERM a server subprocess, SIGKILL it if it outlives ``grace_s``."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 # --------------------------------------------------------------------------- #
 # running a benchmark
 

@@ -38,16 +38,6 @@ def bench() -> None:
     """Benchmarks: the converter, runtimes in-process, and a server under load."""
 
 
-def _console():
-    """A rich console; wide when writing to a file or pipe so tables are not squeezed."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 160))
-    return console
-
-
 def _int_list(text: str | None) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()] if text else []
 
@@ -104,7 +94,7 @@ def serve_command(targets, protocol, concurrency, rate, duration_s, requests, wa
     """Load a running TF Serving / KServe V2 compatible server and report throughput and latency."""
     from navi.bench import report, serve
 
-    console = _console()
+    console = report.make_console()
     try:
         parsed = [serve.Target.parse(t) for t in targets]
     except ValueError as error:
@@ -249,7 +239,7 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
     """In-process runtime throughput: ONNX / TF / torch on one dense model, and converter + runtime."""
     from navi.bench import report, runtime
 
-    console = _console()
+    console = report.make_console()
     document = runtime.run_runtime_bench(
         runtimes=[r.strip() for r in runtimes.split(",") if r.strip()],
         batch_rows=_int_list(batch_rows),
