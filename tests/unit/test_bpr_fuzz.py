@@ -1,0 +1,89 @@
+"""Fuzz the compiled decoder with a million mutated BPRs (slow: `make fuzz`, not in CI).
+
+Every mutated input must either decode or raise DecodeError; never crash,
+hang or raise anything else. Every 200th input is also checked against the
+reference twin (same arrays, or the same error).
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from navi._fast import _bpr_ref
+from navi._fast._bpr import BprDecoder
+from navi.errors import DecodeError
+from navi.idl import encode
+from navi.workload import make_bprs
+
+from .bpr_helpers import BPR, EMB, assert_same, decode_all, small_layout
+from .test_bpr_decoder import sample_payload
+
+FUZZ_INPUTS = int(os.environ.get("NAVI_FUZZ_INPUTS", "1000000"))
+INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 12, 13, 14, 15, 11]
+
+
+def corpus(layout) -> list[bytes]:
+    seeds = [sample_payload()]
+    seeds += make_bprs(layout, 3, candidates=3, seed=5, continuous_per_candidate=6, binary_per_candidate=2,
+                       discrete_per_candidate=2, common_continuous=3)
+    rec = BPR.DataRecord(stringFeatures={1: "a"}, blobFeatures={2: b"\x00"},
+                         sparseBinaryFeatures={3: {"x"}}, sparseContinuousFeatures={4: {"y": 1.0}},
+                         tensors={EMB["user_embedding"]: BPR.GeneralTensor(
+                             stringTensor=BPR.StringTensor(strings=["s"], shape=[1]))})
+    seeds.append(encode(BPR.BatchPredictionRequest(individualFeaturesList=[rec, rec], commonFeatures=rec)))
+    return seeds
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    buf = bytearray(data)
+    for _ in range(int(rng.integers(1, 4))):
+        op = int(rng.integers(0, 7))
+        pos = int(rng.integers(0, max(1, len(buf))))
+        if op == 0 and buf:
+            buf[pos] ^= 1 << int(rng.integers(0, 8))
+        elif op == 1 and buf:
+            buf[pos] = INTERESTING[int(rng.integers(0, len(INTERESTING)))]
+        elif op == 2:
+            del buf[pos:]
+        elif op == 3 and buf:
+            del buf[pos:pos + int(rng.integers(1, 9))]
+        elif op == 4:
+            buf[pos:pos] = bytes(rng.integers(0, 256, size=int(rng.integers(1, 9)), dtype=np.uint8))
+        elif op == 5 and len(buf) >= pos + 4:
+            big = [2**31 - 1, 2**31 - 2, -1, 2**16, 2**24][int(rng.integers(0, 5))]
+            buf[pos:pos + 4] = struct.pack(">i", big)
+        elif op == 6 and buf:
+            start = int(rng.integers(0, len(buf)))
+            buf[pos:pos] = buf[start:start + int(rng.integers(1, 32))]
+    return bytes(buf)
+
+
+@pytest.mark.slow
+def test_million_mutations_never_crash():
+    layout = small_layout()
+    cy, ref = BprDecoder(layout), _bpr_ref.BprDecoder(layout)
+    seeds = corpus(layout)
+    rng = np.random.default_rng(20261128)
+    decoded = errors = 0
+    for i in range(FUZZ_INPUTS):
+        payload = mutate(seeds[i % len(seeds)], rng)
+        try:
+            result = decode_all(cy, layout, [payload])
+            decoded += 1
+        except DecodeError as exc:
+            result = str(exc)
+            errors += 1
+        if i % 200 == 0:
+            try:
+                expected = decode_all(ref, layout, [payload])
+            except DecodeError as exc:
+                expected = str(exc)
+            if isinstance(result, str) or isinstance(expected, str):
+                assert result == expected, (payload, result, expected)
+            else:
+                assert_same(result, expected)
+    print(f"fuzz: {FUZZ_INPUTS} inputs, {decoded} decoded, {errors} DecodeError")
+    assert decoded + errors == FUZZ_INPUTS
