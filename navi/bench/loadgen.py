@@ -455,11 +455,12 @@ class ClientPool:
         """
         integral = spec.mode == "closed"
         shares = split_evenly(spec.level, self.processes, integral)
-        budgets: list[int | None]
+        budgets: list[int | None] = [None] * self.processes
         if spec.requests is not None:
-            budgets = [int(b) for b in split_evenly(spec.requests, self.processes, True)]
-        else:
-            budgets = [None] * self.processes
+            # only workers with callers (closed loop 1 over 2 processes: one idle) share the budget
+            active = [i for i, share in enumerate(shares) if share > 0]
+            for i, budget in zip(active, split_evenly(spec.requests, len(active), True)):
+                budgets[i] = int(budget)
         # a common start a little in the future, so all workers begin together
         start_at = time.monotonic() + 0.3
         for i, jobs in enumerate(self._jobs):

@@ -124,3 +124,44 @@ def test_run_serve_bench_against_bare_servers(tmp_path):
     path = tmp_path / "serve.json"
     report.write_json(document, path)
     assert path.stat().st_size > 0
+
+
+def test_cli_serve_writes_json_and_plot(tmp_path):
+    """`navi bench serve` end to end against two bare servers, BPRs from a file, rows probed."""
+    import base64
+    import json
+
+    from click.testing import CliRunner
+
+    from navi.cli.bench import bench
+
+    bprs = tmp_path / "bprs.txt"
+    bprs.write_text("\n".join(base64.b64encode(b"bpr-%d" % i).decode() for i in range(4)) + "\n")
+    servers = [serve.start_bare_server(0, serve.constant_predict_response(rows=3), threads=2) for _ in range(2)]
+    try:
+        result = CliRunner().invoke(bench, [
+            "serve", "--target", f"one=127.0.0.1:{servers[0][1]}", "--target", f"two=127.0.0.1:{servers[1][1]}",
+            "--bpr-file", str(bprs), "--bprs-per-request", "2", "--concurrency", "1,2", "--requests", "10",
+            "--warmup-s", "0.1", "--client-processes", "2",
+            "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png")])
+    finally:
+        for server, _ in servers:
+            server.stop(0)
+    assert result.exit_code == 0, result.output
+    assert "ratios to one" in result.output
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["target"], r["concurrency"]) for r in data["runs"]] == [("one", 1), ("two", 1), ("one", 2), ("two", 2)]
+    assert all(r["requests"] == 10 and r["errors"] == {} for r in data["runs"])
+    assert data["workload"]["rows_per_request"] == 3
+    assert (tmp_path / "out.png").stat().st_size > 0
+
+
+def test_cli_serve_rejects_bad_options():
+    from click.testing import CliRunner
+
+    from navi.cli.bench import bench
+
+    result = CliRunner().invoke(bench, ["serve", "--target", "nowhere"])
+    assert result.exit_code != 0 and "host:port" in result.output
+    result = CliRunner().invoke(bench, ["serve", "--target", "a=127.0.0.1:1", "--duration", "1", "--requests", "5"])
+    assert result.exit_code != 0 and "not both" in result.output
