@@ -79,8 +79,33 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_daemon:
         document["daemon"] = through_daemon(args, runtimes, batch_rows, console, serve, report, runtime, ClientPool)
     report.write_json(document, out / "runtime.json")
-    console.print(f"wrote {out / 'runtime.json'}")
+    (out / "runtime.md").write_text(markdown(document))
+    console.print(f"wrote {out / 'runtime.json'} and {out / 'runtime.md'}")
     return 0
+
+
+def markdown(document: dict) -> str:
+    """The RESULTS.md section of one run: commands, machine, date, both tables."""
+    import shlex
+    from datetime import datetime, timezone
+
+    from navi.bench import report
+
+    parts = [
+        "## Runtimes (benchmarks/bench_runtime.py)\n",
+        f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+        f"- machine: {report.machine_line(document)}",
+        f"- command: `{shlex.join(['python', *document['commands']['bench']])}`\n",
+        "### In-process (navi runtime plugins)\n",
+        report.runtime_markdown(document["in_process"]),
+    ]
+    daemon = document.get("daemon") or {}
+    for rows in sorted({r["batch_rows"] for r in daemon.get("runs", [])}):
+        parts.append(f"### Through the daemon, {rows} rows per request\n")
+        parts.append(report.serve_markdown({"runs": [r for r in daemon["runs"] if r["batch_rows"] == rows]}))
+    for skip in daemon.get("skipped", []):
+        parts.append(f"- {skip['runtime']}: {skip['note']}")
+    return "\n".join(parts) + "\n"
 
 
 def through_daemon(args, runtimes, batch_rows, console, serve, report, runtime, ClientPool) -> dict:

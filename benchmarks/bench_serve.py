@@ -146,8 +146,39 @@ def main(argv: list[str] | None = None) -> int:
     for line in document["criteria"]["lines"]:
         console.print(line)
     report.write_json(document, out / "serve.json")
-    console.print(f"wrote {out / 'serve.json'} and {out}/serve-*.png")
+    (out / "serve.md").write_text(markdown(document))
+    console.print(f"wrote {out / 'serve.json'}, {out / 'serve.md'} and {out}/serve-*.png")
     return 0
+
+
+def markdown(document: dict) -> str:
+    """The RESULTS.md section of one suite run: commands, machine, date, tables, criteria."""
+    import shlex
+    from datetime import datetime, timezone
+
+    from navi.bench import report
+
+    commands = document["commands"]
+    parts = [
+        "## Serving (benchmarks/bench_serve.py)\n",
+        f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+        f"- machine: {report.machine_line(document)}",
+        f"- command: `{shlex.join(['python', *commands['bench']])}`",
+        # shown as the console script (the script runs them as `python -m navi.cli.main`)
+        f"- navi: `{shlex.join(['navi', *commands['navi'][3:]])}`",
+        f"- bare transport server: `{shlex.join(['navi', *commands['bare'][3:]])}`\n",
+    ]
+    for phase, ceiling in document.get("ceilings", {}).items():
+        parts.append(f"### In-process ceiling, {phase} model (converter + ONNX Runtime, intra-op 1, 2 in flight)\n")
+        parts.append(report.runtime_markdown({"results": ceiling["results"]}))
+    for phase, result in document.get("phases", {}).items():
+        parts.append(f"### {phase}: {result['workload']['description']}, "
+                     f"{result['workload']['mean_request_bytes'] / 1024:,.1f} KiB per request\n")
+        parts.append(report.serve_markdown(result))
+    if document.get("criteria", {}).get("lines"):
+        parts.append("### Criteria\n")
+        parts += [f"- {line}" for line in document["criteria"]["lines"]]
+    return "\n".join(parts) + "\n"
 
 
 def criteria(document: dict) -> dict:

@@ -307,3 +307,73 @@ SERVE_JSON_SCHEMA: dict = {
         "settings": {"type": "object"},
     },
 }
+
+
+def machine_line(document: dict) -> str:
+    """"2 cores, <CPU model>, <date>" for the header of a RESULTS.md section."""
+    machine = document.get("machine", {})
+    date = (document.get("started_at") or document.get("finished_at") or "")[:10]
+    return f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', 'unknown CPU')}, {machine.get('platform', '')}" + (
+        f", {date}" if date else "")
+
+
+def serve_markdown(document: dict) -> str:
+    """A Markdown table of a serve result: absolute figures with the ratio to the first target beside them."""
+    summary = summarize_runs(document.get("runs", []))
+    if not summary:
+        return "_no runs_\n"
+    targets = list(OrderedDict.fromkeys(r["target"] for r in summary))
+    base = targets[0]
+    by_key = {(_load_key(r), r["target"]): r for r in summary}
+    lines = [
+        f"| target | load | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | errors | client CPU ms/req | server CPU ms/req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for row in summary:
+        reference = by_key.get((_load_key(row), base)) if row["target"] != base else None
+
+        def with_ratio(value: float | None, ref_value: float | None, digits: int = 0) -> str:
+            text = _num(value, digits)
+            if reference is not None and value is not None and ref_value:
+                text += f" ({ratio(value, ref_value):.2f}x)"
+            return text
+
+        latency = row["latency_ms"]
+        errors = ", ".join(f"{c} {n}" for c, n in sorted(row["errors"].items())) or "0"
+        client = row["client_cpu_s_per_request"]
+        server = row["server_cpu_s_per_request"]
+        lines.append(
+            "| " + " | ".join([
+                row["target"], load_label(row),
+                with_ratio(row["requests_per_s"], reference and reference["requests_per_s"]),
+                with_ratio(row["rows_per_s"], reference and reference["rows_per_s"]),
+                with_ratio(latency["p50"], reference and reference["latency_ms"]["p50"], 2),
+                with_ratio(latency["p99"], reference and reference["latency_ms"]["p99"], 2),
+                _num(latency["p999"], 2), errors,
+                _num(None if client is None else client * 1e3, 3),
+                _num(None if server is None else server * 1e3, 3),
+            ]) + " |")
+    note = f"\nRatios in brackets: that target / {base} at the same load.\n" if len(targets) > 1 else "\n"
+    return "\n".join(lines) + "\n" + note
+
+
+def runtime_markdown(document: dict) -> str:
+    """A Markdown table of a runtime result (rows/s median and min over repeats, ratio to the best)."""
+    results = document.get("results", [])
+    best: dict[tuple, float] = {}
+    for row in results:
+        if row.get("rows_per_s"):
+            key = (row["case"], row["batch_rows"])
+            best[key] = max(best.get(key, 0.0), row["rows_per_s"]["median"])
+    lines = ["| case | runtime | batch rows | rows/s median | rows/s min | ms/batch | vs best | note |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in results:
+        rps = row.get("rows_per_s") or {}
+        median = rps.get("median", math.nan)
+        lines.append("| " + " | ".join([
+            row["case"], row["runtime"], str(row["batch_rows"]), _num(median), _num(rps.get("min", math.nan)),
+            _num((row.get("batch_ms") or {}).get("median", math.nan), 3),
+            _ratio_text(ratio(median, best.get((row["case"], row["batch_rows"]), math.nan))),
+            row.get("note", "") or "",
+        ]) + " |")
+    return "\n".join(lines) + "\n"

@@ -116,3 +116,15 @@ def test_plot_file_written(tmp_path):
     closed_only["runs"] = [r for r in closed_only["runs"] if r["mode"] == "closed"]
     report.write_serve_plot(closed_only, tmp_path / "closed.png")
     assert (tmp_path / "closed.png").stat().st_size > 0
+
+
+def test_markdown_keeps_ratios_next_to_absolute_numbers():
+    text = report.serve_markdown(_document())
+    lines = [line for line in text.splitlines() if line.startswith("| bare")]
+    assert lines and all("x)" in line for line in lines)  # ratios beside the figures
+    assert "that target / navi" in text
+    runtime_text = report.runtime_markdown({"results": [
+        {"case": "dense", "runtime": "onnx", "batch_rows": 1, "rows_per_s": {"median": 10.0, "min": 9.0},
+         "batch_ms": {"median": 0.1}, "note": ""}]})
+    assert "| dense | onnx | 1 |" in runtime_text
+    assert "cores" in report.machine_line(_document())
