@@ -85,6 +85,21 @@ TF_BUILD = textwrap.dedent('''
             })
             builder.save()
 
+    # Models that parse tf.Example cannot run on made-up inputs: like TF Serving, they ship
+    # warmup records (assets.extra/tf_serving_warmup_requests, a TFRecord of PredictionLogs)
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    extra = root / "estimator" / "1" / "assets.extra"
+    extra.mkdir()
+    with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "estimator"
+        warm = tf.train.Example(features=tf.train.Features(feature={
+            "x": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5, 0.5]))}))
+        request.inputs["inputs"].CopyFrom(tf.make_tensor_proto([warm.SerializeToString()] * 2))
+        writer.write(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+
     rng = np.random.default_rng(7)
     rows = 4
     feeds = {
@@ -119,6 +134,7 @@ TF_BUILD = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def tf_models(tmp_path_factory):
     pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow_serving")
     root = tmp_path_factory.mktemp("tf-models")
     result = subprocess.run([sys.executable, "-c", TF_BUILD, str(root)], capture_output=True, text=True,
                             timeout=300)
