@@ -234,6 +234,9 @@ async def drive(
             delay = scheduled_at - clock()
             if delay > 0:
                 await sleep(delay)
+            else:
+                # behind schedule: still let answers be processed, or nothing would complete
+                await asyncio.sleep(0)
             if len(in_flight) >= spec.max_in_flight:
                 # the client cannot keep up with this rate: count it, never hide it
                 if measured:

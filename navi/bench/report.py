@@ -17,6 +17,8 @@ import numpy as np
 from navi.bench.stats import ratio
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
+#: client CPU utilization above which a run's figures may describe the client, not the server
+CLIENT_BUSY = 0.8
 
 
 def make_console():
@@ -144,6 +146,11 @@ def serve_tables(document: dict):
             _num(None if row["client_cpu_s_per_request"] is None else row["client_cpu_s_per_request"] * 1e3, 3),
             _num(None if row["server_cpu_s_per_request"] is None else row["server_cpu_s_per_request"] * 1e3, 3),
         )
+    busy = [r for r in document.get("runs", []) if (r.get("client_cpu_utilization") or 0) > CLIENT_BUSY]
+    if busy:
+        worst = max(r["client_cpu_utilization"] for r in busy)
+        table.caption = (f"warning: client processes were on CPU up to {worst:.0%} of the time in {len(busy)} "
+                         f"run(s); add --client-processes or CPUs before trusting those figures")
     tables = [table]
     ratios = comparisons(document.get("runs", []))
     if ratios:

@@ -627,6 +627,12 @@ def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeas
             "client_cpu_s_per_request": (
                 measurement.client_cpu_s / measurement.total_requests if measurement.total_requests else math.nan
             ),
+            # share of the client processes' time spent on CPU (warm-up included); near 1 means
+            # the client, not the server, may have set the pace
+            "client_cpu_utilization": (
+                measurement.client_cpu_s / ((measurement.elapsed_s + spec.warmup_s) * measurement.client_processes)
+                if measurement.elapsed_s > 0 else math.nan
+            ),
             "server_cpu_s_per_request": (
                 server_cpu_s / measurement.total_requests
                 if server_cpu_s is not None and measurement.total_requests

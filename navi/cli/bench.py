@@ -84,7 +84,8 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.option("--distinct-requests", type=int, default=None, help="size of the pre-serialized request pool.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--server-pid", "server_pids", multiple=True, help="NAME=PID of a local target, to report server CPU per request.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write results as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write results as JSON (with --plot and no --json: next to the plot, suffix .json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write latency percentiles vs load as a PNG.")
 def serve_command(targets, protocol, concurrency, rate, duration_s, requests, warmup_s, repeats, client_processes,
@@ -130,6 +131,8 @@ def serve_command(targets, protocol, concurrency, rate, duration_s, requests, wa
         raise click.ClickException(str(error))
     for table in report.serve_tables(document):
         console.print(table)
+    if json_path is None and plot_path is not None:
+        json_path = plot_path.with_suffix(".json")
     if json_path:
         report.write_json(document, json_path)
         console.print(f"wrote {json_path}")

@@ -128,3 +128,11 @@ def test_markdown_keeps_ratios_next_to_absolute_numbers():
          "batch_ms": {"median": 0.1}, "note": ""}]})
     assert "| dense | onnx | 1 |" in runtime_text
     assert "cores" in report.machine_line(_document())
+
+
+def test_busy_client_is_flagged():
+    document = _document(targets=("solo",), repeats=1)
+    document["runs"][0]["client_cpu_utilization"] = 0.95
+    buffer = io.StringIO()
+    Console(file=buffer, width=200).print(*report.serve_tables(document))
+    assert "warning: client processes were on CPU up to 95%" in buffer.getvalue()
