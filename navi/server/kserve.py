@@ -15,7 +15,7 @@ from navi._proto.kserve import grpc_predict_v2_pb2_grpc as pb2_grpc
 from navi.errors import InvalidInput, NaviError
 from navi.server import codec
 from navi.server.status import grpc_errors
-from navi.server.tfserving import compress_if_large, deadline_from
+from navi.server.tfserving import RequestMetrics, compress_if_large, deadline_from
 
 SERVER_NAME = "navi"
 
@@ -37,7 +37,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, registry, metrics):
         self._registry = registry
-        self._metrics = metrics
+        self._counts = RequestMetrics(metrics, registry)
 
     def _served(self, name: str, version_text: str):
         if not name:
@@ -99,9 +99,8 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         """Run one inference request, batched with other callers."""
         started_s = time.monotonic()
         model_name = request.model_name
-        metrics = self._metrics
-        metrics.num_requests.inc()
-        metrics.num_requests_by_model.labels(model_name).inc()
+        counts = self._counts
+        counts.received(model_name)
         try:
             served = self._served(model_name, request.model_version)
             inputs = codec.kserve_request_inputs(request)
@@ -110,8 +109,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             context.add_callback(future.cancel)
             outputs = future.result()
         except Exception:
-            metrics.num_requests_failed.inc()
-            metrics.num_requests_failed_by_model.labels(model_name).inc()
+            counts.failed(model_name)
             raise
         response = pb2.ModelInferResponse(
             model_name=served.name, model_version=str(served.version), id=request.id
@@ -119,8 +117,6 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         order = output_names or tuple(outputs)
         codec.fill_kserve_outputs(response, ((name, outputs[name]) for name in order))
         rows = next((len(a) for a in outputs.values() if np.ndim(a) > 0), 0)
-        metrics.num_predictions.inc(rows)
-        metrics.num_prediction_by_model.labels(model_name).inc(rows)
         compress_if_large(context, response)
-        metrics.response_time.labels(model_name).observe(time.monotonic() - started_s)
+        counts.answered(model_name, rows, started_s)
         return response

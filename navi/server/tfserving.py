@@ -53,6 +53,56 @@ def _model_name(model_spec) -> str:
     return model_spec.name
 
 
+class RequestMetrics:
+    """Per-request counters of both APIs, with each model's labelled children cached.
+
+    ``labels()`` costs a lock and a dict walk per call; a request touches four
+    by-model series, so they are looked up once per model. Names the registry
+    does not serve get no by-model series: a client must not be able to grow
+    the metrics without bound by sending made-up model names.
+    """
+
+    def __init__(self, metrics, registry):
+        self._metrics = metrics
+        self._known = frozenset(registry.model_names())
+        self._children: dict[str, tuple] = {}
+
+    def _of(self, model_name: str):
+        children = self._children.get(model_name)
+        if children is None and model_name in self._known:
+            m = self._metrics
+            children = (
+                m.num_requests_by_model.labels(model_name),
+                m.num_requests_failed_by_model.labels(model_name),
+                m.num_prediction_by_model.labels(model_name),
+                m.response_time.labels(model_name),
+            )
+            self._children[model_name] = children
+        return children
+
+    def received(self, model_name: str) -> None:
+        """A request for ``model_name`` arrived."""
+        self._metrics.num_requests.inc()
+        children = self._of(model_name)
+        if children is not None:
+            children[0].inc()
+
+    def failed(self, model_name: str) -> None:
+        """The request was answered with an error."""
+        self._metrics.num_requests_failed.inc()
+        children = self._of(model_name)
+        if children is not None:
+            children[1].inc()
+
+    def answered(self, model_name: str, rows: int, started_s: float) -> None:
+        """The request was answered with ``rows`` predictions."""
+        self._metrics.num_predictions.inc(rows)
+        children = self._of(model_name)
+        if children is not None:
+            children[2].inc(rows)
+            children[3].observe(time.monotonic() - started_s)
+
+
 def resolve_model(registry, model_spec) -> Any:
     """The ``ServedModel`` a TF Serving ``ModelSpec`` names (version, label or newest)."""
     name = _model_name(model_spec)
@@ -121,16 +171,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, registry, metrics):
         self._registry = registry
-        self._metrics = metrics
+        self._counts = RequestMetrics(metrics, registry)
 
     @grpc_errors
     def Predict(self, request, context):
         """Run the request's inputs through the model, batched with other callers."""
         started_s = time.monotonic()
         model_name = request.model_spec.name
-        metrics = self._metrics
-        metrics.num_requests.inc()
-        metrics.num_requests_by_model.labels(model_name).inc()
+        counts = self._counts
+        counts.received(model_name)
         try:
             served = resolve_model(self._registry, request.model_spec)
             signature_name = _check_signature_name(served, request.model_spec)
@@ -143,8 +192,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             context.add_callback(future.cancel)
             outputs = future.result()
         except Exception:
-            metrics.num_requests_failed.inc()
-            metrics.num_requests_failed_by_model.labels(model_name).inc()
+            counts.failed(model_name)
             raise
         response = predict_pb2.PredictResponse()
         fill_model_spec(response.model_spec, served, signature_name)
@@ -153,10 +201,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             codec.ndarray_to_tensor_proto(array, response.outputs[name])
             if rows == 0 and np.ndim(array) > 0:
                 rows = len(array)
-        metrics.num_predictions.inc(rows)
-        metrics.num_prediction_by_model.labels(model_name).inc(rows)
         compress_if_large(context, response)
-        metrics.response_time.labels(model_name).observe(time.monotonic() - started_s)
+        counts.answered(model_name, rows, started_s)
         return response
 
     @grpc_errors

@@ -560,6 +560,9 @@ def test_metrics_parse(navi, stub):
     assert sample_value(families, ":navi:num_predictions", ":navi:num_predictions_total") >= 3
     assert sample_value(families, ":navi:response_time", ":navi:response_time_count", model_name="mixed") >= 1
     assert ":navi:navi_version" in families and ":navi:model_inference_time" in families
+    # made-up model names (test_error_codes sent "nope") must not create series
+    assert not any(sample.labels.get("model_name") == "nope"
+                   for family in families.values() for sample in family.samples)
 
 
 # --------------------------------------------------------------------------- slow daemon
