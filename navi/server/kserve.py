@@ -106,7 +106,6 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             inputs = codec.kserve_request_inputs(request)
             output_names = tuple(output.name for output in request.outputs)
             future = served.submit(inputs, output_names, deadline_from(context))
-            context.add_callback(future.cancel)
             outputs = future.result()
         except Exception:
             counts.failed(model_name)

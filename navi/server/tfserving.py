@@ -188,8 +188,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 for name, tensor in request.inputs.items()
             }
             future = served.submit(inputs, tuple(request.output_filter), deadline_from(context))
-            # If the caller goes away, a still-queued request need not run.
-            context.add_callback(future.cancel)
             outputs = future.result()
         except Exception:
             counts.failed(model_name)
