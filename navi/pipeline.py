@@ -170,7 +170,9 @@ class ServedModel:
         from navi.segdense import FEED_ORDER
 
         names = [spec.name for spec in sig.inputs]
-        return set(names) <= set(FEED_ORDER) or len(names) == len(FEED_ORDER)
+        # the layout's tensor names (the discrete tensor is not fed by the original
+        # but a model may take it), or the original's five inputs by position
+        return set(names) <= {*FEED_ORDER, "discrete"} or len(names) == len(FEED_ORDER)
 
     def _init_dense(self, sig: Signature) -> None:
         wanted = self.settings.inputs

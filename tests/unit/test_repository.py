@@ -284,3 +284,55 @@ def test_bad_warmup_record_fails_the_load(tmp_path):
         assert registry.version_status("m")[0].state == "END"
     finally:
         registry.stop(5)
+
+
+def test_meta_batching_override_reloads_with_new_settings(tmp_path):
+    write_version(tmp_path / "m", 1)
+    registry = make_registry(tmp_path / "m")
+    registry.start()
+    try:
+        before = registry.get("m")
+        assert before.settings.batching.max_batch_size == 16
+        registry.rescan(parse_meta({"m": {"batching": {"max_batch_size": 3},
+                                          "intra_op_parallelism": 2}}))
+        registry.wait_for_loads(30)
+        after = registry.get("m")
+        assert after is not before and after.version == 1
+        assert after.settings.batching.max_batch_size == 3
+        assert after.settings.intra_op_parallelism == 2
+        assert answer(registry) == (1, 1.0)
+    finally:
+        registry.stop(5)
+
+
+def test_failing_modelsync_is_counted_and_serving_goes_on(tmp_path):
+    from navi.repository.watcher import ModelWatcher
+
+    write_version(tmp_path / "m", 1)
+    registry = make_registry(tmp_path / "m", modelsync_cli="false --ignored")
+    registry.start()
+    try:
+        assert registry.metrics.registry.get_sample_value(":navi:modelsync_failures_total") == 1
+        assert answer(registry) == (1, 1.0)
+        watcher = ModelWatcher(registry, registry.settings, registry.metrics)
+        assert watcher.run_modelsync() is False
+        assert registry.metrics.registry.get_sample_value(":navi:modelsync_failures_total") == 2
+    finally:
+        registry.stop(5)
+
+
+def test_malformed_meta_keeps_the_last_good(tmp_path):
+    from navi.repository.watcher import ModelWatcher
+
+    write_version(tmp_path / "m", 1)
+    registry = make_registry(tmp_path / "m")
+    watcher = ModelWatcher(registry, registry.settings, registry.metrics)
+    (tmp_path / "META.json").write_text(json.dumps({"m": {"version": 1}}))
+    try:
+        watcher.poll_once()  # takes the good file in
+        (tmp_path / "META.json").write_text(json.dumps({"m": {"version": "newest"}}))
+        assert watcher.read_meta()["m"].version == 1
+        (tmp_path / "META.json").unlink()
+        assert watcher.read_meta() == {}
+    finally:
+        registry.stop(5)
