@@ -45,6 +45,12 @@ def generate_protos() -> None:
     for generated in PROTO_OUT.rglob("*.py"):
         text = generated.read_text()
         fixed = pattern.sub(r"\1 navi._proto.\2\3", text)
+        # Build into navi._proto.POOL, not the default pool, where TensorFlow
+        # registers its own files of the same names (see navi/_proto/__init__.py).
+        fixed = fixed.replace(
+            "_descriptor_pool.Default().AddSerializedFile(",
+            "__import__('navi._proto', fromlist=['POOL']).POOL.AddSerializedFile(",
+        )
         if fixed != text:
             generated.write_text(fixed)
     for directory in [PROTO_OUT, *[d for d in PROTO_OUT.rglob("*") if d.is_dir()]]:

@@ -34,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from navi._proto import POOL, add_file_of
 from navi._proto.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from navi._proto.tensorflow_serving.apis import (
     model_service_pb2,
@@ -134,7 +135,14 @@ class NaviServer:
             InferenceServicer(self.registry, self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        # Our services are described in navi._proto.POOL, not the default
+        # pool; reflection must answer from it, so health and reflection's own
+        # files are added there too.
+        from grpc_reflection.v1alpha import reflection_pb2
+
+        add_file_of(health_pb2)
+        add_file_of(reflection_pb2)
+        reflection.enable_server_reflection(SERVICE_NAMES, server, pool=POOL)
 
         address = f"{settings.host}:{settings.port}"
         if settings.ssl_dir is not None:

@@ -243,3 +243,34 @@ def test_big_endian_and_strided_arrays_are_sent_little_endian():
     strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
     back = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(strided))
     np.testing.assert_array_equal(back, strided)
+
+
+def test_our_protos_coexist_with_the_official_ones_in_one_process():
+    """navi._proto builds into its own descriptor pool: TensorFlow's files of the
+    same names (imported by the tf runtime) no longer clash with ours."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib.util, sys, types
+# the official generated modules, without running tensorflow/__init__ (slow)
+spec = importlib.util.find_spec("tensorflow")
+package = types.ModuleType("tensorflow")
+package.__path__ = list(spec.submodule_search_locations)
+sys.modules["tensorflow"] = package
+from tensorflow_serving.apis import predict_pb2 as official
+from tensorflow.core.framework import tensor_pb2
+from navi._proto.tensorflow_serving.apis import predict_pb2, get_model_metadata_pb2
+ours = predict_pb2.PredictRequest()
+ours.model_spec.name = "m"
+ours.model_spec.version.value = 7
+ours.inputs["x"].float_val.extend([1.5, 2.5])
+theirs = official.PredictRequest.FromString(ours.SerializeToString())
+assert theirs.model_spec.version.value == 7 and list(theirs.inputs["x"].float_val) == [1.5, 2.5]
+any_holder = get_model_metadata_pb2.GetModelMetadataResponse().metadata["signature_def"]
+any_holder.Pack(get_model_metadata_pb2.SignatureDefMap())
+assert any_holder.type_url == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
