@@ -384,3 +384,55 @@ def runtime_markdown(document: dict) -> str:
             row.get("note", "") or "",
         ]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _shown(command: list[str]) -> str:
+    """A command for the reader: ``python -m navi.cli.main`` shown as the ``navi`` console script."""
+    import shlex
+
+    if len(command) > 2 and command[1:3] == ["-m", "navi.cli.main"]:
+        command = ["navi", *command[3:]]
+    return shlex.join(command)
+
+
+def serve_suite_markdown(document: dict, bench_command: str) -> str:
+    """The RESULTS.md section of a serving suite run: commands, machine, date, tables, criteria."""
+    commands = document.get("commands", {})
+    parts = [
+        "## Serving (benchmarks/bench_serve.py)\n",
+        f"- machine: {machine_line(document)}",
+        f"- command: `{bench_command}`",
+        f"- navi: `{_shown(commands.get('navi', []))}`",
+        f"- bare transport server: `{_shown(commands.get('bare', []))}`\n",
+    ]
+    for phase, ceiling in document.get("ceilings", {}).items():
+        parts.append(f"### In-process ceiling, {phase} model (converter + ONNX Runtime, intra-op 1, 2 in flight)\n")
+        parts.append(runtime_markdown({"results": ceiling["results"]}))
+    for phase, result in document.get("phases", {}).items():
+        workload = result.get("workload", {})
+        parts.append(f"### {phase}: {workload.get('description', '')}, "
+                     f"{workload.get('mean_request_bytes', 0) / 1024:,.1f} KiB per request\n")
+        parts.append(serve_markdown(result))
+    lines = document.get("criteria", {}).get("lines", [])
+    if lines:
+        parts.append("### Criteria\n")
+        parts += [f"- {line}" for line in lines]
+    return "\n".join(parts) + "\n"
+
+
+def runtime_suite_markdown(document: dict, bench_command: str) -> str:
+    """The RESULTS.md section of a runtime run: in-process and (when run) through the daemon."""
+    parts = [
+        "## Runtimes (benchmarks/bench_runtime.py)\n",
+        f"- machine: {machine_line(document)}",
+        f"- command: `{bench_command}`\n",
+        "### In-process (navi runtime plugins)\n",
+        runtime_markdown(document),
+    ]
+    daemon = document.get("daemon") or {}
+    for rows in sorted({r["batch_rows"] for r in daemon.get("runs", [])}):
+        parts.append(f"### Through the daemon, {rows} rows per request, c={daemon.get('concurrency', '?')}\n")
+        parts.append(serve_markdown({"runs": [r for r in daemon["runs"] if r["batch_rows"] == rows]}))
+    for skip in daemon.get("skipped", []):
+        parts.append(f"- {skip['runtime']} (daemon): {skip['note']}")
+    return "\n".join(parts) + "\n"

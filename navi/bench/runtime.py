@@ -397,3 +397,101 @@ def run_runtime_bench(
                      "home_bprs_per_batch": list(home_bprs_per_batch) if home else []},
         "results": results,
     }
+
+
+def _isolated_runtime_bench(kwargs: dict) -> dict:
+    """Child-process entry of ``run_runtime_bench_isolated`` (logs to stderr)."""
+    import sys
+
+    return run_runtime_bench(**kwargs, log=lambda text: print(text, file=sys.stderr, flush=True))
+
+
+def run_runtime_bench_isolated(**kwargs) -> dict:
+    """``run_runtime_bench`` in a spawned child process.
+
+    TensorFlow's own protobuf modules and navi's generated ones register the
+    same .proto file names, so they cannot be imported into one process; a
+    process that talks to daemons (navi's protos) measures TensorFlow in a
+    child. It also keeps TensorFlow's and torch's thread pools out of it.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_isolated_runtime_bench, kwargs).result()
+
+
+def run_daemon_bench(
+    runtimes: Sequence[str] = ("onnx", "tf", "torch"),
+    batch_rows: Sequence[int] = (1, 16, 128),
+    threads: int = 1,
+    concurrency: int = 8,
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
+    repeats: int = 1,
+    client_processes: int | None = None,
+    log_dir: Path | None = None,
+    log: Callable[[str], None] = lambda text: None,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> dict[str, object]:
+    """The dense model through the daemon: one `navi serve --runtime <rt>` per runtime, loaded together.
+
+    Each daemon serves the model as "dense"; for each batch size the daemons
+    are the targets of one interleaved `bench serve` run at ``concurrency``.
+    Returns ``{"runs": [...], "skipped": [...], "commands": {...}}``; every run
+    record carries its ``batch_rows``. A runtime whose export or daemon fails
+    is skipped with the reason.
+    """
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    from navi.bench import serve
+    from navi.bench.loadgen import ClientPool
+
+    processes, targets, skipped = [], [], []
+    commands: dict[str, list[str]] = {}
+    result: dict = {"runs": [], "skipped": skipped, "commands": commands, "concurrency": concurrency}
+    with tempfile.TemporaryDirectory(prefix="navi-bench-daemons-") as tmp:
+        # exported in a child: importing TensorFlow here would break navi's protos in this process
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            exported = child.submit(export_all, Path(tmp), list(runtimes)).result()
+        try:
+            for name in runtimes:
+                if exported.get(name):
+                    skipped.append({"runtime": name, "note": f"export failed: {exported[name]}"})
+                    log(f"runtime {name}: skipped ({exported[name]})")
+                    continue
+                port = serve.free_port()
+                command = [sys.executable, "-m", "navi.cli.main", "serve", "--port", str(port), "--host",
+                           "127.0.0.1", "--prometheus-port", "0", "--runtime", name,
+                           "--model-dir", str(Path(tmp) / name / "dense"),
+                           "--input", "", "--output", "", "--intra-op-parallelism", str(threads)]
+                commands[name] = command
+                try:
+                    process = serve.launch_server(command, f"127.0.0.1:{port}",
+                                                  log_path=(Path(log_dir) / f"navi-serve-{name}.log") if log_dir else None)
+                except (RuntimeError, TimeoutError) as error:
+                    skipped.append({"runtime": name, "note": f"daemon did not start: {error}"})
+                    log(f"runtime {name}: daemon did not start ({error})")
+                    continue
+                processes.append(process)
+                targets.append(serve.Target(name, f"127.0.0.1:{port}", process.pid))
+            if not targets:
+                return result
+            inputs = serve.fetch_inputs(targets[0].address, "dense", "tfserving")
+            with ClientPool(client_processes) as pool:
+                for rows in batch_rows:
+                    workload = serve.dense_workload("tfserving", "dense", inputs, batch_rows=rows)
+                    config = serve.ServeBenchConfig(targets=targets, concurrencies=[concurrency],
+                                                    duration_s=duration_s, warmup_s=warmup_s, repeats=repeats,
+                                                    client_processes=pool.processes)
+                    log(f"through the daemon: {rows} rows per request, c={concurrency}")
+                    run = serve.run_serve_bench(config, workload, pool=pool, on_event=on_event)
+                    for record in run["runs"]:
+                        record["batch_rows"] = rows
+                    result["runs"] += run["runs"]
+        finally:
+            for process in processes:
+                serve.stop_server(process)
+    return result

@@ -480,6 +480,15 @@ def start_bare_server(port: int, response: bytes = b"", threads: int = 16, host:
     return server, bound
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (for servers the benchmarks start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def wait_until_serving(address: str, timeout_s: float = 120.0, health_service: str | None = "",
                        process=None) -> None:
     """Block until a server at ``address`` is up.
@@ -728,3 +737,148 @@ def run_serve_bench(
         "targets": [{"name": t.name, "address": t.address} for t in config.targets],
         "runs": runs,
     }
+
+
+# --------------------------------------------------------------------------- #
+# the serving suite behind benchmarks/RESULTS.md (issue 3, section 8)
+
+
+def latest_version_dir(model_dir: Path) -> Path:
+    """The newest version directory of a model (numeric names compared as numbers)."""
+    versions = [p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise ValueError(f"{model_dir}: no version directories")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def run_serve_suite(
+    models_dir: Path,
+    work_dir: Path,
+    phases: Sequence[str] = ("heavy", "small", "tiny"),
+    concurrencies: Sequence[int] = (1, 4, 16),
+    tiny_concurrencies: Sequence[int] = (1, 8, 32),
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
+    repeats: int = 1,
+    client_processes: int | None = None,
+    candidates: int = 100,
+    ceiling_min_time_s: float = 1.0,
+    ceiling_repeats: int = 3,
+    server_args: Sequence[str] = (),
+    log: Callable[[str], None] = lambda text: None,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> dict[str, object]:
+    """navi against the bare transport server, next to the in-process ceiling, in one run.
+
+    ``models_dir`` holds the demo models (``home``, ``dense``); the heavy home
+    model is built into ``work_dir/models`` once (``navi.demo``). Phases:
+    "heavy" and "small" send 100-candidate BPR requests to the heavy / small
+    home model, "tiny" sends one-row dense requests to the dense model. The
+    ceiling (converter + ONNX Runtime with the server's threads: intra-op 1,
+    two batches in flight) is measured before the servers start. Server logs
+    go to ``work_dir``. Returns the suite document with ``criteria`` filled in.
+    """
+    import sys
+
+    from navi import demo
+    from navi.bench import runtime
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    heavy_dir = demo.ensure_heavy_model(work_dir / "models")
+    small_dir = Path(models_dir) / "home"
+    dense_dir = Path(models_dir) / "dense"
+    navi_port, bare_port = free_port(), free_port()
+    navi_cmd = [sys.executable, "-m", "navi.cli.main", "serve", "--port", str(navi_port), "--host", "127.0.0.1",
+                "--prometheus-port", "0",
+                "--model-dir", str(heavy_dir), "--model-dir", str(small_dir), "--model-dir", str(dense_dir),
+                "--input", "examples", "--input", "examples", "--input", "", "--output", "", *server_args]
+    bare_cmd = [sys.executable, "-m", "navi.cli.main", "bench", "bare-server", "--port", str(bare_port),
+                "--rows", "1"]
+    document: dict = {"schema": "navi.bench.serve-suite/1", "machine": machine_info(),
+                      "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "commands": {"navi": navi_cmd, "bare": bare_cmd}, "phases": {}, "ceilings": {}}
+
+    for phase, model_dir in (("heavy", heavy_dir), ("small", small_dir)):
+        if phase not in phases:
+            continue
+        log(f"in-process ceiling, {phase} model (converter + ONNX Runtime, intra-op 1, 2 batches in flight)")
+        result = runtime.run_runtime_bench(runtimes=[], home=True, home_model_dir=model_dir,
+                                           home_bprs_per_batch=(1, 4, 16), candidates=candidates, threads=1,
+                                           callers=2, repeats=ceiling_repeats, min_time_s=ceiling_min_time_s)
+        best = max((r for r in result["results"] if r["case"] == "home convert+run"),
+                   key=lambda r: r["rows_per_s"]["median"])
+        document["ceilings"][phase] = {"rows_per_s": best["rows_per_s"]["median"],
+                                       "batch_rows": best["batch_rows"], "results": result["results"]}
+
+    log("starting navi and the bare server")
+    navi_proc = launch_server(navi_cmd, f"127.0.0.1:{navi_port}", health_service="",
+                              log_path=work_dir / "navi-serve.log")
+    try:
+        bare_proc = launch_server(bare_cmd, f"127.0.0.1:{bare_port}", health_service=None,
+                                  log_path=work_dir / "bare-server.log")
+    except BaseException:
+        stop_server(navi_proc)
+        raise
+    # bare first: ratios then read "navi / bare" (req/s < 1 and p50 > 1 mean navi is slower)
+    targets = [Target("bare", f"127.0.0.1:{bare_port}", bare_proc.pid),
+               Target("navi", f"127.0.0.1:{navi_port}", navi_proc.pid)]
+    try:
+        with ClientPool(client_processes) as pool:
+            for phase in phases:
+                if phase == "tiny":
+                    inputs = fetch_inputs(f"127.0.0.1:{navi_port}", "dense", "tfserving")
+                    workload = dense_workload("tfserving", "dense", inputs, batch_rows=1)
+                    levels = list(tiny_concurrencies)
+                else:
+                    model_dir = heavy_dir if phase == "heavy" else small_dir
+                    workload = home_workload("tfserving", model_dir.name, candidates=candidates,
+                                             spec_dir=latest_version_dir(model_dir))
+                    levels = list(concurrencies)
+                config = ServeBenchConfig(targets=targets, concurrencies=levels, duration_s=duration_s,
+                                          warmup_s=warmup_s, repeats=repeats, client_processes=pool.processes)
+                log(f"phase {phase}: {workload.description}, {workload.mean_request_bytes / 1024:,.0f} KiB per request")
+                document["phases"][phase] = run_serve_bench(config, workload, on_event=on_event, pool=pool)
+    finally:
+        stop_server(navi_proc)
+        stop_server(bare_proc)
+    document["criteria"] = suite_criteria(document)
+    return document
+
+
+def suite_criteria(document: dict) -> dict:
+    """The issue's "done when" ratios from a suite document (with their wording)."""
+    from navi.bench.report import summarize_runs
+
+    def rows(phase: str, target: str) -> list[dict]:
+        result = document["phases"].get(phase) or {}
+        return [r for r in summarize_runs(result.get("runs", [])) if r["target"] == target]
+
+    out: dict = {"lines": []}
+    heavy = rows("heavy", "navi")
+    if heavy and "heavy" in document.get("ceilings", {}):
+        best = max(heavy, key=lambda r: r["rows_per_s"] or 0)
+        ceiling = document["ceilings"]["heavy"]["rows_per_s"]
+        out["heavy_vs_ceiling"] = best["rows_per_s"] / ceiling
+        out["lines"].append(f"(a) heavy BPR serving {best['rows_per_s']:,.0f} rows/s at c={best['concurrency']} "
+                            f"= {out['heavy_vs_ceiling']:.2f}x the in-process ceiling {ceiling:,.0f} rows/s "
+                            f"(target >= 0.8x)")
+    small, small_bare = rows("small", "navi"), rows("small", "bare")
+    if small and small_bare:
+        best = max(small, key=lambda r: r["requests_per_s"] or 0)
+        best_bare = max(small_bare, key=lambda r: r["requests_per_s"] or 0)
+        out["small_vs_bare"] = best["requests_per_s"] / best_bare["requests_per_s"]
+        out["lines"].append(f"(b) small BPR serving {best['requests_per_s']:,.0f} req/s (c={best['concurrency']}) "
+                            f"vs bare {best_bare['requests_per_s']:,.0f} req/s (c={best_bare['concurrency']}) "
+                            f"= {out['small_vs_bare']:.2f}x (target >= 0.8x)")
+    tiny, tiny_bare = rows("tiny", "navi"), rows("tiny", "bare")
+    if tiny and tiny_bare:
+        ratios = {}
+        for row in tiny:
+            bare = next((b for b in tiny_bare if b["concurrency"] == row["concurrency"]), None)
+            if bare:
+                ratios[row["concurrency"]] = row["latency_ms"]["p50"] / bare["latency_ms"]["p50"]
+        out["tiny_p50_vs_bare"] = ratios
+        text = ", ".join(f"c={c}: {r:.2f}x" for c, r in ratios.items())
+        out["lines"].append(f"(c) tiny requests p50 vs bare: {text} (target <= 1.5x)")
+    return out

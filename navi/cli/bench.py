@@ -236,16 +236,24 @@ def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
 @click.option("--callers", type=int, default=1, show_default=True,
               help="threads calling the runtime at once (a server keeps several batches in flight).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--daemon", is_flag=True,
+              help="also serve the dense model with `navi serve --runtime <rt>` per runtime and load the daemons.")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="closed-loop callers per daemon (--daemon).")
+@click.option("--duration", "duration_s", type=float, default=10.0, show_default=True,
+              help="measured seconds per daemon run (--daemon).")
+@click.option("--warmup-s", type=float, default=2.0, show_default=True, help="warm-up per daemon run (--daemon).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, home_model_dir, candidates,
-                    home_bprs, callers, seed, json_path) -> None:
-    """In-process runtime throughput: ONNX / TF / torch on one dense model, and converter + runtime."""
+                    home_bprs, callers, seed, daemon, concurrency, duration_s, warmup_s, json_path) -> None:
+    """Runtime throughput in-process (ONNX / TF / torch on one dense model, converter + runtime), optionally through the daemon."""
     from navi.bench import report, runtime
 
     console = report.make_console()
-    document = runtime.run_runtime_bench(
-        runtimes=[r.strip() for r in runtimes.split(",") if r.strip()],
-        batch_rows=_int_list(batch_rows),
+    runtime_names = [r.strip() for r in runtimes.split(",") if r.strip()]
+    rows_list = _int_list(batch_rows)
+    arguments = dict(
+        runtimes=runtime_names,
+        batch_rows=rows_list,
         threads=threads,
         repeats=repeats,
         min_time_s=min_time_s,
@@ -255,9 +263,24 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
         home_bprs_per_batch=_int_list(home_bprs),
         callers=callers,
         seed=seed,
-        log=lambda text: console.print(text, style="dim"),
     )
+    if daemon:
+        # TensorFlow's protos and navi's cannot share a process: in-process runs in a child
+        document = runtime.run_runtime_bench_isolated(**arguments)
+    else:
+        document = runtime.run_runtime_bench(**arguments, log=lambda text: console.print(text, style="dim"))
     console.print(report.runtime_table(document))
+    if daemon:
+        document["daemon"] = runtime.run_daemon_bench(
+            runtime_names, rows_list, threads=threads, concurrency=concurrency, duration_s=duration_s,
+            warmup_s=warmup_s, log=lambda text: console.print(text, style="bold"),
+            on_event=lambda kind, data: console.print(report.run_line(data)) if kind == "done" else None)
+        for rows in rows_list:
+            runs = [r for r in document["daemon"]["runs"] if r["batch_rows"] == rows]
+            if runs:
+                console.print(f"through the daemon, {rows} rows per request")
+                console.print(*report.serve_tables(
+                    {"runs": runs, "workload": {"description": f"dense model, {rows} rows per request"}}))
     if json_path:
         report.write_json(document, json_path)
         console.print(f"wrote {json_path}")
