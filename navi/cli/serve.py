@@ -38,24 +38,24 @@ def default_model_dirs() -> list[Path]:
     return [demo_repository() / DEMO_MODEL.name]
 
 
-def _per_model(flag: str, type_, help_: str):
-    return click.option(flag, multiple=True, type=type_, metavar=type_.name.upper() if hasattr(type_, "name") else "VALUE",
+def _per_model(flag: str, type_, help_: str, *short: str):
+    return click.option(flag, *short, multiple=True, type=type_, metavar=type_.name.upper() if hasattr(type_, "name") else "VALUE",
                         help=help_ + " Per model: once for all, or once per --model-dir.")
 
 
 OPTIONS = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                  help="YAML or TOML file with the same settings, one section per model; flags override it."),
-    click.option("--port", type=click.IntRange(0, 65535), help="gRPC port [default: 8500; 0 = any free port]."),
+    click.option("--port", "-p", type=click.IntRange(0, 65535), help="gRPC port [default: 8500; 0 = any free port]."),
     click.option("--host", type=str, help="Address to bind [default: 0.0.0.0]."),
     click.option("--prometheus-port", type=click.IntRange(0, 65535),
                  help="HTTP port of /metrics [default: 9000; 0 = any free port]."),
-    click.option("--model-dir", multiple=True, type=str,
+    click.option("--model-dir", "-m", multiple=True, type=str,
                  help="A model's directory of versions; repeat for several models. The model's name "
                       "is its last path component. [default: the demo model models/home]"),
     _per_model("--runtime", click.STRING, "Runtime plugin: onnx, tf, torch or an installed one [default: onnx]."),
     _per_model("--max-batch-size", click.INT, "Requests per server-side batch [default: 16]."),
-    _per_model("--batch-time-out-millis", click.FLOAT, "Longest wait to fill a batch [default: 2]."),
+    _per_model("--batch-time-out-millis", click.FLOAT, "Longest wait to fill a batch [default: 2].", "-b"),
     _per_model("--num-batch-threads", click.INT, "Batches in flight at once per model [default: 2]."),
     _per_model("--input", click.STRING, "Comma-separated input names; empty = from the model [default: examples]."),
     _per_model("--output", click.STRING, "Comma-separated output names; empty = all [default: output_0]."),
@@ -74,22 +74,35 @@ OPTIONS = [
     click.option("--meta-json-dir", type=str, help="Where META.json lives [default: parent of the first model dir]."),
     click.option("--modelsync-cli", type=str, help="Command run before each poll."),
     click.option("--versions-per-model", type=int, help="Versions kept loaded [default: 1]."),
-    click.option("--ssl-dir", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
+    click.option("--ssl-dir", "-s", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
     click.option("--max-message-bytes", type=int, help="Largest gRPC message in or out [default: 64 MiB]."),
     click.option("--grpc-threads", type=int, help="gRPC handler threads [default: 16]."),
     click.option("--shutdown-grace-secs", type=float,
                  help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
-    click.option("--onnx-ep-options", type=str, help="k=v,... options of the GPU execution provider."),
+    # repeatable and comma-separated, as the original's clap Vec<(k, v)> options
+    click.option("--onnx-ep-options", multiple=True, type=str, help="k=v,... options of the GPU execution provider."),
     click.option("--onnx-gpu-ep", type=str, help="GPU execution provider: cuda, tensorrt or onednn."),
     click.option("--onnx-use-parallel-mode", type=str, help="true/false: ORT parallel execution mode."),
     click.option("--onnx-use-memory-pattern", type=str, help="true/false: ORT memory pattern."),
-    click.option("--onnx-global-thread-pool-options", type=str,
+    click.option("--onnx-global-thread-pool-options", multiple=True, type=str,
                  help="intra_op_num_threads=N,inter_op_num_threads=M: one ORT thread pool for all models."),
     click.option("--profiling", type=str, help="ONNX Runtime profiling output prefix."),
-    # Accepted so the original's launch scripts start; these histograms are not produced.
-    click.option("--onnx-report-discrete-feature-ids", type=str, hidden=True),
-    click.option("--onnx-report-continuous-feature-ids", type=str, hidden=True),
+    # Accepted so the original's launch scripts start; they have no effect here
+    # (a warning says so): navi sizes its pools with --grpc-threads and
+    # --num-batch-threads, and does not produce the feature-id histograms.
+    click.option("--onnx-report-discrete-feature-ids", multiple=True, type=str, hidden=True),
+    click.option("--onnx-report-continuous-feature-ids", multiple=True, type=str, hidden=True),
+    click.option("--num-worker-threads", "-n", type=int, hidden=True),
+    click.option("--max-blocking-threads", type=int, hidden=True),
+    click.option("--customops-lib", "-c", type=str, hidden=True),
 ]
+
+#: process-wide options the original lets repeat; their values are joined by commas
+JOINED_FLAGS = ("--onnx-ep-options", "--onnx-global-thread-pool-options")
+
+#: accepted for compatibility, ignored with a warning
+IGNORED_FLAGS = ("onnx_report_discrete_feature_ids", "onnx_report_continuous_feature_ids",
+                 "num_worker_threads", "max_blocking_threads", "customops_lib")
 
 
 def _given_flags(ctx: click.Context, params: dict) -> dict:
@@ -103,6 +116,8 @@ def _given_flags(ctx: click.Context, params: dict) -> dict:
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             if param.multiple and not value:
                 continue
+            if param.multiple and param.opts[0] in JOINED_FLAGS:
+                value = ",".join(value)
             given[param.opts[0]] = value
     return given
 
@@ -181,8 +196,7 @@ def _apply(options, function):
 
 def _serve(ctx: click.Context, **params) -> None:
     """Serve models over the TF Serving and KServe V2 gRPC APIs."""
-    unsupported = [flag for flag in ("onnx_report_discrete_feature_ids", "onnx_report_continuous_feature_ids")
-                   if params.get(flag)]
+    unsupported = [flag for flag in IGNORED_FLAGS if params.get(flag)]
     settings = settings_from_cli(ctx, params)
     for flag in unsupported:
         log.warning("--%s is accepted for compatibility but ignored", flag.replace("_", "-"))

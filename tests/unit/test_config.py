@@ -167,3 +167,23 @@ def test_cli_bad_values_exit_2(args, message, tmp_path):
     result = CliRunner().invoke(main, ["serve", "--model-dir", str(tmp_path / "home"), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_cli_original_short_and_repeated_flags(tmp_path, monkeypatch):
+    """The original's short flags and repeated k=v options reach the settings."""
+    import navi.cli.serve as serve_module
+
+    seen = {}
+    monkeypatch.setattr(serve_module, "run", lambda settings: seen.setdefault("settings", settings) and 0)
+    monkeypatch.setattr(serve_module, "_check_runtimes", lambda settings: None)
+    result = CliRunner().invoke(main, [
+        "serve", "-p", "8600", "-m", str(tmp_path / "a"), "-b", "3", "-s", str(tmp_path),
+        "--onnx-gpu-ep", "cuda", "--onnx-ep-options", "device_id=0", "--onnx-ep-options", "x=1",
+        "-n", "4", "--max-blocking-threads", "14",
+    ])
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert settings.port == 8600 and settings.ssl_dir == tmp_path
+    (model,) = settings.models
+    assert model.name == "a" and model.batching.batch_timeout_ms == 3
+    assert model.runtime_options["onnx_ep_options"] == "device_id=0,x=1"
