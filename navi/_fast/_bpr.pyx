@@ -128,7 +128,13 @@ cdef extern from *:
         }
     }
 
+    #ifndef NAVI_PREFETCH_AHEAD
     #define NAVI_PREFETCH_AHEAD 8
+    #endif
+    /* average entries per four-slot bucket the table is sized for */
+    #ifndef NAVI_BUCKET_LOAD
+    #define NAVI_BUCKET_LOAD 2
+    #endif
 
     /* The cells of a template row that differ (bitwise) from the fill value:
        the common features as a sparse list, at most width entries. */
@@ -221,6 +227,7 @@ cdef extern from *:
     void navi_scatter_i64(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) nogil
     void navi_scatter_present(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) nogil
     void navi_copy_row(void* dst, const void* src, size_t nbytes) nogil
+    int NAVI_BUCKET_LOAD
     Py_ssize_t navi_sparse_f32(const float* row, Py_ssize_t width, float fill, int32_t* cols, float* vals) nogil
     void navi_fill_f32(float* dst, Py_ssize_t width, float fill) nogil
     void navi_put_f32(float* dst, const int32_t* cols, const float* vals, Py_ssize_t n) nogil
@@ -459,8 +466,7 @@ cdef class BprDecoder:
     cdef _build_table(self, int which, const int64_t[::1] ids, const int64_t[::1] cols, Py_ssize_t width):
         cdef Py_ssize_t n = ids.shape[0], i, j
         cdef int bits = 1
-        # at most two entries per four-slot bucket on average
-        while (<Py_ssize_t>1 << bits) * 2 < n + 1:
+        while (<Py_ssize_t>1 << bits) * NAVI_BUCKET_LOAD < n + 1:
             bits += 1
         cdef Py_ssize_t capacity = <Py_ssize_t>1 << bits
         cdef navi_bucket* buckets = <navi_bucket*>calloc(capacity, sizeof(navi_bucket))
