@@ -62,6 +62,7 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_million_mutations_never_crash():
     layout = small_layout()
     cy, ref = BprDecoder(layout), _bpr_ref.BprDecoder(layout)
