@@ -170,6 +170,7 @@ def run(settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    exit_code = 0
     try:
         server.start()
         registry.start()
@@ -177,15 +178,19 @@ def run(settings) -> int:
         log.info("navi ready: %s", ", ".join(registry.model_names()) or "no models")
         while not stop.wait(1.0):
             pass
-    except ConfigError as error:
+    except ConfigError as error:  # e.g. the port is taken
         log.error("%s", error)
-        server.stop(0)
-        registry.stop(0)
-        return 2
-    server.stop(settings.shutdown_grace_s)
-    registry.stop(settings.shutdown_grace_s)
+        exit_code = 2
+    except Exception:
+        log.exception("navi failed")
+        exit_code = 1
+    finally:
+        # Drain only after a clean run; on a failure, stop at once.
+        grace_s = settings.shutdown_grace_s if exit_code == 0 else 0.0
+        server.stop(grace_s)
+        registry.stop(grace_s)
     log.info("navi stopped")
-    return 0
+    return exit_code
 
 
 def _apply(options, function):

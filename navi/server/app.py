@@ -145,14 +145,17 @@ class NaviServer:
         reflection.enable_server_reflection(SERVICE_NAMES, server, pool=POOL)
 
         address = f"{settings.host}:{settings.port}"
-        if settings.ssl_dir is not None:
-            credentials, expiry_s = load_tls(settings.ssl_dir)
-            self.metrics.cert_expiry_epoch.set(expiry_s)
-            port = server.add_secure_port(address, credentials)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if settings.ssl_dir is not None:
+                credentials, expiry_s = load_tls(settings.ssl_dir)
+                self.metrics.cert_expiry_epoch.set(expiry_s)
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as error:  # newer grpcio raises instead of returning 0
+            raise ConfigError(f"cannot bind {address}: {error}", source="--port") from None
         if port == 0:
-            raise ConfigError(f"cannot bind {address}", source="--port", key=str(settings.port))
+            raise ConfigError(f"cannot bind {address}", source="--port")
 
         self.refresh_health()
         self.registry.add_listener(self._on_model_change)
@@ -160,7 +163,11 @@ class NaviServer:
         self._server = server
         self.port = port
 
-        self._http, _ = start_http_server(settings.prometheus_port, registry=self.metrics.registry)
+        try:
+            self._http, _ = start_http_server(settings.prometheus_port, registry=self.metrics.registry)
+        except OSError as error:
+            raise ConfigError(f"cannot serve metrics on port {settings.prometheus_port}: {error}",
+                              source="--prometheus-port") from None
         self.prometheus_port = self._http.server_address[1]
         log.info(
             "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",

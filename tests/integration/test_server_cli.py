@@ -55,3 +55,21 @@ def test_unknown_runtime_exits_2(tmp_path):
     )
     assert result.returncode == 2
     assert "caffe" in result.stderr and "onnx" in result.stderr
+
+
+def test_port_in_use_exits_2(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        model_dir = tmp_path / "m"
+        model_dir.mkdir()
+        result = subprocess.run(
+            [sys.executable, "-m", "navi.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--prometheus-port", "0", "--model-dir", str(model_dir)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "--port: cannot bind" in result.stderr
