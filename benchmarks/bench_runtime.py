@@ -5,8 +5,8 @@ A thin wrapper over ``navi.bench.runtime``: the same small dense MLP exported
 to ONNX, a TensorFlow SavedModel and TorchScript, measured
 
 * in-process through navi's runtime plugins at batch rows 1, 16 and 128, with
-  the converter + ONNX Runtime home case (`navi bench runtime`); run in a
-  child process, because TensorFlow's protos and navi's cannot share one; and
+  the converter + ONNX Runtime home case (`navi bench runtime`), in a child
+  process so the frameworks' thread pools stay out of the load driver; and
 * through the daemon: one `navi serve --runtime <rt>` per runtime, all serving
   the model as "dense", loaded together (interleaved) at the same batch rows.
 

@@ -150,9 +150,7 @@ EXPORTERS: dict[str, Callable[[Path, list], None]] = {"onnx": export_onnx, "tf":
 def export_all(dst_dir: Path, runtimes: Sequence[str], seed: int = 0) -> dict[str, str]:
     """Export the dense model for each runtime to ``dst_dir/<runtime>/dense/1``.
 
-    Returns runtime -> "" when exported, or the reason it was skipped. Run it
-    in a child process when the caller also needs navi's generated protobuf
-    modules: TensorFlow's own protos use the same file names.
+    Returns runtime -> "" when exported, or the reason it was skipped.
     """
     weights = dense_weights(seed)
     outcome: dict[str, str] = {}
@@ -409,10 +407,9 @@ def _isolated_runtime_bench(kwargs: dict) -> dict:
 def run_runtime_bench_isolated(**kwargs) -> dict:
     """``run_runtime_bench`` in a spawned child process.
 
-    TensorFlow's own protobuf modules and navi's generated ones register the
-    same .proto file names, so they cannot be imported into one process; a
-    process that talks to daemons (navi's protos) measures TensorFlow in a
-    child. It also keeps TensorFlow's and torch's thread pools out of it.
+    TensorFlow's and torch's process-wide thread pools (fixed at first use)
+    and their memory then stay out of the process that drives the daemons'
+    load, and every framework starts from the same settings.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -453,7 +450,7 @@ def run_daemon_bench(
     commands: dict[str, list[str]] = {}
     result: dict = {"runs": [], "skipped": skipped, "commands": commands, "concurrency": concurrency}
     with tempfile.TemporaryDirectory(prefix="navi-bench-daemons-") as tmp:
-        # exported in a child: importing TensorFlow here would break navi's protos in this process
+        # exported in a child: the frameworks' thread pools and memory stay out of the load driver
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             exported = child.submit(export_all, Path(tmp), list(runtimes)).result()
         try:

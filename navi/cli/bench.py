@@ -265,7 +265,7 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
         seed=seed,
     )
     if daemon:
-        # TensorFlow's protos and navi's cannot share a process: in-process runs in a child
+        # in a child: the frameworks' thread pools stay out of the process driving the daemons
         document = runtime.run_runtime_bench_isolated(**arguments)
     else:
         document = runtime.run_runtime_bench(**arguments, log=lambda text: console.print(text, style="dim"))

@@ -136,3 +136,39 @@ def test_busy_client_is_flagged():
     buffer = io.StringIO()
     Console(file=buffer, width=200).print(*report.serve_tables(document))
     assert "warning: client processes were on CPU up to 95%" in buffer.getvalue()
+
+
+def test_suite_criteria_and_markdown():
+    """The issue-3 criteria read off a synthetic suite document, and its RESULTS.md section."""
+    def phase(targets, rps, p50):
+        runs = []
+        for name in targets:
+            for c in (1, 8):
+                spec = loadgen.LoadSpec("closed", c, duration_s=2.0)
+                record = serve.run_record(serve.Target(name, "x:1"), spec, 0, _measurement(c), None)
+                record["requests_per_s"] = rps[name] * c
+                record["rows_per_s"] = rps[name] * c * 100
+                record["latency_ms"]["p50"] = p50[name]
+                runs.append(record)
+        return {"runs": runs, "workload": {"description": "w", "mean_request_bytes": 2048}}
+
+    document = {
+        "machine": serve.machine_info(),
+        "commands": {"navi": ["python", "-m", "navi.cli.main", "serve", "--port", "1"],
+                     "bare": ["python", "-m", "navi.cli.main", "bench", "bare-server"]},
+        "ceilings": {"heavy": {"rows_per_s": 10_000.0, "batch_rows": 400, "results": []}},
+        "phases": {
+            "heavy": phase(("bare", "navi"), {"bare": 100.0, "navi": 10.0}, {"bare": 1.0, "navi": 9.0}),
+            "small": phase(("bare", "navi"), {"bare": 100.0, "navi": 90.0}, {"bare": 1.0, "navi": 1.2}),
+            "tiny": phase(("bare", "navi"), {"bare": 100.0, "navi": 90.0}, {"bare": 2.0, "navi": 2.5}),
+        },
+    }
+    criteria = serve.suite_criteria(document)
+    assert criteria["heavy_vs_ceiling"] == pytest.approx(8_000.0 / 10_000.0)  # navi's best: c=8
+    assert criteria["small_vs_bare"] == pytest.approx(0.9)
+    assert criteria["tiny_p50_vs_bare"] == {1: pytest.approx(1.25), 8: pytest.approx(1.25)}
+    document["criteria"] = criteria
+    text = report.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
+    assert "`navi serve --port 1`" in text and "`navi bench bare-server`" in text
+    assert "### Criteria" in text and "(a) heavy BPR serving" in text
+    assert "cores" in text
