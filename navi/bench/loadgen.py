@@ -251,7 +251,15 @@ async def drive(
     result.latencies_s = np.asarray(recorder.latencies, dtype=np.float64)
     result.measured_rows = recorder.measured_rows
     result.errors = recorder.errors
-    result.window_end = recorder.window_end or clock()
+    # Closed loop, duration-bounded: the window ends at its deadline. Requests
+    # started inside it and answered after it still count, so (steady state)
+    # count / duration is the rate; stretching the window to the last answer
+    # would understate it by one latency. Open loop: the window ends with the
+    # last answer, because an overloaded server answers the offered arrivals
+    # late, and count / duration would report the offered rate, not its own.
+    # Request-bounded: the window ends with the last answer.
+    last_answer = recorder.window_end or clock()
+    result.window_end = min(last_answer, measure_end) if spec.mode == "closed" else last_answer
     result.total_requests = recorder.total
     return result
 
