@@ -166,3 +166,17 @@ def test_client_pool_against_the_bare_server():
             assert failed.errors.get("UNAVAILABLE") == 4
     finally:
         server.stop(0)
+
+
+def test_open_loop_overloaded_target_reports_its_own_rate_not_the_offered_one():
+    clock = VirtualClock()
+    # each answer costs 10 ms of the (single) virtual timeline: the target does about 100/s
+    send, _ = fake_target(clock, service_s=0.01)
+    spec = loadgen.LoadSpec("open", 1000.0, warmup_s=0.0, duration_s=1.0)
+    result = asyncio.run(loadgen.drive(send, [1], spec, 1000.0, None, start_at=clock.now,
+                                       clock=clock, sleep=clock.sleep, seed=2))
+    assert result.scheduled > 800
+    rate = result.latencies_s.size / (result.window_end - result.window_start)
+    assert rate < 200
+    # late answers show up as latency measured from the scheduled arrival
+    assert np.percentile(result.latencies_s, 99) > 1.0
