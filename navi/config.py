@@ -41,12 +41,25 @@ def _converter(value: str) -> str:
     return value  # "home", "auto"; anything else is rejected by the settings' Literal
 
 
+def _bool(value: Any) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (the original's flags are strings)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 #: per-model flag -> (path inside a model section, value conversion)
 PER_MODEL_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--runtime": (("runtime",), str),
     "--max-batch-size": (("batching", "max_batch_size"), int),
     "--batch-time-out-millis": (("batching", "batch_timeout_ms"), float),
     "--num-batch-threads": (("batching", "num_batch_threads"), int),
+    "--batch-eager-when-idle": (("batching", "eager_when_idle"), _bool),
     "--input": (("inputs",), _names),
     "--output": (("outputs",), _names),
     "--intra-op-parallelism": (("intra_op_parallelism",), int),

@@ -570,8 +570,12 @@ def test_metrics_parse(navi, stub):
 
 @pytest.fixture(scope="module")
 def slow(start_navi, repo):
+    from navi.settings import BatchingSettings
+
     root, _ = repo
-    return start_navi("--model-dir", root / "mixed", "--model-dir", root / "empty",
+    # these tests need requests to wait in the queue for the batch timeout
+    eager = ["--batch-eager-when-idle", "false"] if "eager_when_idle" in BatchingSettings.model_fields else []
+    return start_navi(*eager, "--model-dir", root / "mixed", "--model-dir", root / "empty",
                       "--batch-time-out-millis", "1500", "--max-batch-size", "64",
                       "--max-queued-requests", "2", "--batch-drop-millis", "0", "--input", "",
                       "--shutdown-grace-secs", "20")

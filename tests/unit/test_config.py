@@ -187,3 +187,11 @@ def test_cli_original_short_and_repeated_flags(tmp_path, monkeypatch):
     (model,) = settings.models
     assert model.name == "a" and model.batching.batch_timeout_ms == 3
     assert model.runtime_options["onnx_ep_options"] == "device_id=0,x=1"
+
+
+def test_bool_flag_values():
+    from navi.config import _bool
+
+    assert _bool("true") is True and _bool("OFF") is False and _bool(True) is True
+    with pytest.raises(ValueError):
+        _bool("maybe")
