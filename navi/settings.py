@@ -32,6 +32,9 @@ class BatchingSettings(_Frozen):
         10_000, ge=1, description="requests waiting per queue before new ones are refused"
     )
     num_batch_threads: int = Field(2, ge=1, description="batches run concurrently per model")
+    eager_when_idle: bool = Field(
+        False, description="run a request at once when no batch of its queue is running"
+    )
 
 
 class ModelSettings(_Frozen):

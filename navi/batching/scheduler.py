@@ -45,16 +45,23 @@ class BatchScheduler:
       rows (a batch takes tasks while their rows fit; a single task larger than
       ``max_batch_rows`` runs alone);
     * its first task has waited ``batch_timeout_ms`` (0 = take at once);
+    * ``eager_when_idle`` (off by default) and no batch of this queue is running:
+      the model is idle, so waiting for company would only add latency;
     * the scheduler is closing (drain: everything queued runs, no waiting).
 
-    We do not flush early "because nothing else is pending" (a heuristic of the
-    original's polling loop): the bound below is exact and set by
-    ``batch_timeout_ms``; pass 0 for a take-whatever-is-there policy.
+    ``eager_when_idle`` is our reading of the original's "flush when no more
+    requests are pending": its polling loop flushed whenever its channel was
+    empty. "Nothing pending" has no exact meaning with many request threads,
+    "nothing running" does: at low load a request runs at once, and under load
+    requests accumulate while a batch runs and leave together as soon as a
+    worker frees up (or the timeout fires). With ``eager_when_idle=False`` the
+    scheduler is TF's basic scheduler: only size, rows and timeout close a batch.
 
     Latency contract: while a worker is free, a task waits in the queue at most
-    ``batch_timeout_ms`` plus scheduling jitter. When every worker is busy,
-    tasks keep accumulating and the next free worker takes the fullest batch
-    the limits allow, which is what raises throughput under load.
+    ``batch_timeout_ms`` plus scheduling jitter (no wait at all when the queue
+    is idle and ``eager_when_idle``). When every worker is busy, tasks keep
+    accumulating and the next free worker takes the fullest batch the limits
+    allow, which is what raises throughput under load.
 
     Shedding is per task, when its batch is taken: a task that has waited more
     than ``batch_drop_ms`` (0 = never) fails with ``Overloaded``
@@ -82,6 +89,8 @@ class BatchScheduler:
         model_name: str = "",
     ):
         self._process_batch = process_batch
+        self._eager_when_idle = options.eager_when_idle
+        self._running = 0  # batches taken and not finished
         self._options = options
         self._clock = clock if clock is not None else SystemClock()
         self._name = name
@@ -164,6 +173,8 @@ class BatchScheduler:
         opts = self._options
         if self._closing or len(self._queue) >= opts.max_batch_size:
             return 0.0
+        if self._eager_when_idle and self._running == 0:
+            return 0.0
         if opts.max_batch_rows and self._queued_rows >= opts.max_batch_rows:
             return 0.0
         return self._queue[0].arrival_s + self._timeout_s - now_s
@@ -196,6 +207,7 @@ class BatchScheduler:
                             # Another worker may be able to take the remainder now.
                             self._cond.notify()
                         self._gauge(-len(batch))
+                        self._running += 1
                         return batch, now_s
                     self._clock.wait(self._cond, wait_s)
                 elif self._closing:
@@ -209,7 +221,14 @@ class BatchScheduler:
             if taken is None:
                 return
             batch, now_s = taken
-            self._run(batch, now_s)
+            try:
+                self._run(batch, now_s)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    if self._queue and self._running == 0 and self._eager_when_idle:
+                        # the queue just became idle: a waiting worker may go now
+                        self._cond.notify()
 
     def _run(self, batch: list[BatchTask], now_s: float) -> None:
         live: list[BatchTask] = []

@@ -30,7 +30,8 @@ class Recorder:
 
 def make(clock, **options):
     recorder = Recorder()
-    settings = BatchingSettings(**{"batch_timeout_ms": 10.0, "batch_drop_ms": 0, **options})
+    defaults = {"batch_timeout_ms": 10.0, "batch_drop_ms": 0, "eager_when_idle": False}
+    settings = BatchingSettings(**{**defaults, **options})
     return BatchScheduler(recorder, settings, clock=clock, name="m:1"), recorder
 
 
@@ -155,7 +156,8 @@ def test_failing_batch_answers_every_request():
         raise ValueError("bad batch")
 
     clock = FakeClock()
-    sched = BatchScheduler(boom, BatchingSettings(max_batch_size=2, batch_timeout_ms=5),
+    sched = BatchScheduler(boom, BatchingSettings(max_batch_size=2, batch_timeout_ms=5,
+                                                  eager_when_idle=False),
                            clock=clock, name="m:1")
     futures = [sched.submit(None, 1) for _ in range(2)]
     for f in futures:
@@ -177,6 +179,34 @@ def test_several_batches_in_flight():
                            clock=clock, name="m:1")
     a, b = sched.submit(None, 1), sched.submit(None, 2)
     assert (a.result(WAIT_S), b.result(WAIT_S)) == (1, 2)
+    sched.close()
+
+
+def test_eager_when_idle_runs_at_once_then_accumulates_while_busy():
+    release, started = threading.Event(), threading.Event()
+    batches = []
+
+    def process(tasks):
+        batches.append([t.payload for t in tasks])
+        started.set()
+        if len(batches) == 1:
+            release.wait(WAIT_S)  # hold the first batch until the others queued
+        return [t.payload for t in tasks]
+
+    clock = FakeClock()
+    sched = BatchScheduler(
+        process, BatchingSettings(max_batch_size=8, batch_timeout_ms=1000, num_batch_threads=2,
+                                  eager_when_idle=True),
+        clock=clock, name="m:1",
+    )
+    first = sched.submit("a", 1)  # the queue is idle: no waiting for company
+    assert started.wait(WAIT_S)  # the first batch is running
+    rest = [sched.submit(p, 1) for p in "bcd"]
+    # one batch is running, so the second worker waits (time stands still)
+    assert sched.num_queued == 3 and not any(f.done() for f in rest)
+    release.set()
+    assert first.result(WAIT_S) == "a" and [f.result(WAIT_S) for f in rest] == list("bcd")
+    assert batches == [["a"], ["b", "c", "d"]]
     sched.close()
 
 

@@ -42,7 +42,8 @@ def dense_model(path, version=1.0):
 def serve(version_dir, metrics=None, **batching):
     settings = ModelSettings(
         name="m", model_dir=version_dir.parent, outputs=(),
-        batching=BatchingSettings(**{"batch_timeout_ms": 1.0, "batch_drop_ms": 0, **batching}),
+        batching=BatchingSettings(**{"batch_timeout_ms": 1.0, "batch_drop_ms": 0,
+                                    "eager_when_idle": False, **batching}),
     )
     runtime = resolve_runtime("onnx")
     loaded = runtime.load(version_dir, settings)
