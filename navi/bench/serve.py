@@ -654,6 +654,22 @@ def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeas
     return record
 
 
+def check_reachable(target: Target, timeout_s: float = 10.0) -> None:
+    """Raise ``RuntimeError`` naming the target when no gRPC connection opens within ``timeout_s``.
+
+    Without it, a closed loop against a dead address spins through instant
+    UNAVAILABLE failures for the whole run.
+    """
+    import grpc
+
+    with grpc.insecure_channel(target.address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise RuntimeError(f"target {target.name} ({target.address}) accepts no gRPC connection "
+                               f"within {timeout_s:.0f} s") from None
+
+
 def load_specs(config: ServeBenchConfig) -> list[LoadSpec]:
     """The load levels of a run, closed loop first, in the order given."""
     common = dict(warmup_s=config.warmup_s, duration_s=config.duration_s, requests=config.requests,
@@ -682,6 +698,8 @@ def run_serve_bench(
         raise ValueError("give at least one --target")
     specs = load_specs(config)
     emit = on_event or (lambda kind, data: None)
+    for target in config.targets:
+        check_reachable(target, timeout_s=min(10.0, config.timeout_s))
     if any(r <= 0 for r in workload.rows):
         probed = probe_rows(config.targets[0].address, workload.method, workload.payloads[0], config.protocol,
                             config.timeout_s)

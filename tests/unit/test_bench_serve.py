@@ -165,3 +165,11 @@ def test_cli_serve_rejects_bad_options():
     assert result.exit_code != 0 and "host:port" in result.output
     result = CliRunner().invoke(bench, ["serve", "--target", "a=127.0.0.1:1", "--duration", "1", "--requests", "5"])
     assert result.exit_code != 0 and "not both" in result.output
+
+
+def test_unreachable_target_is_refused_before_running():
+    workload = serve.Workload("w", [b"x"], [1], serve.TF_PREDICT)
+    config = serve.ServeBenchConfig(targets=[serve.Target("dead", "127.0.0.1:1")], concurrencies=[1],
+                                    duration_s=1.0, timeout_s=1.0)
+    with pytest.raises(RuntimeError, match="dead"):
+        serve.run_serve_bench(config, workload)
