@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from navi._proto.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
-from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
+from navi._proto.tensorflow.core.framework import types_pb2
 from navi._proto.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
