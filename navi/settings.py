@@ -33,7 +33,7 @@ class BatchingSettings(_Frozen):
     )
     num_batch_threads: int = Field(2, ge=1, description="batches run concurrently per model")
     eager_when_idle: bool = Field(
-        False, description="run a request at once when no batch of its queue is running"
+        True, description="run a request at once when no batch of its queue is running"
     )
 
 

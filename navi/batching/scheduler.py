@@ -45,7 +45,7 @@ class BatchScheduler:
       rows (a batch takes tasks while their rows fit; a single task larger than
       ``max_batch_rows`` runs alone);
     * its first task has waited ``batch_timeout_ms`` (0 = take at once);
-    * ``eager_when_idle`` (off by default) and no batch of this queue is running:
+    * ``eager_when_idle`` (on by default) and no batch of this queue is running:
       the model is idle, so waiting for company would only add latency;
     * the scheduler is closing (drain: everything queued runs, no waiting).
 
