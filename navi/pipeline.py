@@ -255,6 +255,22 @@ class ServedModel:
         """``submit`` and wait for the answer (for warmup, tools and tests)."""
         return self.submit(inputs, output_names).result(timeout_s)
 
+    def run_now(
+        self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()
+    ) -> dict[str, np.ndarray]:
+        """Validate and run one request in the calling thread, bypassing the queue.
+
+        For warmup: the same validation, conversion and model code as ``submit``,
+        without waiting out ``batch_timeout_ms`` for company that cannot come.
+        """
+        names = self._check_outputs(output_names)
+        if self.mode == "bpr":
+            payload, rows = self._prepare_bpr(inputs)
+        else:
+            payload, rows = self._prepare_dense(inputs)
+        task = BatchTask((payload, names), rows, time.monotonic())
+        return self._process([task])[0]
+
     @property
     def num_queued(self) -> int:
         """Requests waiting in this version's queue."""

@@ -4,8 +4,9 @@ TF Serving's convention: ``<version>/assets.extra/tf_serving_warmup_requests``
 is a TFRecord file of ``PredictionLog`` protos; each ``predict_log.request``
 is replayed, up to ``max_warmup_records``, back to back. Without the file, one
 synthetic request built from the signature runs (BPR models: one BPR carrying
-every feature of the layout). Requests go through ``ServedModel.predict``, so
-the converter, the dtype kernels and the runtime all see real traffic first.
+every feature of the layout). Requests go through ``ServedModel.run_now``: the
+request path minus the queue (no batch timeout to wait out), so the converter,
+the dtype kernels and the runtime all see real traffic first.
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ from navi.repository.tfrecord import read_records
 log = logging.getLogger(__name__)
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-#: each warmup request gets this long; a hung model fails its load instead of hanging it
-WARMUP_REQUEST_TIMEOUT_S = 120.0
 
 
 def synthetic_inputs(served: ServedModel) -> dict[str, np.ndarray]:
@@ -66,7 +65,7 @@ def replay_warmup_file(served: ServedModel, path: Path, max_records: int) -> int
             continue
         request = entry.predict_log.request
         inputs = {name: _decode_tensor(t, name) for name, t in request.inputs.items()}
-        served.predict(inputs, tuple(request.output_filter), timeout_s=WARMUP_REQUEST_TIMEOUT_S)
+        served.run_now(inputs, tuple(request.output_filter))
         replayed += 1
     return replayed
 
@@ -83,7 +82,7 @@ def warm_up(served: ServedModel, version_dir: Path, max_records: int) -> str:
         if count:
             return f"{count} warmup records replayed"
     try:
-        served.predict(synthetic_inputs(served), timeout_s=WARMUP_REQUEST_TIMEOUT_S)
+        served.run_now(synthetic_inputs(served))
     except Exception as exc:
         raise RuntimeFailure(f"synthetic warmup request failed: {exc}") from exc
     return "synthetic warmup request ran"

@@ -265,9 +265,9 @@ def test_warmup_file_replayed_before_ready(tmp_path):
     registry = make_registry(tmp_path / "m", max_concurrent_loads=1)
     registry.start()
     try:
-        rows = registry.metrics.registry.get_sample_value(
-            ":navi:batch_rows_sum", {"model_name": "m"})
-        assert rows == 8  # four records of two rows each, nothing else yet
+        runs = registry.metrics.registry.get_sample_value(
+            ":navi:model_inference_time_count", {"model_name": "m"})
+        assert runs == 4  # one model run per record, no synthetic request
         assert registry.is_ready("m")
     finally:
         registry.stop(5)
@@ -334,5 +334,30 @@ def test_malformed_meta_keeps_the_last_good(tmp_path):
         assert watcher.read_meta()["m"].version == 1
         (tmp_path / "META.json").unlink()
         assert watcher.read_meta() == {}
+    finally:
+        registry.stop(5)
+
+
+def test_evicted_version_answers_every_queued_request(tmp_path):
+    write_version(tmp_path / "m", 1)
+    settings = ServerSettings(models=(ModelSettings(
+        name="m", model_dir=tmp_path / "m", outputs=(),
+        # requests sit in the queue: only the drain at eviction can run them
+        batching=BatchingSettings(batch_timeout_ms=60_000, max_batch_size=100,
+                                  eager_when_idle=False, batch_drop_ms=0),
+    ),))
+    registry = ModelRegistry(settings, Metrics())
+    registry.start()
+    try:
+        old = registry.get("m")
+        queued = [old.submit({"x": np.full((1, 1), i, np.float32)}) for i in range(5)]
+        write_version(tmp_path / "m", 2)
+        registry.rescan({})
+        registry.wait_for_loads(30)
+        assert registry.get("m").version == 2
+        with pytest.raises(ModelVersionNotFound):
+            registry.get("m", version=1)
+        values = [float(f.result(30)["output_0"][0, 0]) for f in queued]
+        assert values == [1.0, 2.0, 3.0, 4.0, 5.0]  # x + 1: version 1 answered them
     finally:
         registry.stop(5)
