@@ -205,7 +205,10 @@ def main() -> None:
                 latencies, failed = stream(server.port, args.rate, args.seconds)
                 during += latencies
                 during_failures += failed
+                give_up = time.monotonic() + 300
                 while server.metric(":navi:model_load_time_count", 'model_name="b"') <= loaded:
+                    if time.monotonic() > give_up:
+                        raise SystemExit("model B's new version never finished loading")
                     time.sleep(0.1)  # the next quiet window starts after this load
                 loads += 1
             load_time = server.metric(":navi:model_load_time_sum", 'model_name="b"')

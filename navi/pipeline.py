@@ -194,6 +194,7 @@ class ServedModel:
         self.signature = Signature(inputs, self._outputs, sig.method_name, sig.extra)
 
     def _init_bpr(self, sig: Signature) -> None:
+        # imported here so dense serving never needs the compiled BPR decoder
         from navi.converter import BprConverter
 
         spec_files = find_spec_files(self.version_dir)
