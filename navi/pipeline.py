@@ -418,8 +418,10 @@ class ServedModel:
     def _buffers(self, total: int) -> dict[str, np.ndarray]:
         """Per-thread converter output arrays with room for ``total`` rows (reused)."""
         pool = getattr(self._local, "buffers", None)
-        if pool is None or next(iter(pool.values())).shape[0] < total:
-            capacity = max(total, self.settings.batching.max_batch_rows, 64)
+        have = 0 if pool is None else next(iter(pool.values())).shape[0]
+        if have < total:
+            # grow geometrically: batch sizes creep up under load, reallocate rarely
+            capacity = max(total, 2 * have, self.settings.batching.max_batch_rows, 64)
             pool = self.layout.allocate(capacity)
             self._local.buffers = pool
         return {name: array[:total] for name, array in pool.items()}
