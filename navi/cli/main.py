@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+
+# numpy's OpenBLAS starts a thread per core that spins after each BLAS call;
+# navi's compute runs in the model runtimes and the decoder, so on a small
+# machine those spinning threads only steal CPU from them. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 
