@@ -122,6 +122,25 @@ def _input_feature(obj: Any, source: str, where: str) -> tuple[int, int, int, bo
     return feature_id, feature_type, index, maybe_exclude
 
 
+def _continuous_default(block: dict | None, source: str, where: str) -> float:
+    """The fill value of missing continuous features: NaN as the original, unless
+    the section's ``default_value.value`` names a number (a model trained with
+    another imputation then needs no NaN handling in its graph)."""
+    default_value = (block or {}).get("default_value")
+    if default_value is None:
+        return float("nan")
+    if not isinstance(default_value, dict):
+        raise ConfigError("expected an object", source, f"{where}.default_value")
+    value = default_value.get("value", "nan")
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected a number or \"nan\", got {value!r}", source,
+                          f"{where}.default_value.value") from None
+
+
 def parse_layout(spec: Any, all_config: Any, spec_source: str = "spec", config_source: str = "all_config") -> DenseLayout:
     """Build a DenseLayout from already-parsed JSON; errors name the file and key."""
     dts = _get(spec, "densification_transform_spec", dict, spec_source, "")
@@ -158,7 +177,9 @@ def parse_layout(spec: Any, all_config: Any, spec_source: str = "spec", config_s
         cols = columns[feature_type][1]
         width = fixed_length if fixed_length is not None else (max(cols) + 1 if cols else 0)
         dtype = np.dtype(np.float32) if feature_type == FEATURE_TYPE_CONTINUOUS else np.dtype(np.int64)
-        default = float("nan") if feature_type == FEATURE_TYPE_CONTINUOUS else 0.0
+        default = 0.0
+        if feature_type == FEATURE_TYPE_CONTINUOUS:
+            default = _continuous_default(block, spec_source, where)
         tensors.append(DenseTensor(tensor_name, dtype, int(width), default))
 
     renamed = _get(

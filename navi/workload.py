@@ -40,8 +40,12 @@ def feature_id(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def home_spec(seed: int = 0) -> tuple[dict, dict]:
-    """The example spec and all_config dicts of the home layout."""
+def home_spec(seed: int = 0, continuous_default: str = "nan") -> tuple[dict, dict]:
+    """The example spec and all_config dicts of the home layout.
+
+    ``continuous_default`` is the spec's fill value for missing continuous
+    features ("nan", as the original, or a number).
+    """
     rng = np.random.default_rng(seed)
     sections = {}
     features_map = {}
@@ -67,7 +71,8 @@ def home_spec(seed: int = 0) -> tuple[dict, dict]:
             "generic_feature_type": feature_type,
             "feature_identifier": "FEATURE_ID",
             "fixed_length": width,
-            "default_value": {"type": "float" if kind == "continuous" else "int", "value": "nan" if kind == "continuous" else "0"},
+            "default_value": {"type": "float" if kind == "continuous" else "int",
+                              "value": continuous_default if kind == "continuous" else "0"},
             "input_features": inputs,
         }
     # An excluded feature and a negative index, as real specs carry: both must be ignored.
@@ -109,11 +114,11 @@ def home_spec(seed: int = 0) -> tuple[dict, dict]:
     return spec, all_config
 
 
-def home_layout_files(dst_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+def home_layout_files(dst_dir: Path, seed: int = 0, continuous_default: str = "nan") -> tuple[Path, Path]:
     """Write the example spec and all_config.json into ``dst_dir``; returns their paths."""
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
-    spec, all_config = home_spec(seed)
+    spec, all_config = home_spec(seed, continuous_default)
     spec_path, config_path = dst_dir / SPEC_FILENAME, dst_dir / ALL_CONFIG_FILENAME
     spec_path.write_text(json.dumps(spec, separators=(",", ":")))
     config_path.write_text(json.dumps(all_config, indent=2))

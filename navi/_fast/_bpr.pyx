@@ -435,6 +435,7 @@ cdef class BprDecoder:
     cdef navi_table tables[3]  # continuous, binary, discrete
     cdef int64_t emb_ids[MAX_EMBEDDINGS]
     cdef int n_emb
+    cdef float cont_default
     cdef Py_ssize_t widths[3 + MAX_EMBEDDINGS]
     cdef public object layout
 
@@ -451,6 +452,7 @@ cdef class BprDecoder:
         if len(layout.embedding_ids) > MAX_EMBEDDINGS:
             raise ValueError(f"at most {MAX_EMBEDDINGS} embeddings are supported")
         self.n_emb = len(layout.embedding_ids)
+        self.cont_default = layout.tensors[0].default
         for i, tensor in enumerate(layout.tensors):
             self.widths[i] = tensor.width
         for i, fid in enumerate(layout.embedding_ids):
@@ -645,7 +647,8 @@ cdef class BprDecoder:
         cdef Py_ssize_t i, c, k, j
         cdef Py_ssize_t wc = self.widths[0], wb = self.widths[1], wd = self.widths[2]
         cdef Rows out
-        cdef float nan = NAN
+        # the continuous default: NaN unless the spec's default_value says otherwise
+        cdef float nan = self.cont_default
         # The continuous row is the widest: rather than copying a template row
         # (which doubles what must stay in L1 while features are scattered),
         # each row is filled and gets the common features from a sparse list.

@@ -233,7 +233,7 @@ class BprDecoder:
         for data, list_pos, common_pos, rows in indexed:
             r = _Reader(data)
             template = [
-                np.full(self.widths[0], np.nan, dtype=np.float32),
+                np.full(self.widths[0], self.layout.tensors[0].default, dtype=np.float32),
                 np.zeros(self.widths[1], dtype=np.int64),
                 np.zeros(self.widths[2], dtype=np.int64),
                 [np.zeros(w, dtype=np.float32) for w in self.widths[3:]],

@@ -56,9 +56,21 @@ def test_home_model_matches_its_spec_files(tmp_path):
     widths = layout.widths
     assert (widths["continuous"], widths["binary"], widths["user_embedding"]) == (5293, 149, 200)
     model.warmup()
-    batch = layout.allocate(3)  # NaN continuous: every feature missing
+    # every feature missing: each tensor holds its spec default
+    batch = {t.name: np.full((3, t.width), t.default, dtype=t.dtype) for t in layout.tensors}
+    assert layout.tensor("continuous").default == 0.0  # the demo spec fills 0, so no NaN reaches the graph
     out = model.run({name: batch[name] for name in layout.feed_order})["output_0"]
     assert out.shape == (3, 1) and np.all(np.isfinite(out))
+
+
+def test_home_model_zeroes_nan_when_asked(tmp_path):
+    model = build_home_model(hidden=(4,), zero_missing=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros((2, i.shape[1]), dtype=np.int64 if i.name == "binary" else np.float32)
+             for i in session.get_inputs()}
+    base = session.run(None, feeds)[0]
+    feeds["continuous"][:] = np.nan
+    np.testing.assert_allclose(session.run(None, feeds)[0], base)
 
 
 def test_dense_model_shape(tmp_path):

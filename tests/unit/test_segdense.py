@@ -73,3 +73,27 @@ def test_resolve_layout_needs_both_files(tmp_path):
         resolve_layout(spec=tmp_path / "a.json")
     with pytest.raises(ConfigError, match="missing"):
         resolve_layout(model_dir=tmp_path)
+
+
+def test_continuous_default_comes_from_the_spec(tmp_path):
+    from navi._fast import _bpr_ref
+    from navi._fast._bpr import BprDecoder
+
+    from .bpr_helpers import BPR, decode_all
+    from navi.idl import encode
+
+    spec, all_config = small_spec()
+    spec["densification_transform_spec"]["cont"]["default_value"] = {"type": "float", "value": "0.5"}
+    layout = load_layout(*write(tmp_path, spec, all_config))
+    assert layout.tensor("continuous").default == 0.5
+    payload = encode(BPR.BatchPredictionRequest(individualFeaturesList=[BPR.DataRecord(continuousFeatures={101: 2.0})]))
+    for decoder in (BprDecoder(layout), _bpr_ref.BprDecoder(layout)):
+        row = decode_all(decoder, layout, [payload])["continuous"][0]
+        assert row[0] == 2.0 and (row[1:] == 0.5).all()
+
+
+def test_bad_continuous_default_names_the_key(tmp_path):
+    spec, all_config = small_spec()
+    spec["densification_transform_spec"]["cont"]["default_value"] = {"type": "float", "value": "none"}
+    with pytest.raises(ConfigError, match=r"cont\.default_value\.value"):
+        load_layout(*write(tmp_path, spec, all_config))
