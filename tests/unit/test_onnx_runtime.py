@@ -42,7 +42,7 @@ def direct(version_dir: Path, feed: dict) -> list[np.ndarray]:
 
 def home_feed(rows: int, widths: dict[str, int], seed: int = 3) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    continuous = rng.normal(0, 50, (rows, widths["continuous"])).astype(np.float32)
+    continuous = rng.normal(0, 1, (rows, widths["continuous"])).astype(np.float32)
     continuous[rng.random(continuous.shape) < 0.4] = np.nan  # missing features
     feed = {
         "continuous": continuous,
