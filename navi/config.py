@@ -60,6 +60,7 @@ PER_MODEL_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--batch-time-out-millis": (("batching", "batch_timeout_ms"), float),
     "--num-batch-threads": (("batching", "num_batch_threads"), int),
     "--batch-eager-when-idle": (("batching", "eager_when_idle"), _bool),
+    "--batch-inline-when-idle": (("batching", "inline_when_idle"), _bool),
     "--input": (("inputs",), _names),
     "--output": (("outputs",), _names),
     "--intra-op-parallelism": (("intra_op_parallelism",), int),

@@ -35,6 +35,11 @@ class BatchingSettings(_Frozen):
     eager_when_idle: bool = Field(
         True, description="run a request at once when no batch of its queue is running"
     )
+    inline_when_idle: bool = Field(
+        True,
+        description="with eager_when_idle, a request arriving at an idle queue runs on the "
+        "caller's thread: no hand-off to a batch thread and back",
+    )
 
 
 class ModelSettings(_Frozen):

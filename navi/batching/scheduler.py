@@ -33,11 +33,11 @@ class BatchScheduler:
 
     PARAMETERS AND BEHAVIOR (``BatchingSettings``)
 
-    ``submit(payload, rows)`` never blocks: it appends a task to one FIFO queue
+    ``submit(payload, rows)`` does not wait for other tasks: it appends a task to one FIFO queue
     and returns a ``Future``. ``num_batch_threads`` worker threads, owned by the
     scheduler, each repeatedly take the next batch from the head of the queue
     and run ``process_batch`` on it, so up to ``num_batch_threads`` batches are
-    in flight at once, never on the caller's thread. A worker takes a batch as
+    in flight at once (plus the inline case below). A worker takes a batch as
     soon as one of these holds for the queue:
 
     * it holds ``max_batch_size`` tasks;
@@ -48,6 +48,13 @@ class BatchScheduler:
     * ``eager_when_idle`` (on by default) and no batch of this queue is running:
       the model is idle, so waiting for company would only add latency;
     * the scheduler is closing (drain: everything queued runs, no waiting).
+
+    With ``eager_when_idle`` and ``inline_when_idle`` (both on by default), a
+    task submitted while the queue is empty and no batch is running runs at
+    once on the submitting thread, as a batch of one: at low load two thread
+    hand-offs (to a worker and back) cost more than a small model's run. It
+    counts as a running batch, so tasks arriving meanwhile queue for the
+    workers as usual; ``submit`` then returns an already resolved Future.
 
     ``eager_when_idle`` is our reading of the original's "flush when no more
     requests are pending": its polling loop flushed whenever its channel was
@@ -90,6 +97,7 @@ class BatchScheduler:
     ):
         self._process_batch = process_batch
         self._eager_when_idle = options.eager_when_idle
+        self._inline_when_idle = options.eager_when_idle and options.inline_when_idle
         self._running = 0  # batches taken and not finished
         self._options = options
         self._clock = clock if clock is not None else SystemClock()
@@ -149,11 +157,21 @@ class BatchScheduler:
                     f"{self._name}: {len(self._queue)} requests queued "
                     f"(max_queued_requests={self._options.max_queued_requests})"
                 )
-            task = BatchTask(payload, int(rows), self._clock.monotonic(), deadline_s)
-            self._queue.append(task)
-            self._queued_rows += task.rows
-            self._gauge(+1)
-            self._cond.notify()
+            now_s = self._clock.monotonic()
+            task = BatchTask(payload, int(rows), now_s, deadline_s)
+            inline = self._inline_when_idle and self._running == 0 and not self._queue
+            if inline:
+                self._running += 1
+            else:
+                self._queue.append(task)
+                self._queued_rows += task.rows
+                self._gauge(+1)
+                self._cond.notify()
+        if inline:
+            try:
+                self._run([task], now_s)
+            finally:
+                self._finish_batch()
         return task.future
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -224,11 +242,14 @@ class BatchScheduler:
             try:
                 self._run(batch, now_s)
             finally:
-                with self._cond:
-                    self._running -= 1
-                    if self._queue and self._running == 0 and self._eager_when_idle:
-                        # the queue just became idle: a waiting worker may go now
-                        self._cond.notify()
+                self._finish_batch()
+
+    def _finish_batch(self) -> None:
+        with self._cond:
+            self._running -= 1
+            if self._queue and self._running == 0 and self._eager_when_idle:
+                # the queue just became idle: a waiting worker may go now
+                self._cond.notify()
 
     def _run(self, batch: list[BatchTask], now_s: float) -> None:
         live: list[BatchTask] = []

@@ -59,6 +59,8 @@ OPTIONS = [
     _per_model("--num-batch-threads", click.INT, "Batches in flight at once per model [default: 2]."),
     _per_model("--batch-eager-when-idle", click.STRING,
                "true/false: run a request at once when its model has no batch running."),
+    _per_model("--batch-inline-when-idle", click.STRING,
+               "true/false: such a request runs on its own gRPC thread, with no hand-off."),
     _per_model("--input", click.STRING, "Comma-separated input names; empty = from the model [default: examples]."),
     _per_model("--output", click.STRING, "Comma-separated output names; empty = all [default: output_0]."),
     _per_model("--intra-op-parallelism", click.INT, "Runtime intra-op threads."),

@@ -175,7 +175,8 @@ def test_several_batches_in_flight():
         return [t.rows for t in tasks]
 
     clock = FakeClock()
-    sched = BatchScheduler(process, BatchingSettings(max_batch_size=1, num_batch_threads=2),
+    sched = BatchScheduler(process, BatchingSettings(max_batch_size=1, num_batch_threads=2,
+                                                     inline_when_idle=False),
                            clock=clock, name="m:1")
     a, b = sched.submit(None, 1), sched.submit(None, 2)
     assert (a.result(WAIT_S), b.result(WAIT_S)) == (1, 2)
@@ -196,7 +197,7 @@ def test_eager_when_idle_runs_at_once_then_accumulates_while_busy():
     clock = FakeClock()
     sched = BatchScheduler(
         process, BatchingSettings(max_batch_size=8, batch_timeout_ms=1000, num_batch_threads=2,
-                                  eager_when_idle=True),
+                                  eager_when_idle=True, inline_when_idle=False),
         clock=clock, name="m:1",
     )
     first = sched.submit("a", 1)  # the queue is idle: no waiting for company
@@ -207,6 +208,36 @@ def test_eager_when_idle_runs_at_once_then_accumulates_while_busy():
     release.set()
     assert first.result(WAIT_S) == "a" and [f.result(WAIT_S) for f in rest] == list("bcd")
     assert batches == [["a"], ["b", "c", "d"]]
+    sched.close()
+
+
+def test_inline_when_idle_runs_on_the_caller_then_queues_while_busy():
+    release, started = threading.Event(), threading.Event()
+    threads, batches = [], []
+
+    def process(tasks):
+        threads.append(threading.current_thread())
+        batches.append([t.payload for t in tasks])
+        if len(batches) == 1:
+            started.set()
+            release.wait(WAIT_S)  # hold the inline batch until the others queued
+        return [t.payload for t in tasks]
+
+    clock = FakeClock()
+    sched = BatchScheduler(
+        process, BatchingSettings(max_batch_size=8, batch_timeout_ms=1000, num_batch_threads=2),
+        clock=clock, name="m:1",
+    )
+    caller = threading.Thread(target=lambda: batches.append(["result", sched.submit("a", 1).result(0)]))
+    caller.start()
+    assert started.wait(WAIT_S)
+    rest = [sched.submit(p, 1) for p in "bc"]  # a batch is running: these queue for the workers
+    assert sched.num_queued == 2 and not any(f.done() for f in rest)
+    release.set()
+    caller.join(WAIT_S)
+    assert [f.result(WAIT_S) for f in rest] == ["b", "c"]
+    assert threads[0] is caller and all(t is not caller for t in threads[1:])
+    assert ["result", "a"] in batches and ["b", "c"] in batches
     sched.close()
 
 
