@@ -1,6 +1,6 @@
 """Dynamic batching: a per-(model, version) queue with an injectable clock."""
 from navi.batching.clock import Clock, FakeClock, SystemClock
-from navi.batching.merge import row_offsets, split_rows
+from navi.batching.merge import split_rows
 from navi.batching.scheduler import BatchScheduler, SchedulerClosed
 from navi.batching.task import BatchTask
 
@@ -11,6 +11,5 @@ __all__ = [
     "FakeClock",
     "SchedulerClosed",
     "SystemClock",
-    "row_offsets",
     "split_rows",
 ]

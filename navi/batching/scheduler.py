@@ -104,6 +104,7 @@ class BatchScheduler:
         self._name = name
         self._metrics = metrics
         self._model_name = model_name or name
+        self._series: tuple | None = None  # cached labelled metric children
         self._timeout_s = options.batch_timeout_ms / 1000.0
         self._drop_s = options.batch_drop_ms / 1000.0
         if 0 < self._drop_s < self._timeout_s:
@@ -317,13 +318,20 @@ class BatchScheduler:
     def _observe(self, live: list[BatchTask], now_s: float) -> None:
         if self._metrics is None:
             return
-        m, model = self._metrics, self._model_name
-        rows = sum(task.rows for task in live)
-        m.num_batch_prediction.inc()
-        m.num_batch_prediction_by_model.labels(model).inc()
-        m.batch_size.observe(len(live))
-        m.batch_size_by_model.labels(model).observe(len(live))
-        m.batch_rows.labels(model).observe(rows)
-        wait = m.queue_wait_time.labels(model)
+        series = self._series
+        if series is None:
+            # labelled children looked up once: labels() takes a lock and hashes per call
+            m, model = self._metrics, self._model_name
+            series = self._series = (
+                m.num_batch_prediction, m.num_batch_prediction_by_model.labels(model),
+                m.batch_size, m.batch_size_by_model.labels(model), m.batch_rows.labels(model),
+                m.queue_wait_time.labels(model),
+            )
+        batches, batches_by_model, size, size_by_model, batch_rows, wait = series
+        batches.inc()
+        batches_by_model.inc()
+        size.observe(len(live))
+        size_by_model.observe(len(live))
+        batch_rows.observe(sum(task.rows for task in live))
         for task in live:
             wait.observe(max(0.0, now_s - task.arrival_s))
