@@ -210,8 +210,10 @@ def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
     import signal
     import threading
 
+    from navi.allocator import tune_allocator
     from navi.bench import serve
 
+    tune_allocator()  # the same malloc settings as `navi serve`, for a fair ceiling
     server, bound = serve.start_bare_server(port, serve.constant_predict_response(rows), threads, host)
     click.echo(f"bare server on {host}:{bound}", err=True)
     stop = threading.Event()

@@ -153,11 +153,13 @@ def _check_runtimes(settings) -> None:
 
 def run(settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain; returns the process exit code."""
+    from navi.allocator import tune_allocator
     from navi.metrics import Metrics
     from navi.plugins import resolve_runtime
     from navi.repository import ModelRegistry
     from navi.server.app import NaviServer
 
+    tune_allocator()
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics, runtimes=resolve_runtime)
     server = NaviServer(settings, registry, metrics)
