@@ -285,9 +285,25 @@ cdef inline bint valid_type(int t) noexcept nogil:
             or t == T_LIST)
 
 
+cdef inline int next_field(Reader* r, int* ft, int16_t* fid) noexcept nogil:
+    """Read a struct's next field header: 1 = a field, 0 = its STOP byte, -1 = error."""
+    if need(r, 1, "field header"):
+        return -1
+    ft[0] = r.data[r.pos]
+    if ft[0] == T_STOP:
+        r.pos += 1
+        return 0
+    if need(r, 3, "field header"):
+        return -1
+    fid[0] = navi_i16(r.data + r.pos + 1)
+    r.pos += 3
+    return 1
+
+
 cdef int skip(Reader* r, int t, int depth) noexcept nogil:
     """Skip one value of thrift type t, validating it."""
-    cdef int size, kt, vt, et, ft, ks, vs
+    cdef int size, kt, vt, et, ft, ks, vs, got
+    cdef int16_t fid
     cdef int32_t n, i
     if depth > MAX_DEPTH:
         return fail(r, E_DEPTH, r.pos, "nested value")
@@ -310,15 +326,9 @@ cdef int skip(Reader* r, int t, int depth) noexcept nogil:
         return 0
     if t == T_STRUCT:
         while True:
-            if need(r, 1, "field header"):
-                return -1
-            ft = r.data[r.pos]
-            if ft == T_STOP:
-                r.pos += 1
-                return 0
-            if need(r, 3, "field header"):
-                return -1
-            r.pos += 3
+            got = next_field(r, &ft, &fid)
+            if got <= 0:
+                return got
             if skip(r, ft, depth + 1):
                 return -1
     if t == T_MAP:
@@ -372,7 +382,7 @@ cdef int skip(Reader* r, int t, int depth) noexcept nogil:
 
 cdef int index_bpr(Reader* r, BprIndex* out, int64_t max_rows) noexcept nogil:
     """Validate a whole BPR and find its candidate list and common features."""
-    cdef int ft, et
+    cdef int ft, et, got
     cdef int16_t fid
     cdef int32_t n, i
     cdef Py_ssize_t value_pos, list_pos
@@ -380,16 +390,11 @@ cdef int index_bpr(Reader* r, BprIndex* out, int64_t max_rows) noexcept nogil:
     out.common_pos = -1
     out.rows = 0
     while True:
-        if need(r, 1, "field header"):
+        got = next_field(r, &ft, &fid)
+        if got < 0:
             return -1
-        ft = r.data[r.pos]
-        if ft == T_STOP:
-            r.pos += 1
+        if got == 0:
             break
-        if need(r, 3, "field header"):
-            return -1
-        fid = navi_i16(r.data + r.pos + 1)
-        r.pos += 3
         value_pos = r.pos
         if fid == 1 and ft == T_LIST and r.end - r.pos >= 5 and r.data[r.pos] == T_STRUCT:
             n = navi_i32(r.data + r.pos + 1)
@@ -693,7 +698,7 @@ cdef class BprDecoder:
 
     cdef int _scatter_record(self, Reader* r, Rows* out) noexcept nogil:
         """Write one DataRecord's known features into ``out``; skip the rest."""
-        cdef int ft, kt, vt, et, k
+        cdef int ft, kt, vt, et, k, got
         cdef int16_t fid
         cdef int32_t n, i, col
         cdef Py_ssize_t value_pos
@@ -702,16 +707,9 @@ cdef class BprDecoder:
         cdef int matches[MAX_EMBEDDINGS]
         cdef int n_matches
         while True:
-            if need(r, 1, "field header"):
-                return -1
-            ft = r.data[r.pos]
-            if ft == T_STOP:
-                r.pos += 1
-                return 0
-            if need(r, 3, "field header"):
-                return -1
-            fid = navi_i16(r.data + r.pos + 1)
-            r.pos += 3
+            got = next_field(r, &ft, &fid)
+            if got <= 0:
+                return got
             value_pos = r.pos
             if fid == 1 and ft == T_SET and r.end - r.pos >= 5 and r.data[r.pos] == T_I64:
                 n = navi_i32(r.data + r.pos + 1)
@@ -757,7 +755,7 @@ cdef class BprDecoder:
 
     cdef int _scatter_tensor(self, Reader* r, Rows* out, int* matches, int n_matches) noexcept nogil:
         """A GeneralTensor for embedding(s) ``matches``: zeros, then its floatTensor values."""
-        cdef int ft, ft2, m, k
+        cdef int ft, ft2, m, k, got
         cdef int16_t fid, fid2
         cdef int32_t n, i, count
         cdef Py_ssize_t width
@@ -767,32 +765,20 @@ cdef class BprDecoder:
             k = matches[m]
             memset(out.emb[k], 0, self.widths[3 + k] * 4)
         while True:
-            if need(r, 1, "field header"):
-                return -1
-            ft = r.data[r.pos]
-            if ft == T_STOP:
-                r.pos += 1
-                return 0
-            if need(r, 3, "field header"):
-                return -1
-            fid = navi_i16(r.data + r.pos + 1)
-            r.pos += 3
+            got = next_field(r, &ft, &fid)
+            if got <= 0:
+                return got
             if not (fid == 5 and ft == T_STRUCT):
                 if skip(r, ft, 3):
                     return -1
                 continue
             # FloatTensor { 1: list<double> floats }
             while True:
-                if need(r, 1, "field header"):
+                got = next_field(r, &ft2, &fid2)
+                if got < 0:
                     return -1
-                ft2 = r.data[r.pos]
-                if ft2 == T_STOP:
-                    r.pos += 1
+                if got == 0:
                     break
-                if need(r, 3, "field header"):
-                    return -1
-                fid2 = navi_i16(r.data + r.pos + 1)
-                r.pos += 3
                 if fid2 == 1 and ft2 == T_LIST and r.end - r.pos >= 5 and r.data[r.pos] == T_DOUBLE:
                     n = navi_i32(r.data + r.pos + 1)
                     if n < 0 or n > (r.end - r.pos - 5) // 8:

@@ -61,6 +61,19 @@ class _Reader:
         return struct.unpack_from(">d", self.data, at)[0]
 
 
+def _next_field(r: _Reader) -> tuple[int, int] | None:
+    """The next field header of a struct as (type, id); None at its STOP byte."""
+    r.need(1, "field header")
+    ft = r.data[r.pos]
+    if ft == T_STOP:
+        r.pos += 1
+        return None
+    r.need(3, "field header")
+    fid = r.i16(r.pos + 1)
+    r.pos += 3
+    return ft, fid
+
+
 def _skip(r: _Reader, t: int, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise _Fail(E_DEPTH, r.pos, "nested value")
@@ -79,15 +92,9 @@ def _skip(r: _Reader, t: int, depth: int) -> None:
         r.pos += n
         return
     if t == T_STRUCT:
-        while True:
-            r.need(1, "field header")
-            ft = r.data[r.pos]
-            if ft == T_STOP:
-                r.pos += 1
-                return
-            r.need(3, "field header")
-            r.pos += 3
-            _skip(r, ft, depth + 1)
+        while (field := _next_field(r)) is not None:
+            _skip(r, field[0], depth + 1)
+        return
     if t == T_MAP:
         r.need(6, "map header")
         kt, vt, n = r.data[r.pos], r.data[r.pos + 1], r.i32(r.pos + 2)
@@ -133,15 +140,8 @@ def _skip(r: _Reader, t: int, depth: int) -> None:
 def _index_bpr(r: _Reader, max_rows: int) -> tuple[int, int, int]:
     """(list_pos, common_pos, rows) of a validated BPR."""
     list_pos, common_pos, rows = -1, -1, 0
-    while True:
-        r.need(1, "field header")
-        ft = r.data[r.pos]
-        if ft == T_STOP:
-            r.pos += 1
-            break
-        r.need(3, "field header")
-        fid = r.i16(r.pos + 1)
-        r.pos += 3
+    while (field := _next_field(r)) is not None:
+        ft, fid = field
         value_pos = r.pos
         if fid == 1 and ft == T_LIST and r.end - r.pos >= 5 and r.data[r.pos] == T_STRUCT:
             n = r.i32(r.pos + 1)
@@ -256,15 +256,8 @@ class BprDecoder:
 
     def _scatter_record(self, r: _Reader, out) -> None:
         cont, binary, disc, embs = out
-        while True:
-            r.need(1, "field header")
-            ft = r.data[r.pos]
-            if ft == T_STOP:
-                r.pos += 1
-                return
-            r.need(3, "field header")
-            fid = r.i16(r.pos + 1)
-            r.pos += 3
+        while (field := _next_field(r)) is not None:
+            ft, fid = field
             if fid == 1 and ft == T_SET and r.end - r.pos >= 5 and r.data[r.pos] == T_I64:
                 n = r.i32(r.pos + 1)
                 if n < 0 or n > (r.end - r.pos - 5) // 8:
@@ -314,27 +307,13 @@ class BprDecoder:
     def _scatter_tensor(self, r: _Reader, targets) -> None:
         for dst in targets:
             dst[:] = 0
-        while True:
-            r.need(1, "field header")
-            ft = r.data[r.pos]
-            if ft == T_STOP:
-                r.pos += 1
-                return
-            r.need(3, "field header")
-            fid = r.i16(r.pos + 1)
-            r.pos += 3
+        while (field := _next_field(r)) is not None:
+            ft, fid = field
             if not (fid == 5 and ft == T_STRUCT):
                 _skip(r, ft, 3)
                 continue
-            while True:
-                r.need(1, "field header")
-                ft2 = r.data[r.pos]
-                if ft2 == T_STOP:
-                    r.pos += 1
-                    break
-                r.need(3, "field header")
-                fid2 = r.i16(r.pos + 1)
-                r.pos += 3
+            while (inner := _next_field(r)) is not None:
+                ft2, fid2 = inner
                 if fid2 == 1 and ft2 == T_LIST and r.end - r.pos >= 5 and r.data[r.pos] == T_DOUBLE:
                     n = r.i32(r.pos + 1)
                     if n < 0 or n > (r.end - r.pos - 5) // 8:
