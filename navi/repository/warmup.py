@@ -4,7 +4,8 @@ TF Serving's convention: ``<version>/assets.extra/tf_serving_warmup_requests``
 is a TFRecord file of ``PredictionLog`` protos; each ``predict_log.request``
 is replayed, up to ``max_warmup_records``, back to back. Without the file, one
 synthetic request built from the signature runs (BPR models: one BPR carrying
-every feature of the layout). Requests go through ``ServedModel.run_now``: the
+every feature of the layout); if that fails for a model with string inputs it
+is skipped with a warning, since empty strings need not be a valid request. Requests go through ``ServedModel.run_now``: the
 request path minus the queue (no batch timeout to wait out), so the converter,
 the dtype kernels and the runtime all see real traffic first.
 """
@@ -84,5 +85,11 @@ def warm_up(served: ServedModel, version_dir: Path, max_records: int) -> str:
     try:
         served.run_now(synthetic_inputs(served))
     except Exception as exc:
+        if served.mode != "bpr" and any(s.dtype == np.dtype(object) for s in served.signature.inputs):
+            # Empty strings are no valid request for, say, a model parsing
+            # tf.Example; TF Serving runs no synthetic warmup at all, so such a
+            # model still serves, warmed by its first requests instead.
+            log.warning("%s: synthetic warmup skipped (string inputs): %s", version_dir, exc)
+            return "synthetic warmup skipped: string inputs"
         raise RuntimeFailure(f"synthetic warmup request failed: {exc}") from exc
     return "synthetic warmup request ran"
