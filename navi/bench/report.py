@@ -240,7 +240,7 @@ def write_serve_plot(document: dict, path: Path) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize="small")
     workload = document.get("workload", {}).get("description", "")
-    figure.suptitle(f"navi bench serve: latency percentiles vs load  {workload}")
+    figure.suptitle(f"navi bench serve: latency percentiles vs load\n{workload}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
