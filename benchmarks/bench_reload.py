@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from navi.server.codec import ndarray_to_tensor_proto
+from navi.codec import ndarray_to_tensor_proto
 
 
 def small_model(path: Path) -> None:

@@ -196,9 +196,15 @@ def convert_command(input_path, model_dir, spec, all_config, bprs, candidates, r
     import tempfile
 
     from navi.bprfile import iter_records, open_input
-    from navi.cli.convert import load_layout_or_exit
-    from navi.segdense import load_layout
+    from navi.errors import ConfigError
+    from navi.segdense import load_layout, resolve_layout
     from navi.workload import home_layout_files, make_bprs
+
+    def load_layout_or_exit(model_dir, spec, all_config):
+        try:
+            return resolve_layout(model_dir, spec, all_config)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
 
     if input_path:
         layout = load_layout_or_exit(model_dir, spec, all_config)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from navi.codec import tensor_proto_to_ndarray
 from navi.errors import RuntimeFailure
 from navi.pipeline import ServedModel
 from navi.plugins.base import TensorSpec
@@ -44,14 +45,6 @@ def _zeros(spec: TensorSpec) -> np.ndarray:
     return np.zeros(shape, dtype=spec.dtype)
 
 
-def _decode_tensor(proto, name: str) -> np.ndarray:
-    # the server's codec is the one TensorProto decoder; imported late because
-    # the server package imports the repository
-    from navi.server.codec import tensor_proto_to_ndarray
-
-    return tensor_proto_to_ndarray(proto, name)
-
-
 def replay_warmup_file(served: ServedModel, path: Path, max_records: int) -> int:
     """Replay the predict logs of ``path`` through ``served``; returns requests run."""
     from navi._proto.tensorflow_serving.apis import prediction_log_pb2
@@ -65,7 +58,7 @@ def replay_warmup_file(served: ServedModel, path: Path, max_records: int) -> int
                      path, index, entry.WhichOneof("log_type"))
             continue
         request = entry.predict_log.request
-        inputs = {name: _decode_tensor(t, name) for name, t in request.inputs.items()}
+        inputs = {name: tensor_proto_to_ndarray(t, name) for name, t in request.inputs.items()}
         served.run_now(inputs, tuple(request.output_filter))
         replayed += 1
     return replayed

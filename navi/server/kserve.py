@@ -13,7 +13,7 @@ from navi import __version__
 from navi._proto.kserve import grpc_predict_v2_pb2 as pb2
 from navi._proto.kserve import grpc_predict_v2_pb2_grpc as pb2_grpc
 from navi.errors import InvalidInput, NaviError
-from navi.server import codec
+from navi import codec
 from navi.server.status import grpc_errors
 from navi.server.tfserving import RequestMetrics, compress_if_large, deadline_from
 

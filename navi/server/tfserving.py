@@ -29,7 +29,7 @@ from navi._proto.tensorflow_serving.apis import (
     regression_pb2,
 )
 from navi.errors import InvalidInput, ModelVersionNotFound, Unimplemented
-from navi.server import codec
+from navi import codec
 from navi.server.status import TF_ERROR_CODE, grpc_errors
 
 log = logging.getLogger(__name__)

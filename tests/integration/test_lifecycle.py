@@ -33,7 +33,7 @@ from navi._proto.tensorflow_serving.apis import (
 )
 from navi.repository.layout import parse_version
 from navi.repository.tfrecord import write_records
-from navi.server.codec import ndarray_to_tensor_proto, tensor_proto_to_ndarray
+from navi.codec import ndarray_to_tensor_proto, tensor_proto_to_ndarray
 
 STARTUP_S = 60.0  # hang guards, not timing assertions
 CHANGE_S = 30.0

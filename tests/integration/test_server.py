@@ -45,7 +45,7 @@ from navi._proto.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from navi.server import codec
+from navi import codec
 from tests.integration.conftest import REPO_ROOT
 
 VERSION = 1700000000000

@@ -9,7 +9,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from navi.server import codec
+from navi import codec
 
 
 def test_no_arguments_serves_the_demo_model_and_sigint_exits_0(start_navi, tmp_path):

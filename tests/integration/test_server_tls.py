@@ -16,7 +16,7 @@ from onnx import helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from navi.server import codec
+from navi import codec
 
 NOT_AFTER = datetime.datetime(2031, 5, 17, 12, 0, tzinfo=datetime.timezone.utc)
 

@@ -30,7 +30,7 @@ from navi._proto.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from navi.server import codec
+from navi import codec
 
 TIMEOUT_S = 30.0
 

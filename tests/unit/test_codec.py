@@ -1,4 +1,4 @@
-"""navi.server.codec: TensorProto / KServe V2 tensors <-> numpy."""
+"""navi.codec: TensorProto / KServe V2 tensors <-> numpy."""
 from __future__ import annotations
 
 import struct
@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
 from navi.errors import InvalidInput
-from navi.server import codec
+from navi import codec
 
 NUMERIC = [np.float32, np.float64, np.int32, np.int64, np.bool_, np.int8, np.int16,
            np.uint8, np.uint16, np.uint32, np.uint64, np.float16]

@@ -248,7 +248,7 @@ def test_not_ready_when_nothing_loads(tmp_path):
 
 def _predict_log(value):
     from navi._proto.tensorflow_serving.apis import prediction_log_pb2
-    from navi.server.codec import ndarray_to_tensor_proto
+    from navi.codec import ndarray_to_tensor_proto
 
     entry = prediction_log_pb2.PredictionLog()
     request = entry.predict_log.request
