@@ -6,7 +6,6 @@ never committed).  ``NAVI_CYTHON_DEBUG=1`` turns Cython bounds checks back on.
 """
 import os
 import re
-import sys
 from pathlib import Path
 
 from setuptools import Extension, find_packages, setup

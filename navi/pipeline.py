@@ -22,11 +22,12 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from navi.batching import BatchScheduler, BatchTask, Clock, split_rows
+from navi._fast.kernels import cast_into as _kernel_cast_into
 from navi.errors import ConfigError, InvalidInput
 from navi.plugins.base import LoadedModel, Signature, TensorSpec
 from navi.segdense import find_spec_files, load_layout
@@ -43,18 +44,6 @@ _STRING = np.dtype(object)
 def _numpy_cast_into(src: np.ndarray, dst: np.ndarray, row_start: int) -> None:
     """Copy ``src`` into ``dst[row_start:row_start+len(src)]`` converting dtype."""
     dst[row_start : row_start + src.shape[0]] = src
-
-
-def _pick_cast_into() -> Callable[[np.ndarray, np.ndarray, int], None]:
-    """The Numba ``cast_into`` kernel when it is built, else numpy assignment."""
-    try:
-        from navi._fast.kernels import cast_into
-    except ImportError:
-        return _numpy_cast_into
-    return cast_into
-
-
-_kernel_cast_into = _pick_cast_into()
 
 
 def cast_into(src: np.ndarray, dst: np.ndarray, row_start: int) -> None:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import click
-import numpy as np
 
 METHODS = ("cython", "cython_per_request", "cython_2threads", "thriftpy2", "reference")
 

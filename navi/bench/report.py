@@ -333,7 +333,7 @@ def serve_markdown(document: dict) -> str:
     base = targets[0]
     by_key = {(_load_key(r), r["target"]): r for r in summary}
     lines = [
-        f"| target | load | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | errors | client CPU ms/req | server CPU ms/req |",
+        "| target | load | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | errors | client CPU ms/req | server CPU ms/req |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for row in summary:

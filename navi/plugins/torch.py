@@ -125,7 +125,7 @@ def _apply_threads_here() -> None:
 def _parse_specs(entries: Any, source: str, key: str) -> tuple[TensorSpec, ...]:
     """TensorSpecs of a model.json ``inputs`` / ``outputs`` list, with errors naming the key."""
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"must be a non-empty list of {{name, dtype, shape}}", source=source, key=key)
+        raise ConfigError("must be a non-empty list of {name, dtype, shape}", source=source, key=key)
     specs = []
     for index, entry in enumerate(entries):
         where = f"{key}[{index}]"

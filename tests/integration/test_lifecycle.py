@@ -8,7 +8,6 @@ real gRPC to it. Models are tiny ONNX graphs written here whose output is
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
-from navi._proto.tensorflow.core.example import example_pb2, feature_pb2
+from navi._proto.tensorflow.core.example import example_pb2
 from navi._proto.tensorflow.core.framework import types_pb2
 from navi._proto.tensorflow_serving.apis import (
     classification_pb2,
