@@ -6,6 +6,8 @@ Methods, timed side by side and interleaved in every round:
   buffer, as the server converts a one-request batch (the output stays in
   cache; ``cython`` writes one array of every row, far larger than the cache);
 - ``cython_2threads``: the same as ``cython``, two threads converting two halves;
+- ``cython_per_request_2threads``: two threads, each converting its half one
+  BPR at a time into its own reused buffer (the server's two batch threads);
 - ``thriftpy2``: thriftpy2's Cython binary protocol decoding each BPR into
   Python objects, with no scatter at all (the original's design does this
   before it scatters, so it bounds that design from above);
@@ -26,7 +28,8 @@ from typing import Callable, Sequence
 
 import click
 
-METHODS = ("cython", "cython_per_request", "cython_2threads", "thriftpy2", "reference")
+METHODS = ("cython", "cython_per_request", "cython_2threads", "cython_per_request_2threads", "thriftpy2",
+           "reference")
 
 
 def _machine() -> dict:
@@ -74,6 +77,20 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
         for payload in payloads:
             converter.convert_into([payload], per_request_out)
 
+    half_buffers = [layout.allocate(int(rows.max()) if len(rows) else 0) for _ in range(2)]
+
+    def per_request(part, buffer):
+        for payload in part:
+            converter.convert_into([payload], buffer)
+
+    def cython_per_request_2threads():
+        threads = [threading.Thread(target=per_request, args=(part, buffer))
+                   for part, buffer in zip(halves, half_buffers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     def cython_2threads():
         threads = [threading.Thread(target=converter.convert_into, args=(part, dst))
                    for part, dst in zip(halves, half_outs)]
@@ -105,6 +122,7 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
         "cython": (cython, total_rows, total_bytes),
         "cython_per_request": (cython_per_request, total_rows, total_bytes),
         "cython_2threads": (cython_2threads, total_rows, total_bytes),
+        "cython_per_request_2threads": (cython_per_request_2threads, total_rows, total_bytes),
         "thriftpy2": (thriftpy2_decode, total_rows, total_bytes),
     }
     if reference_bprs > 0:
@@ -151,6 +169,10 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
         per_round = [c / t for c, t in zip(samples["cython"], samples["cython_2threads"])]
         ratios["two_threads_vs_one_median"] = statistics.median(per_round)
         ratios["two_threads_vs_one_best"] = max(per_round)
+    if "cython_per_request" in results and "cython_per_request_2threads" in results:
+        per_round = [c / t for c, t in zip(samples["cython_per_request"], samples["cython_per_request_2threads"])]
+        ratios["per_request_two_threads_vs_one_median"] = statistics.median(per_round)
+        ratios["per_request_two_threads_vs_one_best"] = max(per_round)
     if "cython" in results and "reference" in results:
         ratios["cython_vs_reference_median"] = results["cython"]["candidates_per_s"] / results["reference"]["candidates_per_s"]
     return {
@@ -165,9 +187,9 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
 
 def render(report: dict) -> str:
     """A plain-text table of a convert bench report."""
-    lines = [f"{'method':<16} {'cand/s median':>14} {'cand/s best':>12} {'MB/s median':>12} {'MB/s best':>10}"]
+    lines = [f"{'method':<28} {'cand/s median':>14} {'cand/s best':>12} {'MB/s median':>12} {'MB/s best':>10}"]
     for method, r in report["results"].items():
-        lines.append(f"{method:<16} {r['candidates_per_s']:>14,.0f} {r['best_candidates_per_s']:>12,.0f} "
+        lines.append(f"{method:<28} {r['candidates_per_s']:>14,.0f} {r['best_candidates_per_s']:>12,.0f} "
                      f"{r['mb_per_s']:>12,.1f} {r['best_mb_per_s']:>10,.1f}")
     for name, value in report["ratios"].items():
         lines.append(f"{name}: {value:.2f}x")
