@@ -177,42 +177,30 @@ cdef extern from *:
         uint64_t v; double d; memcpy(&v, p, 8); v = __builtin_bswap64(v); memcpy(&d, &v, 8); return d;
     }
 
-    /* map<i64, double> entries -> float columns. Unknown ids store into a
-       dummy, keeping the loop free of data-dependent branches. */
-    static void navi_scatter_f32(const navi_table* t, const uint8_t* p, int32_t n, float* dst) {
-        float dummy;
-        for (int32_t i = 0; i < n; i++) {
-            if (i + NAVI_PREFETCH_AHEAD < n)
-                __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(p + 16 * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);
-            int32_t col = navi_lookup(t, navi_be64(p + 16 * i));
-            float* target = col >= 0 ? dst + col : &dummy;
-            *target = (float)navi_bef64(p + 16 * i + 8);
+    /* One loop for every id -> column scatter: entries of STRIDE bytes,
+       each an i64 id first; VALUE(entry) is what lands in the id's column.
+       Unknown ids store into a dummy, keeping the loop free of
+       data-dependent branches; buckets of entries a few ahead are prefetched. */
+    #define NAVI_DEFINE_SCATTER(NAME, T, STRIDE, VALUE)                                   \
+        static void NAME(const navi_table* t, const uint8_t* p, int32_t n, T* dst) {      \
+            T dummy;                                                                      \
+            for (int32_t i = 0; i < n; i++) {                                             \
+                if (i + NAVI_PREFETCH_AHEAD < n)                                          \
+                    __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(                \
+                        p + (STRIDE) * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);               \
+                const uint8_t* entry = p + (STRIDE) * i;                                  \
+                int32_t col = navi_lookup(t, navi_be64(entry));                           \
+                T* target = col >= 0 ? dst + col : &dummy;                                \
+                *target = VALUE(entry);                                                   \
+            }                                                                             \
         }
-    }
-
-    /* map<i64, i64> entries -> int64 columns. */
-    static void navi_scatter_i64(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) {
-        int64_t dummy;
-        for (int32_t i = 0; i < n; i++) {
-            if (i + NAVI_PREFETCH_AHEAD < n)
-                __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(p + 16 * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);
-            int32_t col = navi_lookup(t, navi_be64(p + 16 * i));
-            int64_t* target = col >= 0 ? dst + col : &dummy;
-            *target = navi_be64(p + 16 * i + 8);
-        }
-    }
-
-    /* set<i64> entries -> 1 in int64 columns. */
-    static void navi_scatter_present(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) {
-        int64_t dummy;
-        for (int32_t i = 0; i < n; i++) {
-            if (i + NAVI_PREFETCH_AHEAD < n)
-                __builtin_prefetch(&t->buckets[navi_hash(t, navi_be64(p + 8 * (i + NAVI_PREFETCH_AHEAD)))], 0, 3);
-            int32_t col = navi_lookup(t, navi_be64(p + 8 * i));
-            int64_t* target = col >= 0 ? dst + col : &dummy;
-            *target = 1;
-        }
-    }
+    #define NAVI_F64_VALUE(entry) ((float)navi_bef64((entry) + 8))
+    #define NAVI_I64_VALUE(entry) navi_be64((entry) + 8)
+    #define NAVI_PRESENT_VALUE(entry) 1
+    /* map<i64, double> -> float columns; map<i64, i64> -> int64; set<i64> -> 1 */
+    NAVI_DEFINE_SCATTER(navi_scatter_f32, float, 16, NAVI_F64_VALUE)
+    NAVI_DEFINE_SCATTER(navi_scatter_i64, int64_t, 16, NAVI_I64_VALUE)
+    NAVI_DEFINE_SCATTER(navi_scatter_present, int64_t, 8, NAVI_PRESENT_VALUE)
     """
     ctypedef struct navi_bucket:
         int64_t keys[4]
@@ -522,42 +510,20 @@ cdef class BprDecoder:
             return rows
         cdef int64_t[::1] rows_view = rows
         cdef BprIndex* index = <BprIndex*>malloc(n * sizeof(BprIndex))
-        if index == NULL:
-            raise MemoryError()
+        cdef const uint8_t** data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
+        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
         try:
-            self._index_all(payloads, index, max_rows)
+            if index == NULL or data == NULL or sizes == NULL:
+                raise MemoryError()
+            held = _collect(payloads, data, sizes)
+            _index_all(n, data, sizes, index, max_rows)
             for i in range(n):
                 rows_view[i] = index[i].rows
         finally:
             free(index)
+            free(data)
+            free(sizes)
         return rows
-
-    cdef _index_all(self, payloads, BprIndex* index, int64_t max_rows):
-        cdef Py_ssize_t n = len(payloads), i
-        cdef const uint8_t** data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
-        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
-        cdef Reader r
-        cdef Py_ssize_t failed = -1
-        if data == NULL or sizes == NULL:
-            free(data)
-            free(sizes)
-            raise MemoryError()
-        try:
-            held = _collect(payloads, data, sizes)
-            r.err = E_OK
-            with nogil:
-                for i in range(n):
-                    r.data = data[i]
-                    r.pos = 0
-                    r.end = sizes[i]
-                    if index_bpr(&r, &index[i], max_rows):
-                        failed = i
-                        break
-            if failed >= 0:
-                raise _decode_error(failed, &r)
-        finally:
-            free(data)
-            free(sizes)
 
     def decode_into(self, payloads, float[:, ::1] continuous, int64_t[:, ::1] binary,
                     int64_t[:, ::1] discrete, embeddings, Py_ssize_t row_start=0):
@@ -600,31 +566,29 @@ cdef class BprDecoder:
         if n == 0:
             return 0
         cdef BprIndex* index = <BprIndex*>malloc(n * sizeof(BprIndex))
-        if index == NULL:
-            raise MemoryError()
-        cdef const uint8_t** data = NULL
-        cdef Py_ssize_t* sizes = NULL
+        cdef const uint8_t** data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
+        cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
         cdef Reader r
-        cdef Rows tmpl, out
+        cdef Rows tmpl
         cdef char* scratch = NULL
         cdef Py_ssize_t scratch_bytes
         try:
-            self._index_all(payloads, index, 1 << 30)
+            if index == NULL or data == NULL or sizes == NULL:
+                raise MemoryError()
+            held = _collect(payloads, data, sizes)
+            _index_all(n, data, sizes, index, 1 << 30)
             for i in range(n):
                 total += index[i].rows
             if row_start < 0 or total > n_rows - row_start:
                 raise ValueError(f"{total} rows do not fit at row {row_start} of {n_rows}")
-            data = <const uint8_t**>malloc(n * sizeof(uint8_t*))
-            sizes = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t))
-            # template rows: one row per tensor, sized by the layout (never by the wire)
-            # template rows, then the sparse common list of the continuous row
+            # template rows (one per tensor, sized by the layout, never by the
+            # wire), then the sparse common list of the continuous row
             scratch_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8 + self.widths[0] * 8
             for k in range(self.n_emb):
                 scratch_bytes += self.widths[3 + k] * 4
             scratch = <char*>malloc(scratch_bytes + 64)
-            if data == NULL or sizes == NULL or scratch == NULL:
+            if scratch == NULL:
                 raise MemoryError()
-            held = _collect(payloads, data, sizes)
             tmpl.binary = <int64_t*>scratch
             tmpl.disc = tmpl.binary + self.widths[1]
             tmpl.cont = <float*>(tmpl.disc + self.widths[2])
@@ -794,6 +758,24 @@ cdef class BprDecoder:
                     r.pos += 5 + <Py_ssize_t>n * 8
                 elif skip(r, ft2, 4):
                     return -1
+
+
+cdef _index_all(Py_ssize_t n, const uint8_t** data, Py_ssize_t* sizes, BprIndex* index,
+                int64_t max_rows):
+    """Validate and index every collected payload; raise the first one's DecodeError."""
+    cdef Py_ssize_t i, failed = -1
+    cdef Reader r
+    r.err = E_OK
+    with nogil:
+        for i in range(n):
+            r.data = data[i]
+            r.pos = 0
+            r.end = sizes[i]
+            if index_bpr(&r, &index[i], max_rows):
+                failed = i
+                break
+    if failed >= 0:
+        raise _decode_error(failed, &r)
 
 
 cdef object _collect(payloads, const uint8_t** data, Py_ssize_t* sizes):
