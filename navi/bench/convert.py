@@ -17,7 +17,6 @@ Throughput is reported as the median and the best over rounds.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import statistics
@@ -26,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import click
 
 METHODS = ("cython", "cython_per_request", "cython_2threads", "cython_per_request_2threads", "thriftpy2",
            "reference")
@@ -197,52 +195,3 @@ def render(report: dict) -> str:
     lines.append(f"workload: {w['bprs']} BPRs, {w['candidates']} candidates, {w['input_mb']:.1f} MB; "
                  f"{w['rounds']} rounds; machine: {report['machine']['cpu']} ({report['machine']['cores']} cores)")
     return "\n".join(lines)
-
-
-@click.command("convert")
-@click.option("--input", "input_path", help="A file of BPRs (base64 lines or u32-LE length-prefixed); "
-              "default: a generated home-recap-shaped workload.")
-@click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), help="Version dir with spec files.")
-@click.option("--spec", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--all-config", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--bprs", default=20, show_default=True, type=click.IntRange(2), help="Generated BPRs.")
-@click.option("--candidates", default=100, show_default=True, type=click.IntRange(1), help="Candidates per generated BPR.")
-@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1))
-@click.option("--reference-bprs", default=1, show_default=True, type=click.IntRange(0),
-              help="BPRs the slow reference decoder converts per round (0 = skip it).")
-@click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated methods to run.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
-def convert_command(input_path, model_dir, spec, all_config, bprs, candidates, rounds, reference_bprs, methods, json_path):
-    """Converter throughput: ours vs thriftpy2 decode-alone vs the reference."""
-    import tempfile
-
-    from navi.bprfile import iter_records, open_input
-    from navi.errors import ConfigError
-    from navi.segdense import load_layout, resolve_layout
-    from navi.workload import home_layout_files, make_bprs
-
-    def load_layout_or_exit(model_dir, spec, all_config):
-        try:
-            return resolve_layout(model_dir, spec, all_config)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from exc
-
-    if input_path:
-        layout = load_layout_or_exit(model_dir, spec, all_config)
-        with open_input(input_path) as stream:
-            payloads = [r.payload for r in iter_records(stream) if r.payload is not None]
-        if len(payloads) < 2:
-            raise click.UsageError(f"{input_path} holds fewer than 2 readable BPRs")
-    else:
-        if model_dir or spec or all_config:
-            layout = load_layout_or_exit(model_dir, spec, all_config)
-        else:
-            layout = load_layout(*home_layout_files(Path(tempfile.mkdtemp(prefix="navi-bench-"))))
-        click.echo(f"generating {bprs} BPRs x {candidates} candidates ...", err=True)
-        payloads = make_bprs(layout, bprs, candidates, seed=0)
-    report = run_convert_bench(layout, payloads, rounds=rounds, reference_bprs=reference_bprs,
-                               methods=[m.strip() for m in methods.split(",") if m.strip()],
-                               log=lambda msg: click.echo(msg, err=True))
-    click.echo(render(report))
-    if json_path:
-        json_path.write_text(json.dumps(report, indent=2))

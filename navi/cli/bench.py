@@ -10,9 +10,12 @@ from pathlib import Path
 
 import click
 
+from navi.bench.convert import METHODS as CONVERT_METHODS
+from navi.cli.convert import layout_options, load_layout_or_exit
+
 # subcommand -> "module:attribute"
 BENCH_COMMANDS = {
-    "convert": "navi.bench.convert:convert_command",
+    "convert": "navi.cli.bench:convert_bench_command",
     "runtime": "navi.cli.bench:runtime_command",
     "serve": "navi.cli.bench:serve_command",
     "bare-server": "navi.cli.bench:bare_server_command",
@@ -286,3 +289,45 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
     if json_path:
         report.write_json(document, json_path)
         console.print(f"wrote {json_path}")
+
+
+@click.command("convert")
+@click.option("--input", "input_path", help="A file of BPRs (base64 lines or u32-LE length-prefixed); "
+              "default: a generated home-recap-shaped workload.")
+@layout_options
+@click.option("--bprs", default=20, show_default=True, type=click.IntRange(2), help="Generated BPRs.")
+@click.option("--candidates", default=100, show_default=True, type=click.IntRange(1), help="Candidates per generated BPR.")
+@click.option("--rounds", default=7, show_default=True, type=click.IntRange(1))
+@click.option("--reference-bprs", default=1, show_default=True, type=click.IntRange(0),
+              help="BPRs the slow reference decoder converts per round (0 = skip it).")
+@click.option("--methods", default=",".join(CONVERT_METHODS), show_default=True, help="Comma-separated methods to run.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
+def convert_bench_command(input_path, model_dir, spec, all_config, bprs, candidates, rounds, reference_bprs, methods, json_path):
+    """Converter throughput: ours vs thriftpy2 decode-alone vs the reference."""
+    import json
+    import tempfile
+
+    from navi.bench.convert import render, run_convert_bench
+    from navi.bprfile import iter_records, open_input
+    from navi.segdense import load_layout
+    from navi.workload import home_layout_files, make_bprs
+
+    if input_path:
+        layout = load_layout_or_exit(model_dir, spec, all_config)
+        with open_input(input_path) as stream:
+            payloads = [r.payload for r in iter_records(stream) if r.payload is not None]
+        if len(payloads) < 2:
+            raise click.UsageError(f"{input_path} holds fewer than 2 readable BPRs")
+    else:
+        if model_dir or spec or all_config:
+            layout = load_layout_or_exit(model_dir, spec, all_config)
+        else:
+            layout = load_layout(*home_layout_files(Path(tempfile.mkdtemp(prefix="navi-bench-"))))
+        click.echo(f"generating {bprs} BPRs x {candidates} candidates ...", err=True)
+        payloads = make_bprs(layout, bprs, candidates, seed=0)
+    report = run_convert_bench(layout, payloads, rounds=rounds, reference_bprs=reference_bprs,
+                               methods=[m.strip() for m in methods.split(",") if m.strip()],
+                               log=lambda msg: click.echo(msg, err=True))
+    click.echo(render(report))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))

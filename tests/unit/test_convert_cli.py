@@ -79,3 +79,13 @@ def test_every_command_has_help():
     for command in ("convert", "inspect", "serve", "bench", "demo"):
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
+
+
+def test_bench_convert_writes_the_issue_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "convert", "--bprs", "2", "--candidates", "3", "--rounds", "1",
+                                       "--reference-bprs", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())["results"]
+    assert {"cython", "thriftpy2", "reference"} <= results.keys()
+    assert all(r["candidates_per_s"] > 0 and r["mb_per_s"] > 0 for r in results.values())
