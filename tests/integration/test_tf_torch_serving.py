@@ -30,9 +30,11 @@ from navi._proto.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+from tests.torch_models import TYPED_SPEC
 from navi import codec
 
 TIMEOUT_S = 30.0
+REPO = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- TensorFlow side
 
@@ -45,45 +47,11 @@ TF_BUILD = textwrap.dedent('''
 
     root = Path(sys.argv[1])
 
-    class Typed(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable([[1.5], [-2.0]], dtype=tf.float32)
+    sys.path.insert(0, sys.argv[2])  # the repository, for tests.tf_models
+    from tests.tf_models import build_estimator_style, build_typed, example
 
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, 2], tf.float32, name="f32"),
-            tf.TensorSpec([None], tf.float64, name="f64"),
-            tf.TensorSpec([None], tf.int32, name="i32"),
-            tf.TensorSpec([None, 3], tf.int64, name="i64"),
-            tf.TensorSpec([None], tf.bool, name="flag"),
-            tf.TensorSpec([None], tf.string, name="text"),
-        ])
-        def serve(self, f32, f64, i32, i64, flag, text):
-            return {"score": tf.matmul(f32, self.w), "f64_out": f64 * 2.0 + 0.25, "i32_out": i32 + 7,
-                    "i64_out": tf.reduce_sum(i64, axis=1), "flag_out": tf.logical_not(flag),
-                    "text_len": tf.strings.length(text), "text_out": tf.strings.join([text, "!"])}
-
-    typed = Typed()
-    tf.saved_model.save(typed, str(root / "typed" / "1"), signatures={"serving_default": typed.serve})
-
-    v1 = tf.compat.v1
-    graph = tf.Graph()
-    with graph.as_default():
-        serialized = v1.placeholder(tf.string, [None], name="tf_example")
-        parsed = v1.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([2], tf.float32)})
-        weights = v1.get_variable("w", initializer=tf.constant([[1.0, -1.0], [0.5, 2.0]]))
-        scores = tf.nn.softmax(tf.matmul(parsed["x"], weights))
-        classes = tf.broadcast_to(tf.constant([b"neg", b"pos"]), tf.shape(scores))
-        value = tf.reduce_sum(parsed["x"], axis=1)
-        utils = v1.saved_model.signature_def_utils
-        with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(str(root / "estimator" / "1"))
-            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
-                "serving_default": utils.classification_signature_def(serialized, classes, scores),
-                "regress": utils.regression_signature_def(serialized, value),
-            })
-            builder.save()
+    build_typed(root / "typed" / "1")
+    build_estimator_style(root / "estimator" / "1")
 
     # Models that parse tf.Example cannot run on made-up inputs: like TF Serving, they ship
     # warmup records (assets.extra/tf_serving_warmup_requests, a TFRecord of PredictionLogs)
@@ -114,10 +82,6 @@ TF_BUILD = textwrap.dedent('''
     typed_out = {k: v.numpy() for k, v in loaded.signatures["serving_default"](
         **{k: tf.constant(v) for k, v in feeds.items()}).items()}
 
-    def example(x0, x1):
-        feature = tf.train.Feature(float_list=tf.train.FloatList(value=[x0, x1]))
-        return tf.train.Example(features=tf.train.Features(feature={"x": feature})).SerializeToString()
-
     examples = [example(1.0, 2.0), example(-1.0, 0.5), example(0.25, 0.0)]
     estimator = tf.saved_model.load(str(root / "estimator" / "1")).signatures
     classified = estimator["serving_default"](inputs=tf.constant(examples))
@@ -136,7 +100,7 @@ def tf_models(tmp_path_factory):
     pytest.importorskip("tensorflow")
     pytest.importorskip("tensorflow_serving")
     root = tmp_path_factory.mktemp("tf-models")
-    result = subprocess.run([sys.executable, "-c", TF_BUILD, str(root)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", TF_BUILD, str(root), str(REPO)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     with open(root / "reference.pkl", "rb") as reference:
@@ -350,22 +314,6 @@ def test_tf_official_client(tf_navi, tf_models, tmp_path):
 
 # ----------------------------------------------------------------------------- PyTorch side
 
-TORCH_SPEC = {
-    "inputs": [
-        {"name": "x", "dtype": "float32", "shape": [-1, 4]},
-        {"name": "weight", "dtype": "float64", "shape": [-1]},
-        {"name": "small", "dtype": "int32", "shape": [-1]},
-        {"name": "ids", "dtype": "int64", "shape": [-1, 3]},
-        {"name": "mask", "dtype": "bool", "shape": [-1]},
-    ],
-    "outputs": [
-        {"name": "score", "dtype": "float32", "shape": [-1, 2]},
-        {"name": "weighted", "dtype": "float64", "shape": [-1]},
-        {"name": "small_out", "dtype": "int32", "shape": [-1]},
-        {"name": "id_sum", "dtype": "int64", "shape": [-1]},
-        {"name": "mask_out", "dtype": "bool", "shape": [-1]},
-    ],
-}
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +337,7 @@ def torch_model(tmp_path_factory):
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(Typed().eval())
         torch.jit.save(scripted, str(version_dir / "model.pt"))
-    (version_dir / "model.json").write_text(json.dumps(TORCH_SPEC))
+    (version_dir / "model.json").write_text(json.dumps(TYPED_SPEC))
     rng = np.random.default_rng(11)
     rows = 5
     feeds = {
@@ -400,8 +348,8 @@ def torch_model(tmp_path_factory):
         "mask": rng.integers(0, 2, size=rows).astype(bool),
     }
     with torch.inference_mode():
-        direct = scripted(*(torch.from_numpy(feeds[e["name"]]) for e in TORCH_SPEC["inputs"]))
-    expected = {e["name"]: t.numpy() for e, t in zip(TORCH_SPEC["outputs"], direct)}
+        direct = scripted(*(torch.from_numpy(feeds[e["name"]]) for e in TYPED_SPEC["inputs"]))
+    expected = {e["name"]: t.numpy() for e, t in zip(TYPED_SPEC["outputs"], direct)}
     return version_dir, feeds, expected
 
 

@@ -15,6 +15,7 @@ from navi.errors import ConfigError, InvalidInput, RuntimeFailure  # noqa: E402
 from navi.plugins import resolve_runtime  # noqa: E402
 from navi.plugins.torch import TorchRuntime  # noqa: E402
 from navi.settings import BatchingSettings, ModelSettings  # noqa: E402
+from tests.torch_models import TYPED_SPEC  # noqa: E402
 
 pytestmark = [
     pytest.mark.torch,
@@ -65,22 +66,6 @@ class Home(torch.nn.Module):
         return torch.sigmoid(self.linear(features))
 
 
-TYPED_SPEC = {
-    "inputs": [
-        {"name": "x", "dtype": "float32", "shape": [-1, 4]},
-        {"name": "weight", "dtype": "float64", "shape": [-1]},
-        {"name": "small", "dtype": "int32", "shape": [-1]},
-        {"name": "ids", "dtype": "int64", "shape": [-1, 3]},
-        {"name": "mask", "dtype": "bool", "shape": [-1]},
-    ],
-    "outputs": [
-        {"name": "score", "dtype": "float32", "shape": [-1, 2]},
-        {"name": "weighted", "dtype": "float64", "shape": [-1]},
-        {"name": "small_out", "dtype": "int32", "shape": [-1]},
-        {"name": "id_sum", "dtype": "int64", "shape": [-1]},
-        {"name": "mask_out", "dtype": "bool", "shape": [-1]},
-    ],
-}
 
 
 def save(module: torch.nn.Module, version_dir: Path, spec: dict | None = None) -> Path:
