@@ -63,7 +63,7 @@ DEF T_MAP = 13
 DEF T_SET = 14
 DEF T_LIST = 15
 
-# error codes (ERROR_REASONS below must stay in step with _bpr_ref)
+# error codes (the same numbers as _bpr_ref's E_* constants)
 DEF E_OK = 0
 DEF E_TRUNCATED = 1
 DEF E_NEGATIVE = 2
@@ -73,15 +73,8 @@ DEF E_TRAILING = 5
 DEF E_MISSING_LIST = 6
 DEF E_TOO_MANY_ROWS = 7
 
-ERROR_REASONS = {
-    1: "input truncated",
-    2: "negative length or count",
-    3: "invalid thrift type",
-    4: "nesting too deep",
-    5: "trailing bytes after the request",
-    6: "required field individualFeaturesList (1: list<DataRecord>) missing",
-    7: "too many candidates in one request",
-}
+# one message table for both twins: the codes above match _bpr_ref's E_* constants
+from navi._fast._bpr_ref import ERROR_REASONS
 
 cdef extern from *:
     """
