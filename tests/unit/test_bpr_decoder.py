@@ -15,7 +15,7 @@ from navi.idl import encode
 from navi.workload import Record, encode_bpr
 
 from .bpr_helpers import (BIN, BPR, CONT, DISC, EMB, assert_same, decode_all, future_thrift, oracle,
-                          small_layout)
+                          small_layout, small_spec)
 
 LAYOUT = small_layout()
 CY = CyDecoder(LAYOUT)
@@ -256,3 +256,55 @@ def test_row_start_offsets_the_write():
                              [out[t.name] for t in LAYOUT.tensors[3:]], 3)
     assert written == 2
     assert out["continuous"][3, 0] == 1.5
+
+
+def _wide_layout(cont_ids, bin_ids, disc_ids):
+    """A layout with the given ids at columns 0..n-1 of each dense tensor (duplicates: later wins)."""
+    from navi.segdense import parse_layout
+
+    spec, all_config = small_spec()
+    features_map = {}
+    sections = spec["densification_transform_spec"]
+    for section, ftype, fids in (("cont", 2, cont_ids), ("binary", 1, bin_ids), ("discrete", 3, disc_ids)):
+        sections[section]["fixed_length"] = max(1, len(fids))
+        for col, fid in enumerate(fids):
+            features_map[f"{section}.{col}"] = [{"feature_id": int(fid), "full_feature_name": f"{section}.{col}",
+                                                 "feature_type": ftype, "index": col, "maybe_exclude": False,
+                                                 "tag": "", "added_at": ""}]
+    spec["input_features_map"] = features_map
+    return parse_layout(spec, all_config)
+
+
+_ID_FAMILIES = {
+    # the perfect-hash table must place ids that differ only in a few bits,
+    # at either end of the word, as well as random ones and odd sizes
+    "random": np.random.default_rng(3).integers(-(2**63), 2**63 - 1, size=2000, dtype=np.int64),
+    "high_bits_only": np.arange(1, 3001, dtype=np.int64) << 40,
+    "top_bits_only": (np.arange(0, 512, dtype=np.int64) << 54),
+    "small_integers": np.arange(0, 4096, dtype=np.int64),
+    "one_id": np.array([0], dtype=np.int64),
+    "negative_run": -np.arange(1, 1025, dtype=np.int64),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_ID_FAMILIES))
+def test_id_table_places_every_id_family(family):
+    fids = _ID_FAMILIES[family]
+    # binary and discrete share ids with continuous (distinct tensors, distinct tables); a
+    # repeated id in one tensor keeps its last column, as the reference's dict does
+    disc = np.concatenate([fids[:5], fids[:1]])
+    layout = _wide_layout(fids, fids[::-1][:300], disc)
+    rng = np.random.default_rng(len(fids))
+    unknown = rng.integers(-(2**63), 2**63 - 1, size=200, dtype=np.int64)
+    unknown = unknown[~np.isin(unknown, fids)]
+    present = np.concatenate([fids, unknown])
+    rng.shuffle(present)
+    payload = encode_bpr([Record(continuous_ids=present, continuous_values=rng.standard_normal(len(present)),
+                                 binary_ids=present, discrete_ids=present,
+                                 discrete_values=rng.integers(0, 99, size=len(present)))])
+    cy = decode_all(CyDecoder(layout), layout, [payload])
+    assert_same(cy, decode_all(_bpr_ref.BprDecoder(layout), layout, [payload]))
+    assert_same(cy, oracle(layout, [payload]))
+    # every listed id landed (nothing left at the default)
+    assert not np.isnan(cy["continuous"]).any()
+    assert cy["binary"].all()
