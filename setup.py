@@ -96,6 +96,7 @@ def cython_extensions():
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=["-O3"],
         ),
+        Extension("navi._fast._pbscan", ["navi/_fast/_pbscan.pyx"], extra_compile_args=["-O3"]),
     ]
     return cythonize(extensions, compiler_directives=directives)
 

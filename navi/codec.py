@@ -20,7 +20,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
+from google.protobuf.message import DecodeError as DecodeProtoError
+
+from navi._fast import split_string_values
 from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
+from navi._proto.tensorflow_serving.apis import predict_pb2
 from navi.errors import InvalidInput
 
 # ---------------------------------------------------------------------------
@@ -251,13 +255,17 @@ def _fit_values(values: np.ndarray, shape: tuple[int, ...], name: str, what: str
     )
 
 
-def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
+def tensor_proto_to_ndarray(
+    proto: tensor_pb2.TensorProto, name: str = "", strings: Sequence | None = None
+) -> np.ndarray:
     """Decode a TF ``TensorProto`` into a numpy array.
 
     Numbers come from ``tensor_content`` (a zero-copy view of the message
     bytes) or from the typed ``*_val`` field of the dtype; DT_STRING gives an
-    object array of ``bytes``. Raises ``InvalidInput`` on an unsupported dtype,
-    a negative dimension or a value count that does not match the shape.
+    object array of ``bytes``, or of the given ``strings`` when the values were
+    lifted out of the message before parsing (``parse_predict_request``).
+    Raises ``InvalidInput`` on an unsupported dtype, a negative dimension or a
+    value count that does not match the shape.
     """
     dtype = TF_TO_NUMPY.get(proto.dtype)
     if dtype is None:
@@ -267,9 +275,10 @@ def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np
         )
     shape = _shape_of(proto, name)
     if proto.dtype == types_pb2.DT_STRING:
-        strings = np.empty(len(proto.string_val), dtype=object)
-        strings[:] = list(proto.string_val)
-        return _fit_values(strings, shape, name, "string_val")
+        values = list(proto.string_val) if strings is None else strings
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return _fit_values(array, shape, name, "string_val")
     content = proto.tensor_content
     if content:
         expected = math.prod(shape) * dtype.itemsize
@@ -282,6 +291,30 @@ def tensor_proto_to_ndarray(proto: tensor_pb2.TensorProto, name: str = "") -> np
     field_name, number, kind = _TF_TYPED_FIELD[proto.dtype]
     values = _packed_array(proto, number, kind, dtype)
     return _fit_values(values, shape, name, field_name)
+
+
+def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, list[memoryview]]]:
+    """Parse a serialized ``PredictRequest``, leaving its string values in ``raw``.
+
+    Returns the request without the ``string_val`` of its inputs and, per
+    input that had them, those values as memoryviews of ``raw`` (no copy: a
+    1.5 MB BPR is not copied into the message and again into a ``bytes``).
+    Messages the scanner does not take are parsed whole (no views). Raises
+    ``InvalidInput`` when ``raw`` is not a PredictRequest.
+    """
+    split = split_string_values(raw)
+    try:
+        if split is None:
+            return predict_pb2.PredictRequest.FromString(raw), {}
+        stripped, spans = split
+        request = predict_pb2.PredictRequest.FromString(stripped)
+    except DecodeProtoError as exc:
+        raise InvalidInput(f"malformed PredictRequest: {exc}") from None
+    if not spans:
+        return request, {}
+    view = memoryview(raw)
+    return request, {name: [view[start:start + length] for start, length in where]
+                     for name, where in spans.items()}
 
 
 def _as_bytes_list(array: np.ndarray) -> list[bytes]:

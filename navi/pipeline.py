@@ -219,6 +219,11 @@ class ServedModel:
 
     # ----------------------------------------------------------------- public API
 
+    @property
+    def takes_string_views(self) -> bool:
+        """Whether string inputs may be memoryviews (BPR mode: the decoder reads them in place)."""
+        return self.mode == "bpr"
+
     def submit(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -343,7 +348,8 @@ class ServedModel:
                 f"input {self._bpr_input!r} must be a string tensor of serialized "
                 f"BatchPredictionRequests, not {array.dtype.name}"
             )
-        payloads = [bytes(p) for p in array.reshape(-1)]
+        # bytes or memoryviews of the received request: the decoder reads both in place
+        payloads = array.reshape(-1).tolist()
         counts = self.converter.count_rows(payloads)
         return (payloads, counts), int(np.sum(counts))
 

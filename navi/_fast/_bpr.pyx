@@ -835,18 +835,30 @@ cdef _index_all(Py_ssize_t n, const uint8_t** data, Py_ssize_t* sizes, BprIndex*
 
 
 cdef object _collect(payloads, const uint8_t** data, Py_ssize_t* sizes):
-    """Raw pointers of every payload; returns the objects that keep them alive."""
+    """Raw pointers of every payload; returns the objects that keep them alive.
+
+    A bytes object is read in place; so is any contiguous byte buffer (a
+    memoryview slice of a received request, a bytearray), without a copy.
+    """
     cdef Py_ssize_t i = 0
+    cdef const uint8_t[::1] view
     held = []
     for item in payloads:
-        if not PyBytes_Check(item):
-            if isinstance(item, (bytearray, memoryview, np.ndarray)):
-                item = bytes(item)
-            else:
-                raise TypeError(f"payload {i} is {type(item).__name__}, expected bytes")
-        held.append(item)
-        data[i] = <const uint8_t*>PyBytes_AS_STRING(item)
-        sizes[i] = PyBytes_GET_SIZE(item)
+        if PyBytes_Check(item):
+            held.append(item)
+            data[i] = <const uint8_t*>PyBytes_AS_STRING(item)
+            sizes[i] = PyBytes_GET_SIZE(item)
+        elif isinstance(item, (bytearray, memoryview, np.ndarray)):
+            try:
+                view = item
+            except (ValueError, TypeError, BufferError):
+                # not a flat byte buffer (a strided or typed view): copy it flat
+                view = bytes(item)
+            held.append(view)
+            sizes[i] = view.shape[0]
+            data[i] = &view[0] if view.shape[0] else <const uint8_t*>""
+        else:
+            raise TypeError(f"payload {i} is {type(item).__name__}, expected bytes")
         i += 1
     return held
 

@@ -40,11 +40,10 @@ from navi._proto.tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2,
-    prediction_service_pb2_grpc,
 )
 from navi.errors import ConfigError
 from navi.server.kserve import InferenceServicer
-from navi.server.tfserving import ModelServicer, PredictionServicer
+from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
 from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -127,9 +126,7 @@ class NaviServer:
             futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
             options=options,
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.registry, self.metrics), server
-        )
+        add_prediction_service(PredictionServicer(self.registry, self.metrics), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.registry, self.metrics), server

@@ -25,6 +25,7 @@ from navi._proto.tensorflow_serving.apis import (
     inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
@@ -175,16 +176,28 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @grpc_errors
     def Predict(self, request, context):
-        """Run the request's inputs through the model, batched with other callers."""
+        """Run the request's inputs through the model, batched with other callers.
+
+        ``request`` is a ``PredictRequest`` or its serialized bytes (as
+        ``add_prediction_service`` registers it): string values are then
+        handed on as views of the received bytes when the model converts BPRs.
+        """
         started_s = time.monotonic()
+        if isinstance(request, bytes):
+            request, strings = codec.parse_predict_request(request)
+        else:
+            strings = {}
         model_name = request.model_spec.name
         counts = self._counts
         counts.received(model_name)
         try:
             served = resolve_model(self._registry, request.model_spec)
             signature_name = _check_signature_name(served, request.model_spec)
+            if strings and not getattr(served, "takes_string_views", False):
+                # runtimes that feed strings to a framework get bytes objects
+                strings = {name: [bytes(v) for v in views] for name, views in strings.items()}
             inputs = {
-                name: codec.tensor_proto_to_ndarray(tensor, name)
+                name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name))
                 for name, tensor in request.inputs.items()
             }
             future = served.submit(inputs, tuple(request.output_filter), deadline_from(context))
@@ -302,6 +315,38 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
+def add_prediction_service(servicer: PredictionServicer, server) -> None:
+    """Register ``servicer`` as ``tensorflow.serving.PredictionService`` on ``server``.
+
+    As the generated ``add_PredictionServiceServicer_to_server``, except that
+    Predict receives the serialized request: ``codec.parse_predict_request``
+    parses it without copying its string values, and a malformed message
+    gets INVALID_ARGUMENT from the handler rather than gRPC's INTERNAL.
+    """
+    service = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+    messages = {
+        "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
+        "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
+        "Predict": (None, predict_pb2.PredictResponse),
+        "MultiInference": (inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
+                             get_model_metadata_pb2.GetModelMetadataResponse),
+    }
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method),
+            request_deserializer=request_type.FromString if request_type is not None else None,
+            response_serializer=response_type.SerializeToString,
+        )
+        for method, (request_type, response_type) in messages.items()
+    }
+    missing = {m.name for m in service.methods} - set(handlers)
+    if missing:  # a method added to the .proto must get a handler here too
+        raise RuntimeError(f"PredictionService methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """``tensorflow.serving.ModelService``: version states of each model."""
 
@@ -341,4 +386,4 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
 
 
-__all__ = ["PredictionServicer", "ModelServicer", "signature_def", "resolve_model"]
+__all__ = ["PredictionServicer", "ModelServicer", "add_prediction_service", "signature_def", "resolve_model"]

@@ -395,6 +395,64 @@ def test_bpr_mode_matches_converter_plus_onnxruntime(stub):
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _raw_predict(navi):
+    """Predict with the request given as bytes: messages no protobuf writer makes."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{navi.port}")
+    return channel.unary_unary(
+        "/tensorflow.serving.PredictionService/Predict",
+        request_serializer=None,
+        response_deserializer=predict_pb2.PredictResponse.FromString,
+    )
+
+
+def test_bpr_request_in_any_wire_shape_gets_the_same_answer(navi, stub):
+    """Canonical requests take the zero-copy path, unusual ones the full parse: same rows."""
+    from navi.segdense import load_layout_from_dir
+    from navi.workload import make_bprs
+
+    layout = load_layout_from_dir(HOME_MODEL_DIR / str(VERSION))
+    payloads = make_bprs(layout, 2, candidates=3, seed=5)
+    request = predict_request({"examples": np.array(payloads, dtype=object)}, model="home")
+    expected = decode(stub.Predict(request, timeout=30))["output_0"]
+    canonical = request.SerializeToString()
+    # The same request with its tensor split in two halves inside one map entry:
+    # protobuf merges them (the scanner declines such entries and parses in full).
+    tensor = request.inputs["examples"]
+    head = predict_pb2.PredictRequest(model_spec=request.model_spec)
+    half_a = tensor.__class__(dtype=tensor.dtype, tensor_shape=tensor.tensor_shape, string_val=payloads[:1])
+    half_b = tensor.__class__(string_val=payloads[1:])
+
+    def field(number: int, payload: bytes) -> bytes:
+        return codec_varint(number << 3 | 2) + codec_varint(len(payload)) + payload
+
+    entry = field(1, b"examples") + field(2, half_a.SerializeToString()) + field(2, half_b.SerializeToString())
+    merged = head.SerializeToString() + field(2, entry)
+    call = _raw_predict(navi)
+    for raw in (canonical, merged):
+        got = decode(call(raw, timeout=30))["output_0"]
+        np.testing.assert_array_equal(got, expected)
+
+
+def codec_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
+
+
+def test_malformed_predict_request_is_invalid_argument(navi, stub, oracle):
+    call = _raw_predict(navi)
+    for raw in (b"\x12\x50garbage", b"\xff\xff\xff", bytes([0x0A, 0x05]) + b"ab"):
+        with pytest.raises(grpc.RpcError) as info:
+            call(raw, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
+        assert "malformed PredictRequest" in info.value.details()
+    # and the daemon keeps serving
+    feeds = make_inputs(2, seed=9)
+    assert_outputs_equal(decode(stub.Predict(predict_request(feeds), timeout=30)), oracle(feeds))
+
+
 # --------------------------------------------------------------------------- errors
 
 

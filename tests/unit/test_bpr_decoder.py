@@ -308,3 +308,22 @@ def test_id_table_places_every_id_family(family):
     # every listed id landed (nothing left at the default)
     assert not np.isnan(cy["continuous"]).any()
     assert cy["binary"].all()
+
+
+def test_views_of_a_larger_buffer_decode_in_place_like_bytes():
+    # the server hands the decoder memoryview slices of the received request
+    payloads = [sample_payload(), encode(BPR.BatchPredictionRequest(individualFeaturesList=[BPR.DataRecord()]))]
+    blob = b"head" + payloads[0] + b"middle" + payloads[1] + b"tail"
+    view = memoryview(blob)
+    start0 = 4
+    start1 = start0 + len(payloads[0]) + len(b"middle")
+    views = [view[start0:start0 + len(payloads[0])], view[start1:start1 + len(payloads[1])]]
+    expected = decode_all(CY, LAYOUT, payloads)
+    for twin in (CY, REF):
+        assert_same(decode_all(twin, LAYOUT, views), expected)
+        assert_same(decode_all(twin, LAYOUT, [bytearray(p) for p in payloads]), expected)
+    # a strided view is not one flat buffer: it is copied flat, same answer
+    doubled = np.frombuffer(bytes(b for b in payloads[0] for _ in range(2)), dtype=np.uint8)[::2]
+    assert_same(decode_all(CY, LAYOUT, [memoryview(doubled), payloads[1]]), expected)
+    with pytest.raises(TypeError):
+        CY.count_rows(["not bytes"])

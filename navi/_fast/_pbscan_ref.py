@@ -1,0 +1,165 @@
+"""Plain-Python twin of ``navi._fast._pbscan``: lift string tensors out of a PredictRequest.
+
+A BPR request is one ~1.5 MB ``string_val`` inside a ``PredictRequest``.
+Parsing it with protobuf copies those bytes into the message, and reading
+``string_val`` copies them again into a Python ``bytes``. This scanner walks the
+serialized request once, notes where each input's ``string_val`` values lie
+in the buffer, and returns the request without them (a few hundred bytes,
+cheap to parse), so the values reach the converter as views of the bytes
+gRPC received.
+
+Only the shape protobuf writers produce is taken: anything else (a map entry
+with repeated or unknown fields, groups, a malformed or truncated message, a
+key that is not UTF-8) gives ``None`` and the caller parses the whole request
+the ordinary way, so every message means exactly what protobuf says it means.
+Every length is checked against the end of the buffer before use.
+"""
+from __future__ import annotations
+
+# PredictRequest.inputs = 2 (map<string, TensorProto>); entry key = 1, value = 2;
+# TensorProto.string_val = 8. Wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
+INPUTS_FIELD = 2
+ENTRY_KEY = 1
+ENTRY_VALUE = 2
+STRING_VAL_FIELD = 8
+MAX_VARINT_BYTES = 10
+
+
+def _varint(buf, pos: int, end: int):
+    """(value, next position), or None when the varint runs past ``end`` or 10 bytes."""
+    result = 0
+    shift = 0
+    while pos < end and shift < 7 * MAX_VARINT_BYTES:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result & 0xFFFFFFFFFFFFFFFF, pos  # as a C uint64_t keeps it
+        shift += 7
+    return None
+
+
+def _field(buf, pos: int, end: int):
+    """(field number, wire type, value start, value end, next position) or None."""
+    got = _varint(buf, pos, end)
+    if got is None:
+        return None
+    tag, pos = got
+    number, wire = tag >> 3, tag & 7
+    if number == 0:
+        return None
+    if wire == 0:
+        got = _varint(buf, pos, end)
+        if got is None:
+            return None
+        return number, wire, pos, got[1], got[1]
+    if wire == 1 or wire == 5:
+        size = 8 if wire == 1 else 4
+        if end - pos < size:
+            return None
+        return number, wire, pos, pos + size, pos + size
+    if wire == 2:
+        got = _varint(buf, pos, end)
+        if got is None:
+            return None
+        length, pos = got
+        if length > end - pos:
+            return None
+        return number, wire, pos, pos + length, pos + length
+    return None  # groups (3, 4) and invalid wire types
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _scan_tensor(buf, start: int, end: int):
+    """(kept byte ranges, string_val spans) of one TensorProto, or None."""
+    kept: list[tuple[int, int]] = []
+    spans: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        got = _field(buf, pos, end)
+        if got is None:
+            return None
+        number, wire, value_start, value_end, nxt = got
+        if number == STRING_VAL_FIELD and wire == 2:
+            spans.append((value_start, value_end - value_start))
+        elif kept and kept[-1][1] == pos:
+            kept[-1] = (kept[-1][0], nxt)
+        else:
+            kept.append((pos, nxt))
+        pos = nxt
+    return kept, spans
+
+
+def split_string_values(raw: bytes):
+    """Split a serialized PredictRequest into its string values and the rest.
+
+    Returns ``(stripped, spans)``: ``stripped`` is the request without the
+    ``string_val`` fields of its input tensors (``raw`` itself when it has
+    none) and ``spans`` maps each input name whose tensor had them to a list
+    of ``(offset, length)`` of its values in ``raw``, in order. Returns
+    ``None`` when the message is malformed or not in the shape handled here:
+    parse ``raw`` in full then.
+    """
+    buf = memoryview(raw)
+    end = len(raw)
+    pos = 0
+    pieces: list[bytes] = []
+    copied_to = 0  # raw[copied_to:pos] still to copy into pieces
+    spans_by_name: dict[str, list[tuple[int, int]]] = {}
+    while pos < end:
+        got = _field(buf, pos, end)
+        if got is None:
+            return None
+        number, wire, value_start, value_end, nxt = got
+        if number != INPUTS_FIELD or wire != 2:
+            pos = nxt
+            continue
+        key_range = value_range = None
+        key = ""
+        epos = value_start
+        while epos < value_end:
+            entry = _field(buf, epos, value_end)
+            if entry is None:
+                return None
+            enumber, ewire, evalue_start, evalue_end, enxt = entry
+            if enumber == ENTRY_KEY and ewire == 2 and key_range is None:
+                key_range = (epos, enxt)
+                try:
+                    key = bytes(buf[evalue_start:evalue_end]).decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+            elif enumber == ENTRY_VALUE and ewire == 2 and value_range is None:
+                value_range = (evalue_start, evalue_end)
+            else:
+                return None  # repeated, unknown or mistyped entry field: protobuf decides
+            epos = enxt
+        scanned = _scan_tensor(buf, *value_range) if value_range is not None else ([], [])
+        if scanned is None:
+            return None
+        kept, spans = scanned
+        if not spans:
+            spans_by_name.pop(key, None)  # a later entry replaces an earlier one
+            pos = nxt
+            continue
+        spans_by_name[key] = spans
+        tensor = b"".join(bytes(buf[a:b]) for a, b in kept)
+        body = (bytes(buf[key_range[0]:key_range[1]]) if key_range else b"") + \
+            bytes([ENTRY_VALUE << 3 | 2]) + _encode_varint(len(tensor)) + tensor
+        pieces.append(bytes(buf[copied_to:pos]))
+        pieces.append(bytes([INPUTS_FIELD << 3 | 2]) + _encode_varint(len(body)) + body)
+        copied_to = pos = nxt
+    if not spans_by_name:
+        return raw, {}
+    pieces.append(bytes(buf[copied_to:end]))
+    return b"".join(pieces), spans_by_name
+
+
+__all__ = ["split_string_values"]

@@ -1,0 +1,136 @@
+"""The PredictRequest string scanner: compiled == reference == protobuf's own reading."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from navi._fast import _pbscan_ref
+from navi._fast._pbscan import split_string_values as cy_split
+from navi._proto.tensorflow.core.framework import types_pb2
+from navi._proto.tensorflow_serving.apis import predict_pb2
+
+ref_split = _pbscan_ref.split_string_values
+
+
+def rebuilt(raw: bytes, result) -> predict_pb2.PredictRequest:
+    """The request protobuf reads from the scanner's output, string values put back."""
+    stripped, spans = result
+    request = predict_pb2.PredictRequest.FromString(stripped)
+    for name, where in spans.items():
+        assert not request.inputs[name].string_val, "string values left in the stripped request"
+        request.inputs[name].string_val.extend(raw[start:start + length] for start, length in where)
+    return request
+
+
+def check(raw: bytes):
+    """Both twins agree and, when they take the message, mean what protobuf means."""
+    cy, ref = cy_split(raw), ref_split(raw)
+    assert cy == ref
+    if cy is not None:
+        assert rebuilt(raw, cy) == predict_pb2.PredictRequest.FromString(raw)
+    return cy
+
+
+names = st.text(min_size=0, max_size=8)
+strings = st.binary(max_size=40)
+
+
+@st.composite
+def requests(draw):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = draw(names)
+    if draw(st.booleans()):
+        request.model_spec.version.value = draw(st.integers(0, 2**62))
+    request.output_filter.extend(draw(st.lists(names, max_size=3)))
+    for name in draw(st.lists(names, max_size=4, unique=True)):
+        tensor = request.inputs[name]
+        kind = draw(st.sampled_from(["string", "float", "int64", "empty_string"]))
+        if kind == "float":
+            tensor.dtype = types_pb2.DT_FLOAT
+            values = draw(st.lists(st.floats(width=32, allow_nan=False), max_size=5))
+            tensor.float_val.extend(values)
+        elif kind == "int64":
+            tensor.dtype = types_pb2.DT_INT64
+            tensor.tensor_content = draw(st.binary(max_size=24))
+        else:
+            tensor.dtype = types_pb2.DT_STRING
+            tensor.string_val.extend([] if kind == "empty_string" else draw(st.lists(strings, max_size=5)))
+        for size in draw(st.lists(st.integers(-1, 10), max_size=3)):
+            tensor.tensor_shape.dim.add(size=size)
+    return request.SerializeToString()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_random_requests_split_as_protobuf_reads_them(raw):
+    result = check(raw)
+    assert result is not None  # protobuf's own encoding is always taken
+    request = predict_pb2.PredictRequest.FromString(raw)
+    with_strings = {name for name, t in request.inputs.items() if t.string_val}
+    assert set(result[1]) == with_strings
+    if not with_strings:
+        assert result[0] is raw  # nothing to lift: no copy
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.data())
+def test_truncated_and_flipped_requests_never_mislead(raw, data):
+    # any byte string: either both twins refuse it or protobuf reads the same request
+    cut = data.draw(st.integers(0, len(raw)))
+    mutated = bytearray(raw[:cut])
+    if mutated and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[i] ^= 1 << data.draw(st.integers(0, 7))
+    mutated = bytes(mutated)
+    try:
+        predict_pb2.PredictRequest.FromString(mutated)
+    except Exception:
+        # protobuf refuses it: the scanner may too, and must not crash either way
+        assert cy_split(mutated) == ref_split(mutated)
+        return
+    check(mutated)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    tag = bytes([number << 3 | wire])
+    if wire == 2:
+        return tag + bytes([len(payload)]) + payload
+    return tag + payload
+
+
+def test_duplicate_map_keys_keep_the_last_entry():
+    first = _field(1, 2, b"x") + _field(2, 2, _field(1, 0, b"\x07") + _field(8, 2, b"old"))
+    second = _field(1, 2, b"x") + _field(2, 2, _field(1, 0, b"\x07") + _field(8, 2, b"new"))
+    raw = _field(2, 2, first) + _field(2, 2, second)
+    stripped, spans = check(raw)
+    assert [raw[a:a + n] for a, n in spans["x"]] == [b"new"]
+    # a later entry without string values replaces one with them
+    third = _field(1, 2, b"x") + _field(2, 2, _field(1, 0, b"\x01"))
+    assert check(raw + _field(2, 2, third))[1] == {}
+
+
+@pytest.mark.parametrize("raw", [
+    # the same entry field twice: protobuf merges, the scanner leaves it to protobuf
+    _field(2, 2, _field(1, 2, b"x") + _field(2, 2, _field(8, 2, b"a")) + _field(2, 2, _field(8, 2, b"b"))),
+    # an unknown field inside a map entry
+    _field(2, 2, _field(1, 2, b"x") + _field(3, 0, b"\x01") + _field(2, 2, _field(8, 2, b"a"))),
+    # a key that is not UTF-8
+    _field(2, 2, _field(1, 2, b"\xff") + _field(2, 2, _field(8, 2, b"a"))),
+    # a group
+    bytes([2 << 3 | 3]),
+    # a length past the end
+    bytes([2 << 3 | 2, 50]) + b"abc",
+    # a varint that never ends
+    bytes([2 << 3 | 0]) + b"\xff" * 11,
+])
+def test_unusual_or_malformed_messages_fall_back(raw):
+    assert cy_split(raw) is None and ref_split(raw) is None
+
+
+def test_unknown_top_level_fields_and_order_are_kept():
+    tensor = _field(8, 2, b"bpr-1") + _field(1, 0, b"\x07") + _field(8, 2, b"bpr-2") + _field(99 & 15, 0, b"\x05")
+    raw = _field(15, 0, b"\x01") + _field(2, 2, _field(2, 2, tensor) + _field(1, 2, b"examples")) + _field(3, 2, b"out")
+    stripped, spans = check(raw)
+    assert [raw[a:a + n] for a, n in spans["examples"]] == [b"bpr-1", b"bpr-2"]
+    assert len(stripped) < len(raw)
