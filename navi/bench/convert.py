@@ -42,13 +42,27 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
-def _time(fn: Callable[[], None]) -> float:
+def _time(fn: Callable[[], None], calls: int = 1) -> float:
+    """Seconds per call of ``fn``, over ``calls`` calls in a row."""
     # Collect the previous method's garbage first (thriftpy2 leaves millions of
     # objects), so no method pays for another's collections.
     gc.collect()
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def calls_for(seconds_per_call: float, min_round_s: float) -> int:
+    """Calls that make one timing last at least ``min_round_s``.
+
+    A 15 ms timing is at the mercy of one scheduler hiccup on a shared
+    machine; repeating the work until a timing lasts ~0.2 s makes rounds
+    comparable, while methods stay interleaved round by round.
+    """
+    if seconds_per_call <= 0:
+        return 1
+    return max(1, int(-(-min_round_s // seconds_per_call)))
 
 
 def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
@@ -129,17 +143,25 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
 
 
 def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, reference_bprs: int = 1,
-                      methods: Sequence[str] = METHODS, log: Callable[[str], None] | None = None) -> dict:
-    """Time each method ``rounds`` times, interleaved; return the results dict."""
+                      methods: Sequence[str] = METHODS, log: Callable[[str], None] | None = None,
+                      min_round_s: float = 0.2) -> dict:
+    """Time each method ``rounds`` times, interleaved; return the results dict.
+
+    Each timing repeats its method until it lasts at least ``min_round_s``
+    (the count is fixed per method after a warm-up call) and reports seconds
+    per pass over the workload.
+    """
     available = build_methods(layout, payloads, reference_bprs if "reference" in methods else 0)
     chosen = [m for m in methods if m in available]
     samples: dict[str, list[float]] = {m: [] for m in chosen}
-    for method in chosen:  # warm-up: first-touch page faults, imports
+    calls: dict[str, int] = {}
+    for method in chosen:  # warm-up (first-touch page faults, imports), then calibration
         available[method][0]()
+        calls[method] = calls_for(_time(available[method][0]), min_round_s)
     for round_index in range(rounds):
         order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
         for method in order:
-            samples[method].append(_time(available[method][0]))
+            samples[method].append(_time(available[method][0], calls[method]))
         if log:
             log(f"round {round_index + 1}/{rounds} done")
     results = {}
@@ -152,6 +174,7 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
             "best_candidates_per_s": cand / min(times),
             "best_mb_per_s": nbytes / 1e6 / min(times),
             "seconds": times,
+            "calls_per_timing": calls[method],
         }
     ratios = {}
     if "cython" in results and "thriftpy2" in results:
@@ -177,7 +200,8 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
         "results": results,
         "ratios": ratios,
         "workload": {"bprs": len(payloads), "candidates": int(sum(available[chosen[0]][1:2])),
-                     "input_mb": sum(len(p) for p in payloads) / 1e6, "rounds": rounds},
+                     "input_mb": sum(len(p) for p in payloads) / 1e6, "rounds": rounds,
+                     "min_round_s": min_round_s},
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -193,5 +217,5 @@ def render(report: dict) -> str:
         lines.append(f"{name}: {value:.2f}x")
     w = report["workload"]
     lines.append(f"workload: {w['bprs']} BPRs, {w['candidates']} candidates, {w['input_mb']:.1f} MB; "
-                 f"{w['rounds']} rounds; machine: {report['machine']['cpu']} ({report['machine']['cores']} cores)")
+                 f"{w['rounds']} rounds of >= {w.get('min_round_s', 0):g} s per method; machine: {report['machine']['cpu']} ({report['machine']['cores']} cores)")
     return "\n".join(lines)

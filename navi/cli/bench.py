@@ -298,11 +298,14 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
 @click.option("--bprs", default=20, show_default=True, type=click.IntRange(2), help="Generated BPRs.")
 @click.option("--candidates", default=100, show_default=True, type=click.IntRange(1), help="Candidates per generated BPR.")
 @click.option("--rounds", default=7, show_default=True, type=click.IntRange(1))
+@click.option("--min-round-s", default=0.2, show_default=True, type=click.FloatRange(0),
+              help="Each timing repeats its method until it lasts this long (0 = one pass).")
 @click.option("--reference-bprs", default=1, show_default=True, type=click.IntRange(0),
               help="BPRs the slow reference decoder converts per round (0 = skip it).")
 @click.option("--methods", default=",".join(CONVERT_METHODS), show_default=True, help="Comma-separated methods to run.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
-def convert_bench_command(input_path, model_dir, spec, all_config, bprs, candidates, rounds, reference_bprs, methods, json_path):
+def convert_bench_command(input_path, model_dir, spec, all_config, bprs, candidates, rounds, min_round_s,
+                          reference_bprs, methods, json_path):
     """Converter throughput: ours vs thriftpy2 decode-alone vs the reference."""
     import json
     import tempfile
@@ -327,7 +330,7 @@ def convert_bench_command(input_path, model_dir, spec, all_config, bprs, candida
         payloads = make_bprs(layout, bprs, candidates, seed=0)
     report = run_convert_bench(layout, payloads, rounds=rounds, reference_bprs=reference_bprs,
                                methods=[m.strip() for m in methods.split(",") if m.strip()],
-                               log=lambda msg: click.echo(msg, err=True))
+                               log=lambda msg: click.echo(msg, err=True), min_round_s=min_round_s)
     click.echo(render(report))
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
