@@ -78,23 +78,31 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _scan_tensor(buf, start: int, end: int):
-    """(kept byte ranges, string_val spans) of one TensorProto, or None."""
-    kept: list[tuple[int, int]] = []
-    spans: list[tuple[int, int]] = []
-    pos = start
+class _Declined(Exception):
+    """The message is malformed or not in the shape this scanner takes."""
+
+
+def _fields(buf, pos: int, end: int):
+    """Each field of ``buf[pos:end]`` as (start, number, wire, value start, value end, next)."""
     while pos < end:
         got = _field(buf, pos, end)
         if got is None:
-            return None
-        number, wire, value_start, value_end, nxt = got
+            raise _Declined
+        yield (pos,) + got
+        pos = got[4]
+
+
+def _scan_tensor(buf, start: int, end: int):
+    """(kept byte ranges, string_val spans) of one TensorProto."""
+    kept: list[tuple[int, int]] = []
+    spans: list[tuple[int, int]] = []
+    for pos, number, wire, value_start, value_end, nxt in _fields(buf, start, end):
         if number == STRING_VAL_FIELD and wire == 2:
             spans.append((value_start, value_end - value_start))
         elif kept and kept[-1][1] == pos:
             kept[-1] = (kept[-1][0], nxt)
         else:
             kept.append((pos, nxt))
-        pos = nxt
     return kept, spans
 
 
@@ -108,46 +116,37 @@ def split_string_values(raw: bytes):
     ``None`` when the message is malformed or not in the shape handled here:
     parse ``raw`` in full then.
     """
+    try:
+        return _split(raw)
+    except _Declined:
+        return None
+
+
+def _split(raw: bytes):
     buf = memoryview(raw)
     end = len(raw)
-    pos = 0
     pieces: list[bytes] = []
     copied_to = 0  # raw[copied_to:pos] still to copy into pieces
     spans_by_name: dict[str, list[tuple[int, int]]] = {}
-    while pos < end:
-        got = _field(buf, pos, end)
-        if got is None:
-            return None
-        number, wire, value_start, value_end, nxt = got
+    for pos, number, wire, value_start, value_end, nxt in _fields(buf, 0, end):
         if number != INPUTS_FIELD or wire != 2:
-            pos = nxt
             continue
         key_range = value_range = None
         key = ""
-        epos = value_start
-        while epos < value_end:
-            entry = _field(buf, epos, value_end)
-            if entry is None:
-                return None
-            enumber, ewire, evalue_start, evalue_end, enxt = entry
+        for epos, enumber, ewire, evalue_start, evalue_end, enxt in _fields(buf, value_start, value_end):
             if enumber == ENTRY_KEY and ewire == 2 and key_range is None:
                 key_range = (epos, enxt)
                 try:
                     key = bytes(buf[evalue_start:evalue_end]).decode("utf-8")
                 except UnicodeDecodeError:
-                    return None
+                    raise _Declined from None
             elif enumber == ENTRY_VALUE and ewire == 2 and value_range is None:
                 value_range = (evalue_start, evalue_end)
             else:
-                return None  # repeated, unknown or mistyped entry field: protobuf decides
-            epos = enxt
-        scanned = _scan_tensor(buf, *value_range) if value_range is not None else ([], [])
-        if scanned is None:
-            return None
-        kept, spans = scanned
+                raise _Declined  # repeated, unknown or mistyped entry field: protobuf decides
+        kept, spans = _scan_tensor(buf, *value_range) if value_range is not None else ([], [])
         if not spans:
             spans_by_name.pop(key, None)  # a later entry replaces an earlier one
-            pos = nxt
             continue
         spans_by_name[key] = spans
         tensor = b"".join(bytes(buf[a:b]) for a, b in kept)
@@ -155,7 +154,7 @@ def split_string_values(raw: bytes):
             bytes([ENTRY_VALUE << 3 | 2]) + _encode_varint(len(tensor)) + tensor
         pieces.append(bytes(buf[copied_to:pos]))
         pieces.append(bytes([INPUTS_FIELD << 3 | 2]) + _encode_varint(len(body)) + body)
-        copied_to = pos = nxt
+        copied_to = nxt
     if not spans_by_name:
         return raw, {}
     pieces.append(bytes(buf[copied_to:end]))
