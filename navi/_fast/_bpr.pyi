@@ -7,10 +7,10 @@ ERROR_REASONS: dict[int, str]
 class BprDecoder:
     layout: object
     def __init__(self, layout: object) -> None: ...
-    def count_rows(self, payloads: Sequence[bytes], max_rows: int = ...) -> np.ndarray: ...
+    def count_rows(self, payloads: Sequence[bytes | memoryview | bytearray], max_rows: int = ...) -> np.ndarray: ...
     def decode_into(
         self,
-        payloads: Sequence[bytes],
+        payloads: Sequence[bytes | memoryview | bytearray],
         continuous: np.ndarray,
         binary: np.ndarray,
         discrete: np.ndarray,
