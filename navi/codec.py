@@ -18,11 +18,10 @@ import struct
 from typing import Iterable, Sequence
 
 import numpy as np
-
-from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from google.protobuf.message import DecodeError as DecodeProtoError
 
 from navi._fast import split_string_values
+from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
 from navi._proto.tensorflow_serving.apis import predict_pb2
 from navi.errors import InvalidInput

@@ -76,6 +76,21 @@ def castable(src: np.dtype, dst: np.dtype) -> bool:
     return src.kind == dst.kind and src.kind in "biuf"
 
 
+def _strings_as_bytes(array: np.ndarray) -> np.ndarray:
+    """``array`` with any memoryview elements (views of a received request) as bytes.
+
+    The servers hand string values on as views of the request; the BPR
+    decoder reads them in place, but a framework fed a string tensor
+    expects bytes objects.
+    """
+    flat = array.reshape(-1)
+    if not any(isinstance(item, memoryview) for item in flat):
+        return array
+    out = np.empty(flat.shape, dtype=object)
+    out[:] = [bytes(item) if isinstance(item, memoryview) else item for item in flat]
+    return out.reshape(array.shape)
+
+
 def _describe(spec: TensorSpec) -> str:
     dims = ", ".join("?" if d < 0 else str(d) for d in spec.shape)
     return f"{spec.name} ({spec.dtype.name} [{dims}])"
@@ -219,11 +234,6 @@ class ServedModel:
 
     # ----------------------------------------------------------------- public API
 
-    @property
-    def takes_string_views(self) -> bool:
-        """Whether string inputs may be memoryviews (BPR mode: the decoder reads them in place)."""
-        return self.mode == "bpr"
-
     def submit(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -328,6 +338,8 @@ class ServedModel:
                     f"inputs disagree on the batch size: {spec.name!r} has {array.shape[0]} "
                     f"rows, others {rows}"
                 )
+            if array.dtype == _STRING:
+                array = _strings_as_bytes(array)
             checked[spec.name] = array
         return checked, int(rows or 0)
 

@@ -17,6 +17,7 @@ Throughput is reported as the median and the best over rounds.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import statistics
@@ -62,7 +63,7 @@ def calls_for(seconds_per_call: float, min_round_s: float) -> int:
     """
     if seconds_per_call <= 0:
         return 1
-    return max(1, int(-(-min_round_s // seconds_per_call)))
+    return max(1, math.ceil(min_round_s / seconds_per_call))
 
 
 def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):

@@ -180,7 +180,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         ``request`` is a ``PredictRequest`` or its serialized bytes (as
         ``add_prediction_service`` registers it): string values are then
-        handed on as views of the received bytes when the model converts BPRs.
+        handed on as views of the received bytes (the BPR decoder reads them
+        in place; the dense path turns them into bytes for the framework).
         """
         started_s = time.monotonic()
         if isinstance(request, bytes):
@@ -193,9 +194,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             served = resolve_model(self._registry, request.model_spec)
             signature_name = _check_signature_name(served, request.model_spec)
-            if strings and not getattr(served, "takes_string_views", False):
-                # runtimes that feed strings to a framework get bytes objects
-                strings = {name: [bytes(v) for v in views] for name, views in strings.items()}
             inputs = {
                 name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name))
                 for name, tensor in request.inputs.items()
