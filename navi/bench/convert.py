@@ -8,6 +8,7 @@ Methods, timed side by side and interleaved in every round:
 - ``cython_2threads``: the same as ``cython``, two threads converting two halves;
 - ``cython_per_request_2threads``: two threads, each converting its half one
   BPR at a time into its own reused buffer (the server's two batch threads);
+  both two-thread methods run on two long-lived pool threads;
 - ``thriftpy2``: thriftpy2's Cython binary protocol decoding each BPR into
   Python objects, with no scatter at all (the original's design does this
   before it scatters, so it bounds that design from above);
@@ -21,8 +22,8 @@ import math
 import os
 import platform
 import statistics
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,31 +44,37 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
-def _time(fn: Callable[[], None], calls: int = 1) -> float:
-    """Seconds per call of ``fn``, over ``calls`` calls in a row."""
+def _time(run: Callable[[int], None], passes: int = 1) -> float:
+    """Seconds per pass of ``run(passes)``."""
     # Collect the previous method's garbage first (thriftpy2 leaves millions of
     # objects), so no method pays for another's collections.
     gc.collect()
     start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
+    run(passes)
+    return (time.perf_counter() - start) / passes
 
 
-def calls_for(seconds_per_call: float, min_round_s: float) -> int:
-    """Calls that make one timing last at least ``min_round_s``.
+def passes_for(seconds_per_pass: float, min_round_s: float) -> int:
+    """Passes that make one timing last at least ``min_round_s``.
 
     A 15 ms timing is at the mercy of one scheduler hiccup on a shared
     machine; repeating the work until a timing lasts ~0.2 s makes rounds
     comparable, while methods stay interleaved round by round.
     """
-    if seconds_per_call <= 0:
+    if seconds_per_pass <= 0:
         return 1
-    return max(1, math.ceil(min_round_s / seconds_per_call))
+    return max(1, math.ceil(min_round_s / seconds_per_pass))
 
 
-def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
-    """Method name -> (callable doing the work once, candidates it converts, input bytes)."""
+def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: ThreadPoolExecutor):
+    """Method name -> (run(passes) doing the work ``passes`` times, candidates per pass, input bytes).
+
+    The two-thread methods run on ``pool``'s two long-lived threads, each
+    making all its passes without waiting for the other, as the server's
+    batch threads do: a thread started per pass would time thread start-up
+    and a fresh malloc arena, and a barrier per pass would time the slower
+    thread's every hiccup.
+    """
     from navi._fast import _bpr_ref
     from navi.converter import BprConverter
     from navi.idl import bpr_thrift
@@ -80,6 +87,12 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
     half = len(payloads) // 2
     halves = [payloads[:half], payloads[half:]]
     half_outs = [layout.allocate(int(rows[:half].sum())), layout.allocate(int(rows[half:].sum()))]
+
+    def repeated(one_pass: Callable[..., None], *arguments) -> Callable[[int], None]:
+        def run(passes: int) -> None:
+            for _ in range(passes):
+                one_pass(*arguments)
+        return run
 
     def cython():
         converter.convert_into(payloads, out)
@@ -96,21 +109,13 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
         for payload in part:
             converter.convert_into([payload], buffer)
 
-    def cython_per_request_2threads():
-        threads = [threading.Thread(target=per_request, args=(part, buffer))
-                   for part, buffer in zip(halves, half_buffers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    def in_two_threads(one_pass: Callable[..., None], argument_pairs) -> Callable[[int], None]:
+        halves_work = [repeated(one_pass, *arguments) for arguments in argument_pairs]
 
-    def cython_2threads():
-        threads = [threading.Thread(target=converter.convert_into, args=(part, dst))
-                   for part, dst in zip(halves, half_outs)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        def run(passes: int) -> None:
+            for future in [pool.submit(work, passes) for work in halves_work]:
+                future.result()
+        return run
 
     from thriftpy2.protocol import TCyBinaryProtocolFactory
     from thriftpy2.utils import deserialize
@@ -132,14 +137,15 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int):
                                 [ref_out[t.name] for t in layout.tensors[3:]])
 
     methods = {
-        "cython": (cython, total_rows, total_bytes),
-        "cython_per_request": (cython_per_request, total_rows, total_bytes),
-        "cython_2threads": (cython_2threads, total_rows, total_bytes),
-        "cython_per_request_2threads": (cython_per_request_2threads, total_rows, total_bytes),
-        "thriftpy2": (thriftpy2_decode, total_rows, total_bytes),
+        "cython": (repeated(cython), total_rows, total_bytes),
+        "cython_per_request": (repeated(cython_per_request), total_rows, total_bytes),
+        "cython_2threads": (in_two_threads(converter.convert_into, zip(halves, half_outs)), total_rows, total_bytes),
+        "cython_per_request_2threads": (in_two_threads(per_request, zip(halves, half_buffers)),
+                                        total_rows, total_bytes),
+        "thriftpy2": (repeated(thriftpy2_decode), total_rows, total_bytes),
     }
     if reference_bprs > 0:
-        methods["reference"] = (reference, ref_rows, sum(len(p) for p in ref_payloads))
+        methods["reference"] = (repeated(reference), ref_rows, sum(len(p) for p in ref_payloads))
     return methods
 
 
@@ -152,19 +158,20 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
     (the count is fixed per method after a warm-up call) and reports seconds
     per pass over the workload.
     """
-    available = build_methods(layout, payloads, reference_bprs if "reference" in methods else 0)
-    chosen = [m for m in methods if m in available]
-    samples: dict[str, list[float]] = {m: [] for m in chosen}
-    calls: dict[str, int] = {}
-    for method in chosen:  # warm-up (first-touch page faults, imports), then calibration
-        available[method][0]()
-        calls[method] = calls_for(_time(available[method][0]), min_round_s)
-    for round_index in range(rounds):
-        order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
-        for method in order:
-            samples[method].append(_time(available[method][0], calls[method]))
-        if log:
-            log(f"round {round_index + 1}/{rounds} done")
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bench-convert") as pool:
+        available = build_methods(layout, payloads, reference_bprs if "reference" in methods else 0, pool)
+        chosen = [m for m in methods if m in available]
+        samples: dict[str, list[float]] = {m: [] for m in chosen}
+        passes: dict[str, int] = {}
+        for method in chosen:  # warm-up (first-touch page faults, imports), then calibration
+            available[method][0](1)
+            passes[method] = passes_for(_time(available[method][0]), min_round_s)
+        for round_index in range(rounds):
+            order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
+            for method in order:
+                samples[method].append(_time(available[method][0], passes[method]))
+            if log:
+                log(f"round {round_index + 1}/{rounds} done")
     results = {}
     for method in chosen:
         _, cand, nbytes = available[method]
@@ -175,7 +182,7 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
             "best_candidates_per_s": cand / min(times),
             "best_mb_per_s": nbytes / 1e6 / min(times),
             "seconds": times,
-            "calls_per_timing": calls[method],
+            "passes_per_timing": passes[method],
         }
     ratios = {}
     if "cython" in results and "thriftpy2" in results:

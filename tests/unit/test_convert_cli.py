@@ -91,14 +91,14 @@ def test_bench_convert_writes_the_issue_json(tmp_path):
     assert {"cython", "thriftpy2", "reference"} <= results.keys()
     assert all(r["candidates_per_s"] > 0 and r["mb_per_s"] > 0 for r in results.values())
     # a tiny workload is repeated within each timing; throughput stays per pass
-    assert results["cython"]["calls_per_timing"] > 1
+    assert results["cython"]["passes_per_timing"] > 1
     assert report["workload"]["min_round_s"] == 0.01
 
 
-def test_calls_for_makes_timings_last_long_enough():
-    from navi.bench.convert import calls_for
+def test_passes_for_makes_timings_last_long_enough():
+    from navi.bench.convert import passes_for
 
-    assert calls_for(0.015, 0.2) == 14  # 14 x 15 ms >= 0.2 s
-    assert calls_for(0.5, 0.2) == 1
-    assert calls_for(0.0, 0.2) == 1
-    assert calls_for(0.01, 0.0) == 1
+    assert passes_for(0.015, 0.2) == 14  # 14 x 15 ms >= 0.2 s
+    assert passes_for(0.5, 0.2) == 1
+    assert passes_for(0.0, 0.2) == 1
+    assert passes_for(0.01, 0.0) == 1
