@@ -269,23 +269,25 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             result.CopyFrom(produced)
         return served, result
 
-    @grpc_errors
-    def Classify(self, request, context):
-        """Classify tf.Examples: only for runtimes whose models implement ``classify``."""
-        served, result = self._delegate(request, "classify", classification_pb2.ClassificationResult)
-        response = classification_pb2.ClassificationResponse()
+    def _delegated_response(self, request, method: str, result_type, response_type):
+        """``response_type`` holding ``_delegate``'s result and the model that produced it."""
+        served, result = self._delegate(request, method, result_type)
+        response = response_type()
         fill_model_spec(response.model_spec, served, request.model_spec.signature_name or DEFAULT_SIGNATURE)
         response.result.CopyFrom(result)
         return response
 
     @grpc_errors
+    def Classify(self, request, context):
+        """Classify tf.Examples: only for runtimes whose models implement ``classify``."""
+        return self._delegated_response(request, "classify", classification_pb2.ClassificationResult,
+                                        classification_pb2.ClassificationResponse)
+
+    @grpc_errors
     def Regress(self, request, context):
         """Regress tf.Examples: only for runtimes whose models implement ``regress``."""
-        served, result = self._delegate(request, "regress", regression_pb2.RegressionResult)
-        response = regression_pb2.RegressionResponse()
-        fill_model_spec(response.model_spec, served, request.model_spec.signature_name or DEFAULT_SIGNATURE)
-        response.result.CopyFrom(result)
-        return response
+        return self._delegated_response(request, "regress", regression_pb2.RegressionResult,
+                                        regression_pb2.RegressionResponse)
 
     @grpc_errors
     def MultiInference(self, request, context):
