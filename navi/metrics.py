@@ -3,12 +3,15 @@
 Names keep the original Navi's (``:navi:...``) so existing dashboards work;
 histograms added by us use the same prefix. One ``Metrics`` object is built
 per process (or per test server) around its own registry and passed down.
+Series updated per request or per batch are ``navi.tally`` families (no lock
+per update); the rest are prometheus-client's own.
 """
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from navi import __version__
+from navi.tally import TallyCounter, TallyGauge, TallyHistogram
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -28,69 +31,69 @@ class Metrics:
         r = self.registry
         by_model = ("model_name",)
 
-        self.num_requests = Counter(":navi:num_requests", "Predict requests received", registry=r)
-        self.num_requests_by_model = Counter(
+        self.num_requests = TallyCounter(":navi:num_requests", "Predict requests received", registry=r)
+        self.num_requests_by_model = TallyCounter(
             ":navi:num_requests_by_model", "Predict requests by model", by_model, registry=r
         )
-        self.num_requests_failed = Counter(
+        self.num_requests_failed = TallyCounter(
             ":navi:num_requests_failed", "Requests answered with an error", registry=r
         )
-        self.num_requests_failed_by_model = Counter(
+        self.num_requests_failed_by_model = TallyCounter(
             ":navi:num_requests_failed_by_model", "Failed requests by model", by_model, registry=r
         )
-        self.num_requests_dropped = Counter(
+        self.num_requests_dropped = TallyCounter(
             ":navi:num_requests_dropped", "Requests shed under load", registry=r
         )
-        self.num_requests_dropped_by_model = Counter(
+        self.num_requests_dropped_by_model = TallyCounter(
             ":navi:num_requests_dropped_by_model", "Shed requests by model", by_model, registry=r
         )
-        self.num_predictions = Counter(":navi:num_predictions", "Rows predicted", registry=r)
-        self.num_prediction_by_model = Counter(
+        self.num_predictions = TallyCounter(":navi:num_predictions", "Rows predicted", registry=r)
+        self.num_prediction_by_model = TallyCounter(
             ":navi:num_prediction_by_model", "Rows predicted by model", by_model, registry=r
         )
-        self.num_batch_prediction = Counter(
+        self.num_batch_prediction = TallyCounter(
             ":navi:num_batch_prediction", "Batches run", registry=r
         )
-        self.num_batch_prediction_by_model = Counter(
+        self.num_batch_prediction_by_model = TallyCounter(
             ":navi:num_batch_prediction_by_model", "Batches run by model", by_model, registry=r
         )
-        self.num_batches_dropped = Counter(
+        self.num_batches_dropped = TallyCounter(
             ":navi:num_batches_dropped", "Batches in which every request was shed", registry=r
         )
-        self.num_batches_dropped_by_model = Counter(
+        self.num_batches_dropped_by_model = TallyCounter(
             ":navi:num_batches_dropped_by_model", "Dropped batches by model", by_model, registry=r
         )
-        self.batch_size = Histogram(
+        self.batch_size = TallyHistogram(
             ":navi:batch_size", "Requests per batch", buckets=_ROW_BUCKETS, registry=r
         )
-        self.batch_size_by_model = Histogram(
+        self.batch_size_by_model = TallyHistogram(
             ":navi:batch_size_by_model", "Requests per batch by model", by_model,
             buckets=_ROW_BUCKETS, registry=r,
         )
-        self.batch_rows = Histogram(
+        self.batch_rows = TallyHistogram(
             ":navi:batch_rows", "Rows per batch by model", by_model, buckets=_ROW_BUCKETS,
             registry=r,
         )
-        self.response_time = Histogram(
+        self.response_time = TallyHistogram(
             ":navi:response_time", "Seconds from request arrival to answer", by_model,
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )
-        self.queue_wait_time = Histogram(
+        self.queue_wait_time = TallyHistogram(
             ":navi:queue_wait_time", "Seconds a request waited for its batch to start", by_model,
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )
-        self.model_inference_time = Histogram(
+        self.model_inference_time = TallyHistogram(
             ":navi:model_inference_time", "Seconds the runtime spent on one batch", by_model,
             buckets=_LATENCY_BUCKETS_S, registry=r,
         )
-        self.converter_time = Histogram(
+        self.converter_time = TallyHistogram(
             ":navi:converter_time", "Microseconds of BPR conversion per row", by_model,
             buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r,
         )
-        self.blocking_request_num = Gauge(
+        self.blocking_request_num = TallyGauge(
             ":navi:blocking_request_num", "Requests waiting in batch queues", registry=r
         )
-        self.mpsc_channel_size = Gauge(
+        self.mpsc_channel_size = TallyGauge(
             ":navi:mpsc_channel_size", "Requests queued for batching, by model", by_model,
             registry=r,
         )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -102,7 +101,7 @@ class ServedModel:
     ``signature`` is what clients see: in BPR mode one string input named
     ``settings.inputs[0]`` (default ``examples``), shape (-1,); in dense mode
     the model's inputs. ``submit`` validates at once (raising ``InvalidInput``)
-    and returns a Future of this request's outputs.
+    and returns a future of this request's outputs; ``infer`` waits for them.
     """
 
     def __init__(
@@ -122,6 +121,7 @@ class ServedModel:
         self.model = model
         self.version_dir = Path(version_dir) if version_dir is not None else None
         self._metrics = metrics
+        self._metric_series: tuple | None = None
         self._local = threading.local()
         model_sig = model.signature
         self._outputs = self._pick_outputs(model_sig)
@@ -239,19 +239,29 @@ class ServedModel:
         inputs: Mapping[str, np.ndarray],
         output_names: tuple[str, ...] = (),
         deadline_s: float | None = None,
-    ) -> Future:
-        """Validate and queue one request; the Future yields {output name: its rows}.
+    ) -> BatchTask:
+        """Validate and queue one request; the returned task is a future of {output name: its rows}.
 
         Raises ``InvalidInput`` (or ``DecodeError``) for a bad request and
         ``Overloaded`` when the queue is full, before queueing anything.
         ``deadline_s`` is absolute, on the ``time.monotonic()`` clock.
         """
-        names = self._check_outputs(output_names)
-        if self.mode == "bpr":
-            payload, rows = self._prepare_bpr(inputs)
-        else:
-            payload, rows = self._prepare_dense(inputs)
-        return self._scheduler.submit((payload, names), rows, deadline_s)
+        payload, rows = self._prepare(inputs, output_names)
+        return self._scheduler.submit(payload, rows, deadline_s)
+
+    def infer(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: tuple[str, ...] = (),
+        deadline_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate, queue and wait for one request's outputs (what the servicers call).
+
+        As ``submit(...).result()``, but the calling thread may run its batch
+        itself instead of waking a batch thread and being woken back.
+        """
+        payload, rows = self._prepare(inputs, output_names)
+        return self._scheduler.run(payload, rows, deadline_s)
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = (),
@@ -268,13 +278,8 @@ class ServedModel:
         For warmup: the same validation, conversion and model code as ``submit``,
         without waiting out ``batch_timeout_ms`` for company that cannot come.
         """
-        names = self._check_outputs(output_names)
-        if self.mode == "bpr":
-            payload, rows = self._prepare_bpr(inputs)
-        else:
-            payload, rows = self._prepare_dense(inputs)
-        task = BatchTask((payload, names), rows, time.monotonic())
-        return self._process([task])[0]
+        payload, rows = self._prepare(inputs, output_names)
+        return self._process([BatchTask(payload, rows, time.monotonic())])[0]
 
     @property
     def num_queued(self) -> int:
@@ -287,6 +292,15 @@ class ServedModel:
         self.model.close()
 
     # ----------------------------------------------------------------- validation
+
+    def _prepare(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> tuple[tuple, int]:
+        """(batch payload, rows) of a valid request; raises ``InvalidInput`` otherwise."""
+        names = self._check_outputs(output_names)
+        if self.mode == "bpr":
+            payload, rows = self._prepare_bpr(inputs)
+        else:
+            payload, rows = self._prepare_dense(inputs)
+        return (payload, names), rows
 
     def _check_outputs(self, output_names: Sequence[str]) -> tuple[str, ...]:
         if not output_names:
@@ -368,7 +382,13 @@ class ServedModel:
     # ----------------------------------------------------------------- batch worker
 
     def _process(self, tasks: Sequence[BatchTask]) -> list:
-        """Run one batch (on a scheduler worker thread); one result per task."""
+        """Run one batch (on the thread that took it); one result per task."""
+        if len(tasks) == 1:
+            # the common case at low load: no merging, grouping or splitting
+            wanted = tasks[0].payload[1]
+            if self.mode == "bpr":
+                return self._process_bpr(tasks, wanted)
+            return self._run_dense_group(tasks, wanted)
         wanted: list[str] = []
         for task in tasks:
             for name in task.payload[1]:
@@ -412,14 +432,13 @@ class ServedModel:
                 start += src.shape[0]
             feeds[spec.name] = buffer
         outputs = self._run_model(feeds, wanted)
+        if len(tasks) == 1:
+            return [outputs]
         try:
             pieces = split_rows(outputs, rows)
         except ValueError:
-            if len(tasks) == 1:
-                pieces = [outputs]
-            else:
-                # an output without a per-row first axis: run each request alone
-                return [r for t in tasks for r in self._run_dense_group([t], wanted)]
+            # an output without a per-row first axis: run each request alone
+            return [r for t in tasks for r in self._run_dense_group([t], wanted)]
         return [{n: piece[n] for n in t.payload[1]} for t, piece in zip(tasks, pieces)]
 
     def _buffers(self, total: int) -> dict[str, np.ndarray]:
@@ -434,24 +453,24 @@ class ServedModel:
         return {name: array[:total] for name, array in pool.items()}
 
     def _process_bpr(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
-        payloads: list[bytes] = []
-        counts = []
-        for task in tasks:
-            payloads.extend(task.payload[0][0])
-            counts.append(task.payload[0][1])
-        row_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        total = int(row_counts.sum())
+        if len(tasks) == 1:
+            payloads = tasks[0].payload[0][0]
+        else:
+            payloads = [p for task in tasks for p in task.payload[0][0]]
+        total = sum(task.rows for task in tasks)
         out = self._buffers(total)
         started = time.monotonic()
         self.converter.convert_into(payloads, out)
         if self._metrics is not None and total:
             micros = (time.monotonic() - started) * 1e6 / total
-            self._metrics.converter_time.labels(self.name).observe(micros)
+            self._series()[1].observe(micros)
         feeds = {}
         for model_input, (tensor_name, dtype) in self._feed.items():
             array = out[tensor_name]
             feeds[model_input] = array if array.dtype == dtype else array.astype(dtype)
         outputs = self._run_model(feeds, wanted)
+        if len(tasks) == 1:
+            return [outputs]
         pieces = split_rows(outputs, [t.rows for t in tasks])
         return [{n: piece[n] for n in t.payload[1]} for t, piece in zip(tasks, pieces)]
 
@@ -460,8 +479,18 @@ class ServedModel:
         outputs = self.model.run(feeds, wanted)
         # rows predicted are counted by the server per answered request (warmup excluded)
         if self._metrics is not None:
-            self._metrics.model_inference_time.labels(self.name).observe(time.monotonic() - started)
+            self._series()[0].observe(time.monotonic() - started)
         return outputs
+
+    def _series(self) -> tuple:
+        """(inference time, converter time) series of this model, looked up once."""
+        series = self._metric_series
+        if series is None:
+            m = self._metrics
+            series = self._metric_series = (
+                m.model_inference_time.labels(self.name), m.converter_time.labels(self.name),
+            )
+        return series
 
 
 __all__ = ["ServedModel", "cast_into", "castable"]

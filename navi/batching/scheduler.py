@@ -4,11 +4,11 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from concurrent.futures import Future
+import time
 from typing import Any, Callable, Sequence
 
 from navi.batching.clock import Clock, SystemClock
-from navi.batching.task import BatchTask
+from navi.batching.task import DONE, QUEUED, TAKEN, BatchTask
 from navi.errors import (
     DeadlineExceeded,
     ModelNotReady,
@@ -29,16 +29,14 @@ class SchedulerClosed(ModelNotReady):
 
 
 class BatchScheduler:
-    """Groups requests of one (model, version) into batches run on a small thread pool.
+    """Groups requests of one (model, version) into batches, at most ``num_batch_threads`` in flight.
 
     PARAMETERS AND BEHAVIOR (``BatchingSettings``)
 
-    ``submit(payload, rows)`` does not wait for other tasks: it appends a task to one FIFO queue
-    and returns a ``Future``. ``num_batch_threads`` worker threads, owned by the
-    scheduler, each repeatedly take the next batch from the head of the queue
-    and run ``process_batch`` on it, so up to ``num_batch_threads`` batches are
-    in flight at once (plus the inline case below). A worker takes a batch as
-    soon as one of these holds for the queue:
+    ``submit(payload, rows)`` does not wait for other tasks: it appends a task
+    to one FIFO queue and returns it as a future. A batch is taken from the
+    head of the queue as soon as one of these holds (and fewer than
+    ``num_batch_threads`` batches are running):
 
     * it holds ``max_batch_size`` tasks;
     * ``max_batch_rows`` > 0 and its tasks hold at least ``max_batch_rows``
@@ -49,26 +47,38 @@ class BatchScheduler:
       the model is idle, so waiting for company would only add latency;
     * the scheduler is closing (drain: everything queued runs, no waiting).
 
+    WHO RUNS A BATCH
+
+    A thread waiting for its own task's answer (``run``, or ``result()`` on a
+    submitted task) runs due batches itself while its task is queued: it
+    leads. At most one waiting thread, the owner of the first waited-for task
+    in the queue, times the batch timeout; the others sleep until their
+    answer arrives or they become that first owner. When a batch finishes or
+    is taken and tasks remain, that first owner is woken. So a request costs
+    its thread at most one wake-up (its answer, or its turn to lead), where a
+    pool of batch threads costs two (the batch thread's, then the caller's);
+    on small models those two hand-offs cost more than the model. The
+    scheduler's own ``num_batch_threads`` worker threads run only batches no
+    waiting thread leads (tasks submitted and not yet waited for).
+
     With ``eager_when_idle`` and ``inline_when_idle`` (both on by default), a
     task submitted while the queue is empty and no batch is running runs at
-    once on the submitting thread, as a batch of one: at low load two thread
-    hand-offs (to a worker and back) cost more than a small model's run. It
-    counts as a running batch, so tasks arriving meanwhile queue for the
-    workers as usual; ``submit`` then returns an already resolved Future.
+    once on the submitting thread, as a batch of one.
 
     ``eager_when_idle`` is our reading of the original's "flush when no more
     requests are pending": its polling loop flushed whenever its channel was
     empty. "Nothing pending" has no exact meaning with many request threads,
     "nothing running" does: at low load a request runs at once, and under load
     requests accumulate while a batch runs and leave together as soon as a
-    worker frees up (or the timeout fires). With ``eager_when_idle=False`` the
+    slot frees up (or the timeout fires). With ``eager_when_idle=False`` the
     scheduler is TF's basic scheduler: only size, rows and timeout close a batch.
 
-    Latency contract: while a worker is free, a task waits in the queue at most
-    ``batch_timeout_ms`` plus scheduling jitter (no wait at all when the queue
-    is idle and ``eager_when_idle``). When every worker is busy, tasks keep
-    accumulating and the next free worker takes the fullest batch the limits
-    allow, which is what raises throughput under load.
+    Latency contract: while fewer than ``num_batch_threads`` batches run, a
+    task waits in the queue at most ``batch_timeout_ms`` plus scheduling
+    jitter (no wait at all when the queue is idle and ``eager_when_idle``).
+    When every slot is busy, tasks keep accumulating and the next free slot
+    takes the fullest batch the limits allow, which is what raises throughput
+    under load.
 
     Shedding is per task, when its batch is taken: a task that has waited more
     than ``batch_drop_ms`` (0 = never) fails with ``Overloaded``
@@ -77,12 +87,13 @@ class BatchScheduler:
     ``max_queued_requests`` bounds the queue: past it ``submit`` raises
     ``Overloaded`` at once.
 
-    ``process_batch(tasks)`` returns one result per task; each task's future
-    gets its result. If it raises, every task of that batch fails with the
-    error (a ``NaviError`` as is, anything else as ``RuntimeFailure``).
+    ``process_batch(tasks)`` returns one result per task; each task gets its
+    result. If it raises, every task of that batch fails with the error (a
+    ``NaviError`` as is, anything else as ``RuntimeFailure``).
 
-    ``close()`` stops accepting, answers every accepted task (running them) and
-    joins the workers. The clock is injectable (``FakeClock`` in tests).
+    ``close()`` stops accepting, answers every accepted task (running them),
+    waits for running batches and joins the workers. The clock is injectable
+    (``FakeClock`` in tests).
     """
 
     def __init__(
@@ -98,6 +109,7 @@ class BatchScheduler:
         self._process_batch = process_batch
         self._eager_when_idle = options.eager_when_idle
         self._inline_when_idle = options.eager_when_idle and options.inline_when_idle
+        self._max_in_flight = options.num_batch_threads
         self._running = 0  # batches taken and not finished
         self._options = options
         self._clock = clock if clock is not None else SystemClock()
@@ -113,7 +125,11 @@ class BatchScheduler:
                 "out the timeout alone will be shed", name, options.batch_drop_ms,
                 options.batch_timeout_ms,
             )
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # workers sleep here; each waiting caller sleeps on a Condition of its own
+        # (same lock), so a wake-up reaches exactly the thread meant
+        self._workers_idle = threading.Condition(self._lock)
+        self._local = threading.local()
         self._queue: collections.deque[BatchTask] = collections.deque()
         self._queued_rows = 0
         self._closing = False
@@ -134,7 +150,7 @@ class BatchScheduler:
     @property
     def num_queued(self) -> int:
         """Tasks waiting for a batch (not counting batches in flight)."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
     @property
@@ -142,14 +158,101 @@ class BatchScheduler:
         """Whether ``close`` has been called."""
         return self._closing
 
-    def submit(self, payload: Any, rows: int, deadline_s: float | None = None) -> Future:
-        """Queue one request of ``rows`` rows; the Future resolves to its result.
+    def submit(self, payload: Any, rows: int, deadline_s: float | None = None) -> BatchTask:
+        """Queue one request of ``rows`` rows; the returned task is its future.
 
         ``deadline_s`` is an absolute time on the scheduler's clock
         (``time.monotonic()`` for the real clock). Raises ``Overloaded`` when
         the queue is full and ``SchedulerClosed`` after ``close``.
         """
-        with self._cond:
+        task, inline = self._enqueue(payload, rows, deadline_s, owned=False)
+        if inline:
+            self._execute([task], task.arrival_s)
+        return task
+
+    def run(self, payload: Any, rows: int, deadline_s: float | None = None) -> Any:
+        """Queue one request and return its result, waiting on the calling thread.
+
+        The same as ``submit(...).result()``, except that no worker is woken
+        for the task: the caller is known to wait, so it leads its batch itself.
+        """
+        task, inline = self._enqueue(payload, rows, deadline_s, owned=True)
+        if inline:
+            self._execute([task], task.arrival_s)
+        return task.result()
+
+    def wait_for(self, task: BatchTask, timeout_s: float | None = None) -> None:
+        """Block until ``task`` is answered, leading due batches while it is queued.
+
+        ``timeout_s`` is in real seconds; past it ``TimeoutError`` is raised and
+        the task stays queued.
+        """
+        end_s = None if timeout_s is None else time.monotonic() + timeout_s
+        cond = self._caller_cond()
+        with self._lock:
+            task.owned = True
+            while task.state != DONE:
+                now_s = self._clock.monotonic()
+                if task.state == QUEUED:
+                    batch = self._take_if_due(now_s)
+                    if batch is not None:
+                        self._lock.release()
+                        try:
+                            self._execute(batch, now_s)
+                        finally:
+                            self._lock.acquire()
+                        continue
+                wait_s = None
+                if task.state == QUEUED and self._running < self._max_in_flight \
+                        and self._first_owned() is task:
+                    wait_s = max(0.0, self._wait_s(now_s))
+                if end_s is not None:
+                    left_s = end_s - time.monotonic()
+                    if left_s <= 0:
+                        task.owned = False
+                        if self._queue:
+                            self._wake_leader()  # someone else times the head batch now
+                        raise TimeoutError(f"{self._name}: no answer within {timeout_s:g} s")
+                    wait_s = left_s if wait_s is None else min(wait_s, left_s)
+                task.waiter = cond
+                try:
+                    self._clock.wait(cond, wait_s)
+                finally:
+                    task.waiter = None
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, run every queued task, wait for running batches and join the workers."""
+        with self._lock:
+            self._closing = True
+            self._workers_idle.notify_all()
+            for task in self._queue:
+                if task.waiter is not None:
+                    task.waiter.notify()
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout_s)
+        end_s = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            # batches led by callers (inline ones too) finish before the model goes
+            while self._running or self._queue:
+                left_s = None if end_s is None else end_s - time.monotonic()
+                if left_s is not None and left_s <= 0:
+                    break
+                self._workers_idle.wait(left_s)
+
+    # ---------------------------------------------------------------- implementation
+    # Implementation details follow. API users need not read.
+
+    def _caller_cond(self) -> threading.Condition:
+        cond = getattr(self._local, "cond", None)
+        if cond is None:
+            cond = self._local.cond = threading.Condition(self._lock)
+        return cond
+
+    def _enqueue(self, payload: Any, rows: int, deadline_s: float | None,
+                 owned: bool) -> tuple[BatchTask, bool]:
+        """Accept a task: (task, whether the caller runs it inline now)."""
+        with self._lock:
             if self._closing:
                 raise SchedulerClosed(f"{self._name} is unloading")
             if len(self._queue) >= self._options.max_queued_requests:
@@ -158,34 +261,19 @@ class BatchScheduler:
                     f"{self._name}: {len(self._queue)} requests queued "
                     f"(max_queued_requests={self._options.max_queued_requests})"
                 )
-            now_s = self._clock.monotonic()
-            task = BatchTask(payload, int(rows), now_s, deadline_s)
-            inline = self._inline_when_idle and self._running == 0 and not self._queue
-            if inline:
+            task = BatchTask(payload, int(rows), self._clock.monotonic(), deadline_s, self)
+            if self._inline_when_idle and self._running == 0 and not self._queue:
+                task.state = TAKEN
                 self._running += 1
-            else:
-                self._queue.append(task)
-                self._queued_rows += task.rows
-                self._gauge(+1)
-                self._cond.notify()
-        if inline:
-            try:
-                self._run([task], now_s)
-            finally:
-                self._finish_batch()
-        return task.future
-
-    def close(self, timeout_s: float | None = None) -> None:
-        """Stop accepting, run every queued task, and join the workers."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        for worker in self._workers:
-            if worker is not threading.current_thread():
-                worker.join(timeout_s)
-
-    # ---------------------------------------------------------------- implementation
-    # Implementation details follow. API users need not read.
+                return task, True
+            task.owned = owned
+            self._queue.append(task)
+            self._queued_rows += task.rows
+            self._gauge(+1)
+            if not owned:
+                # an owner looks at the queue before it sleeps; nobody will for this one
+                self._wake_leader()
+            return task, False
 
     def _wait_s(self, now_s: float) -> float:
         """Seconds until the head batch may be taken (<= 0: now). Caller holds the lock."""
@@ -208,31 +296,63 @@ class BatchScheduler:
             if opts.max_batch_rows and batch and rows + task.rows > opts.max_batch_rows:
                 break
             self._queue.popleft()
+            task.state = TAKEN
             batch.append(task)
             rows += task.rows
         self._queued_rows -= rows
         return batch
 
+    def _take_if_due(self, now_s: float) -> list[BatchTask] | None:
+        """Take the head batch if it is due and a slot is free. Caller holds the lock."""
+        if not self._queue or self._running >= self._max_in_flight or self._wait_s(now_s) > 0:
+            return None
+        batch = self._take()
+        self._gauge(-len(batch))
+        self._running += 1
+        if self._queue:
+            self._wake_leader()  # the next batch may be due too, with the other slot
+        elif self._closing:
+            self._workers_idle.notify_all()  # drained: workers may exit
+        return batch
+
+    def _first_owned(self) -> BatchTask | None:
+        """The first queued task whose owner waits for it. Caller holds the lock."""
+        for task in self._queue:
+            if task.owned:
+                return task
+        return None
+
+    def _wake_leader(self) -> None:
+        """Wake whoever should next look at the queue. Caller holds the lock.
+
+        The owner of the first waited-for task if it sleeps (an owner that is
+        awake looks at the queue before it sleeps); a worker when no queued
+        task has an owner.
+        """
+        first = self._first_owned()
+        if first is None:
+            self._workers_idle.notify()
+        elif first.waiter is not None:
+            first.waiter.notify()
+
     def _next_batch(self) -> tuple[list[BatchTask], float] | None:
-        """Block until a batch is due; None when closed and drained."""
-        with self._cond:
+        """Block a worker until it may take a batch; None when closed and drained."""
+        with self._lock:
             while True:
                 if self._queue:
                     now_s = self._clock.monotonic()
-                    wait_s = self._wait_s(now_s)
-                    if wait_s <= 0:
-                        batch = self._take()
-                        if self._queue:
-                            # Another worker may be able to take the remainder now.
-                            self._cond.notify()
-                        self._gauge(-len(batch))
-                        self._running += 1
+                    batch = self._take_if_due(now_s)
+                    if batch is not None:
                         return batch, now_s
-                    self._clock.wait(self._cond, wait_s)
+                    if self._running >= self._max_in_flight or self._first_owned() is not None:
+                        # a finishing batch or a waiting owner will act; nothing to time
+                        self._clock.wait(self._workers_idle, None)
+                    else:
+                        self._clock.wait(self._workers_idle, self._wait_s(now_s))
                 elif self._closing:
                     return None
                 else:
-                    self._clock.wait(self._cond, None)
+                    self._clock.wait(self._workers_idle, None)
 
     def _work(self) -> None:
         while True:
@@ -240,42 +360,45 @@ class BatchScheduler:
             if taken is None:
                 return
             batch, now_s = taken
-            try:
-                self._run(batch, now_s)
-            finally:
-                self._finish_batch()
+            self._execute(batch, now_s)
 
-    def _finish_batch(self) -> None:
-        with self._cond:
-            self._running -= 1
-            if self._queue and self._running == 0 and self._eager_when_idle:
-                # the queue just became idle: a waiting worker may go now
-                self._cond.notify()
+    def _execute(self, batch: list[BatchTask], now_s: float) -> None:
+        """Run a taken batch, answer each of its tasks and free its slot."""
+        outcomes = None
+        try:
+            outcomes = self._outcomes(batch, now_s)
+        finally:
+            with self._lock:
+                if outcomes is None:  # interrupted (e.g. KeyboardInterrupt): nobody is left hanging
+                    error = RuntimeFailure(f"{self._name}: batch interrupted")
+                    outcomes = [(task, None, error) for task in batch]
+                for task, value, error in outcomes:
+                    task.settle(value, error)
+                self._running -= 1
+                if self._queue:
+                    self._wake_leader()
+                elif self._closing and self._running == 0:
+                    self._workers_idle.notify_all()
 
-    def _run(self, batch: list[BatchTask], now_s: float) -> None:
+    def _outcomes(self, batch: list[BatchTask], now_s: float) -> list[tuple]:
+        """Shed stale tasks and run the rest: (task, result, error) for every task."""
+        outcomes: list[tuple] = []
         live: list[BatchTask] = []
-        shed = 0
         for task in batch:
             waited_s = now_s - task.arrival_s
             if self._drop_s > 0 and waited_s > self._drop_s:
-                shed += 1
-                task.future.set_exception(
-                    Overloaded(
-                        f"{self._name}: request waited {waited_s * 1000:.1f} ms in the "
-                        f"queue (batch_drop_ms={self._options.batch_drop_ms:g})"
-                    )
-                )
+                outcomes.append((task, None, Overloaded(
+                    f"{self._name}: request waited {waited_s * 1000:.1f} ms in the "
+                    f"queue (batch_drop_ms={self._options.batch_drop_ms:g})"
+                )))
             elif task.deadline_s is not None and now_s >= task.deadline_s:
-                shed += 1
-                task.future.set_exception(
-                    DeadlineExceeded(f"{self._name}: deadline passed while queued")
-                )
+                outcomes.append((task, None, DeadlineExceeded(f"{self._name}: deadline passed while queued")))
             else:
                 live.append(task)
-        if shed:
-            self._count_shed(shed, whole_batch=not live)
+        if outcomes:
+            self._count_shed(len(outcomes), whole_batch=not live)
         if not live:
-            return
+            return outcomes
         self._observe(live, now_s)
         try:
             results = self._process_batch(live)
@@ -284,20 +407,17 @@ class BatchScheduler:
                     f"{self._name}: batch of {len(live)} requests produced {len(results)} results"
                 )
         except NaviError as exc:
-            for task in live:
-                task.future.set_exception(exc)
-            return
+            return outcomes + [(task, None, exc) for task in live]
         except Exception as exc:  # noqa: BLE001 - every caller must get an answer
             log.exception("%s: batch of %d requests failed", self._name, len(live))
             error = RuntimeFailure(f"{self._name}: {type(exc).__name__}: {exc}")
-            for task in live:
-                task.future.set_exception(error)
-            return
+            return outcomes + [(task, None, error) for task in live]
         for task, result in zip(live, results):
             if isinstance(result, BaseException):
-                task.future.set_exception(result)
+                outcomes.append((task, None, result))
             else:
-                task.future.set_result(result)
+                outcomes.append((task, result, None))
+        return outcomes
 
     # metrics are optional so the scheduler can be used (and tested) alone
     def _gauge(self, delta: int) -> None:

@@ -293,6 +293,14 @@ class OnnxModel(LoadedModel):
             },
         )
         self._output_names = tuple(spec.name for spec in self._signature.outputs)
+        self._input_names = frozenset(spec.name for spec in self._signature.inputs)
+        # The Python wrapper's run() re-validates names and OrtValue ownership
+        # and, for GPU providers, falls back to CPU after a provider failure.
+        # With the CPU provider alone only the name check matters (done below,
+        # once), and calling the C++ session directly saves ~5 us per batch.
+        direct = getattr(session, "_sess", None)
+        cpu_only = tuple(session.get_providers()) == ("CPUExecutionProvider",)
+        self._direct_run = direct.run if cpu_only and direct is not None else None
 
     @property
     def signature(self) -> Signature:
@@ -316,8 +324,16 @@ class OnnxModel(LoadedModel):
         if session is None:
             raise RuntimeFailure(f"model {self.path} is closed")
         names = tuple(output_names) or self._output_names
+        if not self._input_names <= inputs.keys():
+            missing = sorted(self._input_names - inputs.keys())
+            raise InvalidInput(f"model {self.path} needs input(s) {', '.join(missing)}")
+        feeds = inputs if type(inputs) is dict else dict(inputs)
         try:
-            results = session.run(list(names), dict(inputs))
+            direct = self._direct_run
+            if direct is not None:
+                results = direct(list(names), feeds, None)
+            else:
+                results = session.run(list(names), feeds)
         except ort_state.InvalidArgument as exc:
             raise InvalidInput(str(exc)) from exc
         except ValueError as exc:  # raised by the Python wrapper for missing inputs
@@ -333,6 +349,7 @@ class OnnxModel(LoadedModel):
     def close(self) -> None:
         """Drop the session (its memory goes once in-flight runs finish)."""
         session, self._session = self._session, None
+        self._direct_run = None
         if session is not None and self.options.profiling_prefix:
             profile = session.end_profiling()
             logger.info("ONNX Runtime profile of %s written to %s", self.path, profile)

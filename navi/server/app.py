@@ -13,8 +13,8 @@ threads closed-loop in another process, two runs each:
     10 B string tensor,   8 callers:  sync 984 / 1187 req/s  aio 769 / 377 req/s
 
 The sync server won every run, on the large BPR-sized messages that matter
-most; and our handlers wait on a batch Future, which in aio would cost an
-extra executor hop per request.
+most; and our handlers block until their batch answered (often running it
+themselves), which in aio would cost an extra executor hop per request.
 
 Compression: gzip-compressed requests are always accepted (gRPC core
 decompresses them). Answers are gzip-compressed when the client accepts gzip

@@ -105,8 +105,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             served = self._served(model_name, request.model_version)
             inputs = codec.kserve_request_inputs(request)
             output_names = tuple(output.name for output in request.outputs)
-            future = served.submit(inputs, output_names, deadline_from(context))
-            outputs = future.result()
+            outputs = served.infer(inputs, output_names, deadline_from(context))
         except Exception:
             counts.failed(model_name)
             raise

@@ -1,12 +1,13 @@
 """TensorFlow Serving's gRPC API: PredictionService and ModelService.
 
 Servicers are thin: decode tensors (codec), find the ``ServedModel`` in the
-registry, ``submit`` and wait for the batch, encode the answer. Errors are
-``NaviError``s mapped to status codes by ``status.grpc_errors``.
+registry, ``infer`` (queue and wait for the batch), encode the answer. Errors
+are ``NaviError``s mapped to status codes by ``status.grpc_errors``.
 
-The handlers block a gRPC worker thread on the batch Future; the server's
-thread pool is sized (``ServerSettings.grpc_threads``) so that a full batch of
-waiting callers still leaves threads to accept new requests.
+The handlers block a gRPC worker thread until the batch answered (the thread
+may run the batch itself: see ``BatchScheduler``); the server's thread pool is
+sized (``ServerSettings.grpc_threads``) so that a full batch of waiting callers
+still leaves threads to accept new requests.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from navi._proto.tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
@@ -182,6 +182,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         ``add_prediction_service`` registers it): string values are then
         handed on as views of the received bytes (the BPR decoder reads them
         in place; the dense path turns them into bytes for the framework).
+        Returns the serialized ``PredictResponse``.
         """
         started_s = time.monotonic()
         if isinstance(request, bytes):
@@ -198,19 +199,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name))
                 for name, tensor in request.inputs.items()
             }
-            future = served.submit(inputs, tuple(request.output_filter), deadline_from(context))
-            outputs = future.result()
+            outputs = served.infer(inputs, tuple(request.output_filter), deadline_from(context))
         except Exception:
             counts.failed(model_name)
             raise
-        response = predict_pb2.PredictResponse()
-        fill_model_spec(response.model_spec, served, signature_name)
         rows = 0
-        for name, array in outputs.items():
-            codec.ndarray_to_tensor_proto(array, response.outputs[name])
-            if rows == 0 and np.ndim(array) > 0:
+        for array in outputs.values():
+            if np.ndim(array) > 0:
                 rows = len(array)
-        compress_if_large(context, response)
+                break
+        # written straight to bytes (a message built field by field cost 2-3x)
+        response = codec.encode_predict_response(
+            outputs, codec.model_spec_bytes(served.name, served.version, signature_name))
+        if len(response) >= COMPRESS_MIN_BYTES:
+            context.set_compression(grpc.Compression.Gzip)
         counts.answered(model_name, rows, started_s)
         return response
 
@@ -319,15 +321,17 @@ def add_prediction_service(servicer: PredictionServicer, server) -> None:
     """Register ``servicer`` as ``tensorflow.serving.PredictionService`` on ``server``.
 
     As the generated ``add_PredictionServiceServicer_to_server``, except that
-    Predict receives the serialized request: ``codec.parse_predict_request``
-    parses it without copying its string values, and a malformed message
-    gets INVALID_ARGUMENT from the handler rather than gRPC's INTERNAL.
+    Predict receives the serialized request and returns the serialized answer:
+    ``codec.parse_predict_request`` parses it without copying its string
+    values, a malformed message gets INVALID_ARGUMENT from the handler rather
+    than gRPC's INTERNAL, and ``codec.encode_predict_response`` writes the
+    answer without building a message.
     """
     service = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
     messages = {
         "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
         "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
-        "Predict": (None, predict_pb2.PredictResponse),
+        "Predict": (None, None),  # serialized both ways: see Predict
         "MultiInference": (inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
         "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
                              get_model_metadata_pb2.GetModelMetadataResponse),
@@ -336,7 +340,7 @@ def add_prediction_service(servicer: PredictionServicer, server) -> None:
         method: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method),
             request_deserializer=request_type.FromString if request_type is not None else None,
-            response_serializer=response_type.SerializeToString,
+            response_serializer=response_type.SerializeToString if response_type is not None else None,
         )
         for method, (request_type, response_type) in messages.items()
     }

@@ -244,3 +244,86 @@ def test_inline_when_idle_runs_on_the_caller_then_queues_while_busy():
 def test_split_rows_rejects_wrong_first_axis():
     with pytest.raises(ValueError, match="first axis 3"):
         split_rows({"y": np.zeros((2, 1))}, [1, 2])
+
+
+def _thread_recorder():
+    threads, batches = [], []
+
+    def process(tasks):
+        threads.append(threading.current_thread())
+        batches.append([t.payload for t in tasks])
+        return [t.payload for t in tasks]
+
+    return process, threads, batches
+
+
+def test_a_waiting_caller_runs_its_own_batch():
+    """run() queues and leads: the batch runs on the caller's thread, no worker hand-off."""
+    process, threads, batches = _thread_recorder()
+    sched = BatchScheduler(process, BatchingSettings(max_batch_size=4, batch_timeout_ms=0,
+                                                     inline_when_idle=False),
+                           clock=FakeClock(), name="m:1")
+    assert sched.run("a", 1) == "a"
+    assert batches == [["a"]] and threads == [threading.current_thread()]
+    sched.close()
+
+
+def test_the_caller_completing_a_batch_leads_it_for_everyone():
+    """A second caller filling the batch takes it and answers the first, who slept."""
+    process, threads, batches = _thread_recorder()
+    clock = FakeClock()
+    sched = BatchScheduler(process, BatchingSettings(max_batch_size=2, batch_timeout_ms=10_000,
+                                                     eager_when_idle=False, num_batch_threads=1),
+                           clock=clock, name="m:1")
+    first_answer = []
+    first = threading.Thread(target=lambda: first_answer.append(sched.run("a", 1)))
+    first.start()
+    while sched.num_queued == 0:  # the first caller queued and sleeps (time stands still)
+        threading.Event().wait(0.001)
+    second = threading.current_thread()
+    assert sched.run("b", 1) == "b"  # the batch is full now: this caller takes and runs it
+    first.join(WAIT_S)
+    assert first_answer == ["a"] and batches == [["a", "b"]] and threads == [second]
+    sched.close()
+
+
+def test_a_caller_giving_up_leaves_its_task_to_the_workers():
+    clock = FakeClock()
+    process, threads, batches = _thread_recorder()
+    sched = BatchScheduler(process, BatchingSettings(max_batch_size=8, batch_timeout_ms=1000,
+                                                     batch_drop_ms=0, eager_when_idle=False),
+                           clock=clock, name="m:1")
+    task = sched.submit("a", 1)
+    with pytest.raises(TimeoutError):
+        task.result(0.05)  # the timeout has not passed on the scheduler's clock
+    assert not task.done() and sched.num_queued == 1
+    clock.advance(1.0)  # now a worker times the batch out and runs it: nobody else waits
+    for _ in range(int(WAIT_S / 0.001)):
+        if task.done():
+            break
+        threading.Event().wait(0.001)
+    assert task.result(0) == "a"
+    assert threads and threads[0].name.startswith("m:1-batch-")
+    sched.close()
+
+
+def test_close_waits_for_batches_led_by_callers():
+    release, started = threading.Event(), threading.Event()
+
+    def process(tasks):
+        started.set()
+        release.wait(WAIT_S)
+        return [t.payload for t in tasks]
+
+    sched = BatchScheduler(process, BatchingSettings(), clock=FakeClock(), name="m:1")
+    caller = threading.Thread(target=lambda: sched.run("a", 1))
+    caller.start()
+    assert started.wait(WAIT_S)
+    closer = threading.Thread(target=sched.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # the caller's batch still runs: the model must not go yet
+    release.set()
+    closer.join(WAIT_S)
+    caller.join(WAIT_S)
+    assert not closer.is_alive()

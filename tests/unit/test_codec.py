@@ -287,3 +287,48 @@ def test_decoded_tensors_hit_the_compiled_cast_kernel():
         out = np.zeros((4, 3), dtype=target)
         _cast_rows(array, out, 1)  # raises TypeError if no compiled signature matches
         np.testing.assert_array_equal(out[1:3], array.astype(target))
+
+
+def _predict_response_message(outputs, name, version, signature_name) -> bytes:
+    from navi._proto.tensorflow_serving.apis import predict_pb2
+
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = name
+    if version is not None:
+        response.model_spec.version.value = version
+    response.model_spec.signature_name = signature_name
+    for output, array in outputs.items():
+        codec.ndarray_to_tensor_proto(array, response.outputs[output])
+    return response.SerializeToString()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    array=hnp.arrays(st.sampled_from(NUMERIC), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)),
+    name=st.text(max_size=12),
+    version=st.one_of(st.none(), st.integers(0, 2**63 - 1)),
+    signature_name=st.sampled_from(["", "serving_default", "sig"]),
+)
+def test_written_predict_response_equals_protobufs_bytes(array, name, version, signature_name):
+    """The hand-written PredictResponse is the very bytes protobuf would write."""
+    outputs = {"out": array}
+    written = codec.encode_predict_response(outputs, codec.model_spec_bytes(name, version, signature_name))
+    assert written == _predict_response_message(outputs, name, version, signature_name)
+
+
+def test_written_predict_response_with_several_unusual_outputs():
+    from navi._proto.tensorflow_serving.apis import predict_pb2
+
+    outputs = {
+        "strings": np.array([b"a", b"", b"xyz"], dtype=object),
+        "strided": np.arange(12, dtype=np.float64).reshape(3, 4)[:, ::2],
+        "big_endian": np.arange(4, dtype=">i4"),
+        "probabilities": np.linspace(0, 1, 6, dtype=np.float32).reshape(3, 2),
+    }
+    written = predict_pb2.PredictResponse.FromString(
+        codec.encode_predict_response(outputs, codec.model_spec_bytes("m", 7, "serving_default")))
+    assert written == predict_pb2.PredictResponse.FromString(
+        _predict_response_message(outputs, "m", 7, "serving_default"))
+    for output, array in outputs.items():
+        decoded = codec.tensor_proto_to_ndarray(written.outputs[output], output)
+        assert decoded.tolist() == np.asarray(array).tolist()

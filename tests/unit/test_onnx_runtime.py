@@ -161,8 +161,10 @@ def test_bad_inputs_raise_invalid_input(dense_version):
         model.run({"x": np.zeros((2, 15), np.float32)})
     with pytest.raises(InvalidInput, match="data type"):
         model.run({"x": good.astype(np.float64)})
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="needs input"):
         model.run({})
+    with pytest.raises(InvalidInput, match="input name"):
+        model.run({"x": good, "extra": good})
     with pytest.raises(InvalidInput, match="output"):
         model.run({"x": good}, ("nope",))
     model.run({"x": good})  # the model keeps working after each error

@@ -1,0 +1,230 @@
+"""Prometheus counters, gauges and histograms that cost the request path no lock.
+
+prometheus-client's own metric objects take a mutex on every update (and a
+histogram walks its buckets in Python): about 0.6 us per ``inc`` and 1.3-2.4
+us per ``observe``. A request touches about fifteen series, which came to
+15% of a small request's handling time (measured in-process on the dense
+demo model). Here each thread adds into a list of its own, so an update is a
+thread-local lookup and a list add, no lock and never a lost update; a scrape
+sums the lists. The families register with a prometheus-client
+``CollectorRegistry`` as custom collectors, so exposition, ``/metrics`` and
+``get_sample_value`` are prometheus-client's.
+
+Updates a scrape sees are at most as old as the scrape (a thread's add is
+visible once its bytecode ran); a counter never goes backwards.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from typing import Iterable, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+
+class _Child:
+    """One labelled series: per-thread cells of ``size`` numbers, summed on demand."""
+
+    __slots__ = ("_local", "_cells", "_lock", "_size")
+
+    def __init__(self, size: int):
+        self._local = threading.local()
+        self._cells: list[list[float]] = []
+        self._lock = threading.Lock()
+        self._size = size
+
+    def _new_cell(self) -> list[float]:
+        cell = [0] * self._size
+        with self._lock:
+            self._cells.append(cell)
+        self._local.cell = cell
+        return cell
+
+    def totals(self) -> list[float]:
+        """Each position summed over every thread's cell."""
+        with self._lock:
+            cells = list(self._cells)
+        return [sum(column) for column in zip(*cells)] if cells else [0] * self._size
+
+
+class CounterChild(_Child):
+    """A counter series: ``inc`` only."""
+
+    __slots__ = ()
+
+    def __init__(self):
+        super().__init__(1)
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` (>= 0)."""
+        if amount < 0:
+            raise ValueError("counters only go up")
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        cell[0] += amount
+
+
+class GaugeChild(_Child):
+    """A gauge series kept as a running sum: ``inc`` and ``dec``."""
+
+    __slots__ = ()
+
+    def __init__(self):
+        super().__init__(1)
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` (may be negative)."""
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        cell[0] += amount
+
+    def dec(self, amount: float = 1) -> None:
+        """Subtract ``amount``."""
+        self.inc(-amount)
+
+
+class HistogramChild(_Child):
+    """A histogram series: a count per bucket (the last is +Inf), then the sum."""
+
+    __slots__ = ("_bounds",)
+
+    def __init__(self, bounds: Sequence[float]):
+        super().__init__(len(bounds) + 2)
+        self._bounds = tuple(bounds)
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket whose upper bound is >= it."""
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        cell[bisect.bisect_left(self._bounds, value)] += 1
+        cell[-1] += value
+
+
+class _Family(Collector):
+    """A metric family: children by label values, collected into prometheus-client families."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (),
+                 registry: CollectorRegistry | None = None):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _Child] = {}
+        self._lock = threading.Lock()
+        self._default = None if self.labelnames else self.labels()
+        if registry is not None:
+            registry.register(self)
+
+    _child_type: type = CounterChild
+
+    def _make_child(self) -> _Child:
+        return self._child_type()
+
+    def labels(self, *values: object) -> _Child:
+        """The series of these label values (created on first use; callers may keep it)."""
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._children.setdefault(key, self._make_child())
+        return child
+
+    def _series(self) -> list[tuple[list[str], list[float]]]:
+        with self._lock:
+            children = list(self._children.items())
+        return [(list(key), child.totals()) for key, child in children]
+
+    def describe(self):
+        """The family without samples (registry name checks need no scrape)."""
+        return [self._family()]
+
+
+class TallyCounter(_Family):
+    """A counter family (exposed as ``<name>_total``)."""
+
+    _child_type = CounterChild
+
+    def _family(self):
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def inc(self, amount: float = 1) -> None:
+        """``inc`` of the unlabelled series."""
+        self._default.inc(amount)
+
+    def collect(self):
+        """One counter sample per series."""
+        family = self._family()
+        for key, totals in self._series():
+            family.add_metric(key, totals[0])
+        yield family
+
+
+class TallyGauge(_Family):
+    """A gauge family updated by ``inc``/``dec`` only."""
+
+    _child_type = GaugeChild
+
+    def _family(self):
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def inc(self, amount: float = 1) -> None:
+        """``inc`` of the unlabelled series."""
+        self._default.inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        """``dec`` of the unlabelled series."""
+        self._default.dec(amount)
+
+    def collect(self):
+        """One gauge sample per series."""
+        family = self._family()
+        for key, totals in self._series():
+            family.add_metric(key, totals[0])
+        yield family
+
+
+class TallyHistogram(_Family):
+    """A histogram family with fixed bucket upper bounds (+Inf is added)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (),
+                 buckets: Sequence[float] = (), registry: CollectorRegistry | None = None):
+        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
+        if not bounds:
+            raise ValueError(f"{name}: a histogram needs at least one finite bucket bound")
+        self.bounds = tuple(bounds)
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _make_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
+
+    def _family(self):
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def observe(self, value: float) -> None:
+        """``observe`` of the unlabelled series."""
+        self._default.observe(value)
+
+    def collect(self):
+        """Cumulative ``le`` buckets, count and sum per series."""
+        family = self._family()
+        names = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for key, totals in self._series():
+            cumulative, buckets = 0, []
+            for le, count in zip(names, totals[:-1]):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(key, buckets, totals[-1])
+        yield family
+
+
+__all__ = ["TallyCounter", "TallyGauge", "TallyHistogram"]

@@ -1,0 +1,89 @@
+"""navi.tally: lock-free metric families, checked against prometheus-client's own."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from navi.tally import TallyCounter, TallyGauge, TallyHistogram
+
+BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+def _samples(registry: CollectorRegistry) -> dict:
+    """{(sample name, sorted labels): value}, without prometheus-client's *_created samples."""
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]),
+                          st.floats(0, 100, allow_nan=False) | st.sampled_from(BUCKETS)), max_size=40))
+def test_exposition_equals_prometheus_clients_own(updates):
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    tally = (TallyCounter("c", "doc", ("m",), registry=ours),
+             TallyGauge("g", "doc", ("m",), registry=ours),
+             TallyHistogram("h", "doc", ("m",), buckets=BUCKETS, registry=ours),
+             TallyHistogram("plain", "doc", buckets=BUCKETS, registry=ours))
+    client = (Counter("c", "doc", ("m",), registry=theirs),
+              Gauge("g", "doc", ("m",), registry=theirs),
+              Histogram("h", "doc", ("m",), buckets=BUCKETS, registry=theirs),
+              Histogram("plain", "doc", buckets=BUCKETS, registry=theirs))
+    for (counter, gauge, histogram, plain) in (tally, client):
+        for model, value in updates:
+            counter.labels(model).inc(value)
+            gauge.labels(model).inc(value)
+            gauge.labels(model).dec(1)
+            histogram.labels(model).observe(value)
+            plain.observe(value)
+    ours_samples, theirs_samples = _samples(ours), _samples(theirs)
+    assert ours_samples.keys() == theirs_samples.keys()
+    for key, value in theirs_samples.items():
+        assert ours_samples[key] == pytest.approx(value), key
+
+
+def test_no_update_is_lost_across_threads():
+    registry = CollectorRegistry()
+    counter = TallyCounter("c", "doc", registry=registry)
+    histogram = TallyHistogram("h", "doc", ("m",), buckets=BUCKETS, registry=registry)
+    child = histogram.labels("x")
+    per_thread, threads = 20_000, 8
+    start = threading.Barrier(threads)
+
+    def work():
+        start.wait()
+        for _ in range(per_thread):
+            counter.inc()
+            child.observe(0.05)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert registry.get_sample_value("c_total") == per_thread * threads
+    assert registry.get_sample_value("h_bucket", {"m": "x", "le": "0.1"}) == per_thread * threads
+    assert registry.get_sample_value("h_bucket", {"m": "x", "le": "0.01"}) == 0
+    assert registry.get_sample_value("h_count", {"m": "x"}) == per_thread * threads
+
+
+def test_misuse_is_refused():
+    registry = CollectorRegistry()
+    counter = TallyCounter("c", "doc", ("m",), registry=registry)
+    with pytest.raises(ValueError, match="takes labels"):
+        counter.labels("a", "b")
+    with pytest.raises(ValueError, match="only go up"):
+        counter.labels("a").inc(-1)
+    with pytest.raises(ValueError, match="finite bucket"):
+        TallyHistogram("h", "doc", buckets=(float("inf"),))
+    with pytest.raises(ValueError, match="Duplicated"):
+        TallyCounter("c", "doc", registry=registry)
