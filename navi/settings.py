@@ -7,6 +7,7 @@ META.json overrides are applied by building new objects.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -82,4 +83,26 @@ class ServerSettings(_Frozen):
     ssl_dir: Path | None = None
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(10.0, ge=0)
-    grpc_threads: int = Field(16, ge=1)
+    grpc_threads: int = Field(
+        default_factory=lambda: default_grpc_threads(),
+        ge=1,
+        description="gRPC handler threads (requests in flight); default: usable cores, 2 to 8",
+    )
+
+
+def default_grpc_threads() -> int:
+    """Handler threads of ``navi serve`` when not configured: the usable cores, 2 to 8.
+
+    Every handler thread runs Python under one GIL, so threads beyond the
+    cores only add GIL hand-offs and context switches. Measured on a 2-core
+    machine, one-row dense requests at 8 and 32 callers: 2 threads answered
+    1.3x-1.7x the requests of 16 at 0.6 ms server CPU per request against
+    0.85 (a bare gRPC server gains from fewer threads too, less). Batching
+    many small requests needs as many threads as a batch holds requests:
+    raise ``--grpc-threads`` to ``--max-batch-size`` for that.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    return max(2, min(8, cores))

@@ -800,6 +800,7 @@ def run_serve_suite(
 
     from navi import demo
     from navi.bench import runtime
+    from navi.settings import default_grpc_threads
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -807,12 +808,15 @@ def run_serve_suite(
     small_dir = Path(models_dir) / "home"
     dense_dir = Path(models_dir) / "dense"
     navi_port, bare_port = free_port(), free_port()
+    # both servers get navi's default handler thread count: the bare server,
+    # too, answers more with fewer threads, and the ceiling must be its best
+    threads = str(default_grpc_threads())
     navi_cmd = [sys.executable, "-m", "navi.cli.main", "serve", "--port", str(navi_port), "--host", "127.0.0.1",
-                "--prometheus-port", "0",
+                "--prometheus-port", "0", "--grpc-threads", threads,
                 "--model-dir", str(heavy_dir), "--model-dir", str(small_dir), "--model-dir", str(dense_dir),
                 "--input", "examples", "--input", "examples", "--input", "", "--output", "", *server_args]
     bare_cmd = [sys.executable, "-m", "navi.cli.main", "bench", "bare-server", "--port", str(bare_port),
-                "--rows", "1"]
+                "--rows", "1", "--threads", threads]
     document: dict = {"schema": "navi.bench.serve-suite/1", "machine": machine_info(),
                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "commands": {"navi": navi_cmd, "bare": bare_cmd}, "phases": {}, "ceilings": {}}

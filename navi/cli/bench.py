@@ -206,7 +206,8 @@ def _run_with_progress(console, serve, report, config, workload):
 @click.command("bare-server")
 @click.option("--port", type=int, default=8600, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--threads", type=int, default=16, show_default=True, help="gRPC handler threads.")
+@click.option("--threads", type=int, default=None,
+              help="gRPC handler threads [default: navi serve's --grpc-threads default].")
 @click.option("--rows", type=int, default=1, show_default=True, help="rows of the constant PredictResponse.")
 def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
     """A bare gRPC server answering every call with constant bytes (the transport ceiling)."""
@@ -216,7 +217,10 @@ def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
     from navi.allocator import tune_allocator
     from navi.bench import serve
 
+    from navi.settings import default_grpc_threads
+
     tune_allocator()  # the same malloc settings as `navi serve`, for a fair ceiling
+    threads = threads or default_grpc_threads()
     server, bound = serve.start_bare_server(port, serve.constant_predict_response(rows), threads, host)
     click.echo(f"bare server on {host}:{bound}", err=True)
     stop = threading.Event()

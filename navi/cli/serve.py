@@ -8,6 +8,7 @@ and a message naming the flag or the file key.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -80,7 +81,9 @@ OPTIONS = [
     click.option("--versions-per-model", type=int, help="Versions kept loaded [default: 1]."),
     click.option("--ssl-dir", "-s", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
     click.option("--max-message-bytes", type=int, help="Largest gRPC message in or out [default: 64 MiB]."),
-    click.option("--grpc-threads", type=int, help="gRPC handler threads [default: 16]."),
+    click.option("--grpc-threads", type=int,
+                 help="gRPC handler threads, i.e. requests in flight [default: usable cores, 2 to 8; "
+                      "raise it to --max-batch-size to batch many small requests]."),
     click.option("--shutdown-grace-secs", type=float,
                  help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
     # repeatable and comma-separated, as the original's clap Vec<(k, v)> options
@@ -181,6 +184,10 @@ def run(settings) -> int:
         server.start()
         registry.start()
         server.refresh_health()
+        # Everything loaded so far lives as long as the process: keep the
+        # collector from walking it again on every full collection.
+        gc.collect()
+        gc.freeze()
         log.info("navi ready: %s", ", ".join(registry.model_names()) or "no models")
         while not stop.wait(1.0):
             pass

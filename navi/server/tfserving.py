@@ -5,9 +5,9 @@ registry, ``infer`` (queue and wait for the batch), encode the answer. Errors
 are ``NaviError``s mapped to status codes by ``status.grpc_errors``.
 
 The handlers block a gRPC worker thread until the batch answered (the thread
-may run the batch itself: see ``BatchScheduler``); the server's thread pool is
-sized (``ServerSettings.grpc_threads``) so that a full batch of waiting callers
-still leaves threads to accept new requests.
+may run the batch itself: see ``BatchScheduler``), so the server's thread pool
+(``ServerSettings.grpc_threads``) bounds the requests in flight and with them
+how many requests one batch can hold.
 """
 from __future__ import annotations
 

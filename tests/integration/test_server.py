@@ -120,7 +120,9 @@ def navi(start_navi, repo):
     # the committed demo "home" model serves BPR mode; its input keeps the default name
     return start_navi("--model-dir", root / "mixed", "--model-dir", root / "fragile",
                       "--model-dir", HOME_MODEL_DIR, "--input", "", "--input", "", "--input", "examples",
-                      "--batch-time-out-millis", "20", "--max-batch-size", "8")
+                      "--batch-time-out-millis", "20", "--max-batch-size", "8",
+                      # a batch holds at most as many requests as there are handler threads
+                      "--grpc-threads", "8")
 
 
 @pytest.fixture(scope="module")
@@ -636,7 +638,9 @@ def slow(start_navi, repo):
     return start_navi(*eager, "--model-dir", root / "mixed", "--model-dir", root / "empty",
                       "--batch-time-out-millis", "1500", "--max-batch-size", "64",
                       "--max-queued-requests", "2", "--batch-drop-millis", "0", "--input", "",
-                      "--shutdown-grace-secs", "20")
+                      "--shutdown-grace-secs", "20",
+                      # three requests in flight at once reach the queue bound of two
+                      "--grpc-threads", "8")
 
 
 def test_not_loaded_is_unavailable(slow):
