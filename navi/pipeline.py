@@ -122,7 +122,11 @@ class ServedModel:
         self.version_dir = Path(version_dir) if version_dir is not None else None
         self._metrics = metrics
         self._metric_series: tuple | None = None
-        self._local = threading.local()
+        # converter output buffers of finished batches, reused by the next ones:
+        # at most one per batch in flight (the threads that run batches are the
+        # gRPC handler threads, far more than the batches they run at once)
+        self._free_buffers: list[dict[str, np.ndarray]] = []
+        self._buffers_lock = threading.Lock()
         model_sig = model.signature
         self._outputs = self._pick_outputs(model_sig)
         self.converter = None
@@ -441,16 +445,21 @@ class ServedModel:
             return [r for t in tasks for r in self._run_dense_group([t], wanted)]
         return [{n: piece[n] for n in t.payload[1]} for t, piece in zip(tasks, pieces)]
 
-    def _buffers(self, total: int) -> dict[str, np.ndarray]:
-        """Per-thread converter output arrays with room for ``total`` rows (reused)."""
-        pool = getattr(self._local, "buffers", None)
+    def _take_buffers(self, total: int) -> dict[str, np.ndarray]:
+        """Converter output arrays with room for ``total`` rows; give them back with ``_return_buffers``."""
+        with self._buffers_lock:
+            pool = self._free_buffers.pop() if self._free_buffers else None
         have = 0 if pool is None else next(iter(pool.values())).shape[0]
         if have < total:
             # grow geometrically: batch sizes creep up under load, reallocate rarely
             capacity = max(total, 2 * have, self.settings.batching.max_batch_rows, 64)
             pool = self.layout.allocate(capacity)
-            self._local.buffers = pool
-        return {name: array[:total] for name, array in pool.items()}
+        return pool
+
+    def _return_buffers(self, pool: dict[str, np.ndarray]) -> None:
+        with self._buffers_lock:
+            # the most recently used set is reused first: it is the one still in cache
+            self._free_buffers.append(pool)
 
     def _process_bpr(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
         if len(tasks) == 1:
@@ -458,17 +467,25 @@ class ServedModel:
         else:
             payloads = [p for task in tasks for p in task.payload[0][0]]
         total = sum(task.rows for task in tasks)
-        out = self._buffers(total)
-        started = time.monotonic()
-        self.converter.convert_into(payloads, out)
-        if self._metrics is not None and total:
-            micros = (time.monotonic() - started) * 1e6 / total
-            self._series()[1].observe(micros)
-        feeds = {}
-        for model_input, (tensor_name, dtype) in self._feed.items():
-            array = out[tensor_name]
-            feeds[model_input] = array if array.dtype == dtype else array.astype(dtype)
-        outputs = self._run_model(feeds, wanted)
+        pool = self._take_buffers(total)
+        try:
+            started = time.monotonic()
+            self.converter.convert_into(payloads, pool)
+            if self._metrics is not None and total:
+                micros = (time.monotonic() - started) * 1e6 / total
+                self._series()[1].observe(micros)
+            feeds = {}
+            for model_input, (tensor_name, dtype) in self._feed.items():
+                array = pool[tensor_name][:total]
+                feeds[model_input] = array if array.dtype == dtype else array.astype(dtype)
+            outputs = self._run_model(feeds, wanted)
+            # A runtime may hand back a view of its input (torch.from_numpy
+            # round trips); the buffers go to the next batch, so keep a copy.
+            for name, array in outputs.items():
+                if any(np.may_share_memory(array, buffer) for buffer in pool.values()):
+                    outputs[name] = np.array(array)
+        finally:
+            self._return_buffers(pool)
         if len(tasks) == 1:
             return [outputs]
         pieces = split_rows(outputs, [t.rows for t in tasks])

@@ -239,3 +239,37 @@ def test_home_layout_model_in_bpr_converter_mode(tmp_path):
         np.testing.assert_allclose(got["output_0"], direct, rtol=1e-6)
     finally:
         served.close()
+
+
+class EchoUserEmbedding(torch.nn.Module):
+    """Returns a view of one of its inputs: the answer aliases the converter's buffer."""
+
+    def forward(self, continuous: torch.Tensor, binary: torch.Tensor, user_embedding: torch.Tensor,
+                user_eng_embedding: torch.Tensor, author_embedding: torch.Tensor) -> torch.Tensor:
+        return user_embedding[:, :3]
+
+
+def test_an_answer_aliasing_the_batch_buffer_survives_the_next_batch(tmp_path):
+    from navi.converter import BprConverter
+    from navi.pipeline import ServedModel
+    from navi.segdense import load_layout_from_dir
+    from navi.workload import home_layout_files, make_bprs
+
+    version_dir = tmp_path / "echo" / "1"
+    home_layout_files(version_dir)
+    layout = load_layout_from_dir(version_dir)
+    save(EchoUserEmbedding(), version_dir)
+    model_settings = ModelSettings(name="echo", model_dir=version_dir.parent, runtime="torch",
+                                   batching=BatchingSettings(batch_timeout_ms=0, batch_drop_ms=0))
+    served = ServedModel("echo", 1, model_settings, TorchRuntime().load(version_dir, model_settings),
+                         version_dir=version_dir)
+    try:
+        first_bprs, second_bprs = (make_bprs(layout, 1, candidates=4, seed=seed) for seed in (1, 2))
+        first = served.predict({"examples": np.array(first_bprs, dtype=object)}, timeout_s=30.0)
+        kept = first["output_0"].copy()
+        served.predict({"examples": np.array(second_bprs, dtype=object)}, timeout_s=30.0)
+        expected = BprConverter(layout).convert(first_bprs)["user_embedding"][:, :3]
+        np.testing.assert_array_equal(first["output_0"], kept)
+        np.testing.assert_array_equal(first["output_0"], expected)
+    finally:
+        served.close()
