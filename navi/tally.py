@@ -149,48 +149,42 @@ class _Family(Collector):
         return [self._family()]
 
 
-class TallyCounter(_Family):
-    """A counter family (exposed as ``<name>_total``)."""
+class _ScalarFamily(_Family):
+    """A family of one number per series (counter or gauge)."""
 
-    _child_type = CounterChild
+    _metric_family_type: type = CounterMetricFamily
 
     def _family(self):
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        return self._metric_family_type(self.name, self.documentation, labels=self.labelnames)
 
     def inc(self, amount: float = 1) -> None:
         """``inc`` of the unlabelled series."""
         self._default.inc(amount)
 
     def collect(self):
-        """One counter sample per series."""
+        """One sample per series."""
         family = self._family()
         for key, totals in self._series():
             family.add_metric(key, totals[0])
         yield family
 
 
-class TallyGauge(_Family):
+class TallyCounter(_ScalarFamily):
+    """A counter family (exposed as ``<name>_total``)."""
+
+    _child_type = CounterChild
+    _metric_family_type = CounterMetricFamily
+
+
+class TallyGauge(_ScalarFamily):
     """A gauge family updated by ``inc``/``dec`` only."""
 
     _child_type = GaugeChild
-
-    def _family(self):
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def inc(self, amount: float = 1) -> None:
-        """``inc`` of the unlabelled series."""
-        self._default.inc(amount)
+    _metric_family_type = GaugeMetricFamily
 
     def dec(self, amount: float = 1) -> None:
         """``dec`` of the unlabelled series."""
         self._default.dec(amount)
-
-    def collect(self):
-        """One gauge sample per series."""
-        family = self._family()
-        for key, totals in self._series():
-            family.add_metric(key, totals[0])
-        yield family
 
 
 class TallyHistogram(_Family):
