@@ -327,3 +327,52 @@ def test_close_waits_for_batches_led_by_callers():
     closer.join(WAIT_S)
     caller.join(WAIT_S)
     assert not closer.is_alive()
+
+
+@pytest.mark.parametrize("max_batch_size,num_batch_threads,timeout_ms,eager", [
+    (1, 1, 0, True), (4, 2, 1, True), (8, 2, 2, False), (16, 3, 0.5, True),
+])
+def test_many_callers_and_submitters_each_get_their_own_answer(max_batch_size, num_batch_threads,
+                                                               timeout_ms, eager):
+    """Real clock, real threads: callers that lead, callers that wait, futures nobody waits on."""
+    in_flight, most_in_flight, lock = [0], [0], threading.Lock()
+
+    def process(tasks):
+        with lock:
+            in_flight[0] += 1
+            most_in_flight[0] = max(most_in_flight[0], in_flight[0])
+        try:
+            assert len(tasks) <= max_batch_size
+            return [task.payload * 10 for task in tasks]
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    sched = BatchScheduler(process, BatchingSettings(max_batch_size=max_batch_size,
+                                                     num_batch_threads=num_batch_threads,
+                                                     batch_timeout_ms=timeout_ms, batch_drop_ms=0,
+                                                     eager_when_idle=eager),
+                           name="m:1")
+    failures, submitted = [], []
+
+    def caller(index):
+        for k in range(60):
+            value = index * 1000 + k
+            try:
+                if k % 5 == 0:  # a future, waited for later (or by nobody but a worker)
+                    submitted.append((value, sched.submit(value, 1)))
+                elif sched.run(value, 1) != value * 10:
+                    failures.append(value)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures
+    assert all(task.result(WAIT_S) == value * 10 for value, task in submitted)
+    sched.close(WAIT_S)
+    assert most_in_flight[0] <= num_batch_threads
