@@ -360,7 +360,7 @@ def ndarray_to_tensor_proto(
 # A PredictResponse of a few numeric outputs is short and always laid out the
 # same way; building it as a protobuf message (response, model_spec, one map
 # entry and a shape message per output) took ~10 us per request, writing the
-# bytes takes ~3. Field numbers are TF Serving's: PredictResponse {outputs = 1
+# bytes takes ~4. Field numbers are TF Serving's: PredictResponse {outputs = 1
 # (map<string, TensorProto>), model_spec = 2}; ModelSpec {name = 1, version =
 # 2 (Int64Value {value = 1}), signature_name = 3}; TensorProto {dtype = 1,
 # tensor_shape = 2, tensor_content = 4}; TensorShapeProto {dim = 2 (Dim

@@ -96,7 +96,7 @@ def default_grpc_threads() -> int:
     Every handler thread runs Python under one GIL, so threads beyond the
     cores only add GIL hand-offs and context switches. Measured on a 2-core
     machine, one-row dense requests at 8 and 32 callers: 2 threads answered
-    1.3x-1.7x the requests of 16 at 0.6 ms server CPU per request against
+    1.3x-1.9x the requests of 16 at 0.6 ms server CPU per request against
     0.85 (a bare gRPC server gains from fewer threads too, less). Batching
     many small requests needs as many threads as a batch holds requests:
     raise ``--grpc-threads`` to ``--max-batch-size`` for that.
