@@ -44,6 +44,7 @@ from navi._proto.tensorflow_serving.apis import (
 from navi.errors import ConfigError
 from navi.server.kserve import InferenceServicer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
+from navi.server.threads import CONTROL_THREADS, on_pool
 from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class NaviServer:
         self._http = None
         self._stopping = False
         self._lock = threading.Lock()
+        self._pools: tuple[futures.ThreadPoolExecutor, ...] = ()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -122,15 +124,20 @@ class NaviServer:
             # never share a port with a stale process (SO_REUSEPORT would)
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
-            options=options,
-        )
-        add_prediction_service(PredictionServicer(self.registry, self.metrics), server)
+        # model-running RPCs on the handler threads, the rest on a control
+        # pool they cannot fill (see navi.server.threads)
+        data_pool = futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc")
+        control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
+        self._pools = (data_pool, control_pool)
+        server = grpc.server(control_pool, options=options)
+        prediction = PredictionServicer(self.registry, self.metrics)
+        for method in ("Predict", "Classify", "Regress", "MultiInference"):
+            setattr(prediction, method, on_pool(getattr(prediction, method), data_pool))
+        add_prediction_service(prediction, server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.registry, self.metrics), server
-        )
+        inference = InferenceServicer(self.registry, self.metrics)
+        inference.ModelInfer = on_pool(inference.ModelInfer, data_pool)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # Our services are described in navi._proto.POOL, not the default
         # pool; reflection must answer from it, so health and reflection's own
@@ -184,6 +191,8 @@ class NaviServer:
         self._health.enter_graceful_shutdown()
         if self._server is not None:
             self._server.stop(grace_s).wait()
+        for pool in self._pools:
+            pool.shutdown(wait=False)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -685,3 +685,27 @@ def test_sigterm_drains_in_flight_requests(slow, oracle):
         assert_outputs_equal(decode(in_flight.result()), oracle(feeds))
     assert slow.wait_exit(timeout_s=30) == 0
     assert "draining" in slow.log_text()
+
+
+def test_health_and_metadata_do_not_wait_behind_queued_requests(start_navi, repo, oracle):
+    """One handler thread, held for 3 s by a request waiting out its batch timeout,
+    two more requests queued behind it: control calls still answer at once."""
+    root, _ = repo
+    daemon = start_navi("--model-dir", root / "mixed", "--input", "", "--grpc-threads", "1",
+                        "--batch-eager-when-idle", "false", "--batch-time-out-millis", "3000",
+                        "--batch-drop-millis", "0", "--max-batch-size", "8")
+    with daemon.channel() as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        feeds = [make_inputs(1, seed=40 + i) for i in range(3)]
+        queued = [stub.Predict.future(predict_request(f), timeout=30) for f in feeds]
+        time.sleep(0.3)  # the first holds the only handler thread, the others wait for it
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="mixed"), timeout=1.0).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = "mixed"
+        request.metadata_field.append("signature_def")
+        assert stub.GetModelMetadata(request, timeout=1.0).model_spec.name == "mixed"
+        assert not any(call.done() for call in queued)  # the data plane really was busy
+        for f, call in zip(feeds, queued):
+            assert_outputs_equal(decode(call.result()), oracle(f))  # answered after all
