@@ -408,6 +408,10 @@ def serve_suite_markdown(document: dict, bench_command: str) -> str:
     for phase, ceiling in document.get("ceilings", {}).items():
         parts.append(f"### In-process ceiling, {phase} model (converter + ONNX Runtime, intra-op 1, 2 in flight)\n")
         parts.append(runtime_markdown({"results": ceiling["results"]}))
+        if "rows_per_s_after" in ceiling:
+            parts.append(f"Best convert+run: {ceiling['rows_per_s_before']:,.0f} rows/s before the servers "
+                         f"ran (the table), {ceiling['rows_per_s_after']:,.0f} rows/s after; the higher "
+                         f"one is the ceiling.\n")
     for phase, result in document.get("phases", {}).items():
         workload = result.get("workload", {})
         parts.append(f"### {phase}: {workload.get('description', '')}, "

@@ -821,17 +821,28 @@ def run_serve_suite(
                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "commands": {"navi": navi_cmd, "bare": bare_cmd}, "phases": {}, "ceilings": {}}
 
-    for phase, model_dir in (("heavy", heavy_dir), ("small", small_dir)):
-        if phase not in phases:
-            continue
-        log(f"in-process ceiling, {phase} model (converter + ONNX Runtime, intra-op 1, 2 batches in flight)")
-        result = runtime.run_runtime_bench(runtimes=[], home=True, home_model_dir=model_dir,
-                                           home_bprs_per_batch=(1, 4, 16), candidates=candidates, threads=1,
-                                           callers=2, repeats=ceiling_repeats, min_time_s=ceiling_min_time_s)
-        best = max((r for r in result["results"] if r["case"] == "home convert+run"),
-                   key=lambda r: r["rows_per_s"]["median"])
-        document["ceilings"][phase] = {"rows_per_s": best["rows_per_s"]["median"],
-                                       "batch_rows": best["batch_rows"], "results": result["results"]}
+    def measure_ceilings(when: str) -> None:
+        for phase, model_dir in (("heavy", heavy_dir), ("small", small_dir)):
+            if phase not in phases:
+                continue
+            log(f"in-process ceiling {when}, {phase} model (converter + ONNX Runtime, intra-op 1, 2 batches in flight)")
+            result = runtime.run_runtime_bench(runtimes=[], home=True, home_model_dir=model_dir,
+                                               home_bprs_per_batch=(1, 4, 16), candidates=candidates, threads=1,
+                                               callers=2, repeats=ceiling_repeats, min_time_s=ceiling_min_time_s)
+            best = max((r for r in result["results"] if r["case"] == "home convert+run"),
+                       key=lambda r: r["rows_per_s"]["median"])
+            if when == "before":
+                document["ceilings"][phase] = {"rows_per_s": best["rows_per_s"]["median"],
+                                               "batch_rows": best["batch_rows"], "results": result["results"]}
+            else:
+                # The machine's speed drifts over the minutes the servers run: the
+                # ceiling is measured on both sides of them and the higher one counts.
+                ceiling = document["ceilings"][phase]
+                ceiling["rows_per_s_before"] = ceiling["rows_per_s"]
+                ceiling["rows_per_s_after"] = best["rows_per_s"]["median"]
+                ceiling["rows_per_s"] = max(ceiling["rows_per_s_before"], ceiling["rows_per_s_after"])
+
+    measure_ceilings("before")
 
     log("starting navi and the bare server")
     navi_proc = launch_server(navi_cmd, f"127.0.0.1:{navi_port}", health_service="",
@@ -864,6 +875,7 @@ def run_serve_suite(
     finally:
         stop_server(navi_proc)
         stop_server(bare_proc)
+    measure_ceilings("after")
     document["criteria"] = suite_criteria(document)
     return document
 
@@ -882,9 +894,14 @@ def suite_criteria(document: dict) -> dict:
         best = max(heavy, key=lambda r: r["rows_per_s"] or 0)
         ceiling = document["ceilings"]["heavy"]["rows_per_s"]
         out["heavy_vs_ceiling"] = best["rows_per_s"] / ceiling
+        measured = document["ceilings"]["heavy"]
+        sides = ""
+        if "rows_per_s_after" in measured:
+            sides = (f" (the higher of {measured['rows_per_s_before']:,.0f} before and "
+                     f"{measured['rows_per_s_after']:,.0f} after the server runs)")
         out["lines"].append(f"(a) heavy BPR serving {best['rows_per_s']:,.0f} rows/s at c={best['concurrency']} "
-                            f"= {out['heavy_vs_ceiling']:.2f}x the in-process ceiling {ceiling:,.0f} rows/s "
-                            f"(target >= 0.8x)")
+                            f"= {out['heavy_vs_ceiling']:.2f}x the in-process ceiling {ceiling:,.0f} rows/s"
+                            f"{sides} (target >= 0.8x)")
     small, small_bare = rows("small", "navi"), rows("small", "bare")
     if small and small_bare:
         best = max(small, key=lambda r: r["requests_per_s"] or 0)

@@ -172,3 +172,11 @@ def test_suite_criteria_and_markdown():
     assert "`navi serve --port 1`" in text and "`navi bench bare-server`" in text
     assert "### Criteria" in text and "(a) heavy BPR serving" in text
     assert "cores" in text
+    # measured on both sides of the server runs: the higher ceiling counts, both are shown
+    document["ceilings"]["heavy"].update(rows_per_s=16_000.0, rows_per_s_before=10_000.0,
+                                         rows_per_s_after=16_000.0)
+    criteria = serve.suite_criteria(document)
+    assert criteria["heavy_vs_ceiling"] == pytest.approx(8_000.0 / 16_000.0)
+    assert "10,000 before and 16,000 after" in criteria["lines"][0]
+    document["criteria"] = criteria
+    assert "16,000 rows/s after" in report.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
