@@ -223,7 +223,19 @@ cdef extern from *:
         return n;
     }
 
+    /* The fill of every continuous row (NaN, ~21 KB a row): where wchar_t is
+       32 bits, glibc's wmemset, which picks an AVX2/AVX-512 loop for this CPU
+       at load time, while our own loop is compiled for the SSE2 baseline.
+       Measured in a same-process A/B: 1.00x-1.08x the candidates/s into a big
+       output, 1.02x-1.09x one request at a time; the same bits either way. */
+    #include <wchar.h>
     static void navi_fill_f32(float* dst, Py_ssize_t width, float fill) {
+        uint32_t bits;
+        memcpy(&bits, &fill, 4);
+        if (sizeof(wchar_t) == 4) {
+            wmemset((wchar_t*)dst, (wchar_t)bits, (size_t)width);
+            return;
+        }
         for (Py_ssize_t j = 0; j < width; j++) dst[j] = fill;
     }
 

@@ -327,3 +327,24 @@ def test_views_of_a_larger_buffer_decode_in_place_like_bytes():
     assert_same(decode_all(CY, LAYOUT, [memoryview(doubled), payloads[1]]), expected)
     with pytest.raises(TypeError):
         CY.count_rows(["not bytes"])
+
+
+@pytest.mark.parametrize("default", ["nan", "-1.5", "0", "3.25"])
+def test_rows_are_filled_with_the_specs_continuous_default(tmp_path, default):
+    """The compiled row fill (wmemset of the default's bits) writes what the reference writes."""
+    from navi import segdense, workload
+
+    workload.home_layout_files(tmp_path, seed=0, continuous_default=default)
+    layout = segdense.load_layout(*segdense.find_spec_files(tmp_path))
+    bprs = workload.make_bprs(layout, 2, 3, 1)
+    outs = []
+    for decoder in (CyDecoder(layout), _bpr_ref.BprDecoder(layout)):
+        out = layout.allocate(6)
+        decoder.decode_into(bprs, out["continuous"], out["binary"], out["discrete"],
+                            [out[t.name] for t in layout.tensors[3:]])
+        outs.append(out)
+    for name in outs[0]:
+        assert outs[0][name].tobytes() == outs[1][name].tobytes(), name
+    untouched = outs[0]["continuous"][:, -1]  # no generated feature lands in the last column
+    expected = np.float32(float(default))
+    assert np.array_equal(untouched, np.full(6, expected), equal_nan=True)
