@@ -197,6 +197,7 @@ class ServedModel:
                 )
             inputs = tuple(sig.input(n) for n in wanted)
         self._inputs = inputs
+        self._input_names = frozenset(s.name for s in inputs)
         # a fixed first axis means the model cannot take a merged batch
         self._fixed_batch = any(s.shape and s.shape[0] >= 0 for s in inputs)
         self.signature = Signature(inputs, self._outputs, sig.method_name, sig.extra)
@@ -319,19 +320,8 @@ class ServedModel:
         return tuple(output_names)
 
     def _prepare_dense(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict, int]:
-        expected = {s.name for s in self._inputs}
-        missing = [s for s in self._inputs if s.name not in inputs]
-        if missing:
-            raise InvalidInput(
-                f"model {self.name} needs input {', '.join(_describe(s) for s in missing)}; "
-                f"the request has {', '.join(sorted(inputs)) or 'none'}"
-            )
-        extra = sorted(set(inputs) - expected)
-        if extra:
-            raise InvalidInput(
-                f"model {self.name} has no input {', '.join(map(repr, extra))}; it takes "
-                f"{', '.join(_describe(s) for s in self._inputs)}"
-            )
+        if inputs.keys() != self._input_names:  # the usual request names exactly the inputs
+            self._check_input_names(inputs)
         rows = None
         checked = {}
         for spec in self._inputs:
@@ -360,6 +350,20 @@ class ServedModel:
                 array = _strings_as_bytes(array)
             checked[spec.name] = array
         return checked, int(rows or 0)
+
+    def _check_input_names(self, inputs: Mapping[str, np.ndarray]) -> None:
+        missing = [s for s in self._inputs if s.name not in inputs]
+        if missing:
+            raise InvalidInput(
+                f"model {self.name} needs input {', '.join(_describe(s) for s in missing)}; "
+                f"the request has {', '.join(sorted(inputs)) or 'none'}"
+            )
+        extra = sorted(set(inputs) - self._input_names)
+        if extra:
+            raise InvalidInput(
+                f"model {self.name} has no input {', '.join(map(repr, extra))}; it takes "
+                f"{', '.join(_describe(s) for s in self._inputs)}"
+            )
 
     def _prepare_bpr(self, inputs: Mapping[str, np.ndarray]) -> tuple[tuple, int]:
         tensor = inputs.get(self._bpr_input)
