@@ -259,14 +259,18 @@ class ServedModel:
         inputs: Mapping[str, np.ndarray],
         output_names: tuple[str, ...] = (),
         deadline_s: float | None = None,
+        arrival_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Validate, queue and wait for one request's outputs (what the servicers call).
 
         As ``submit(...).result()``, but the calling thread may run its batch
         itself instead of waking a batch thread and being woken back.
+        ``arrival_s`` (``time.monotonic()``) is when the request reached the
+        server: a request that waited for a handler thread is as stale as one
+        that waited in the batch queue.
         """
         payload, rows = self._prepare(inputs, output_names)
-        return self._scheduler.run(payload, rows, deadline_s)
+        return self._scheduler.run(payload, rows, deadline_s, arrival_s)
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = (),

@@ -83,7 +83,10 @@ class BatchScheduler:
     Shedding is per task, when its batch is taken: a task that has waited more
     than ``batch_drop_ms`` (0 = never) fails with ``Overloaded``
     (RESOURCE_EXHAUSTED), one whose ``deadline_s`` has passed fails with
-    ``DeadlineExceeded``; neither runs, and the rest of the batch runs.
+    ``DeadlineExceeded``; neither runs, and the rest of the batch runs. A
+    request's wait counts from its ``arrival_s`` when ``run`` is given one (the
+    server passes when the call reached its thread pool), and one that arrives
+    already older than ``batch_drop_ms`` is refused at once.
     ``max_queued_requests`` bounds the queue: past it ``submit`` raises
     ``Overloaded`` at once.
 
@@ -170,15 +173,18 @@ class BatchScheduler:
             self._execute([task], task.arrival_s)
         return task
 
-    def run(self, payload: Any, rows: int, deadline_s: float | None = None) -> Any:
+    def run(self, payload: Any, rows: int, deadline_s: float | None = None,
+            arrival_s: float | None = None) -> Any:
         """Queue one request and return its result, waiting on the calling thread.
 
         The same as ``submit(...).result()``, except that no worker is woken
         for the task: the caller is known to wait, so it leads its batch itself.
+        ``arrival_s`` (scheduler clock) is when the request reached the server,
+        if earlier than now: the batch timeout and ``batch_drop_ms`` count from it.
         """
-        task, inline = self._enqueue(payload, rows, deadline_s, owned=True)
+        task, inline = self._enqueue(payload, rows, deadline_s, owned=True, arrival_s=arrival_s)
         if inline:
-            self._execute([task], task.arrival_s)
+            self._execute([task], self._clock.monotonic())
         return task.result()
 
     def wait_for(self, task: BatchTask, timeout_s: float | None = None) -> None:
@@ -250,7 +256,7 @@ class BatchScheduler:
         return cond
 
     def _enqueue(self, payload: Any, rows: int, deadline_s: float | None,
-                 owned: bool) -> tuple[BatchTask, bool]:
+                 owned: bool, arrival_s: float | None = None) -> tuple[BatchTask, bool]:
         """Accept a task: (task, whether the caller runs it inline now)."""
         with self._lock:
             if self._closing:
@@ -261,7 +267,16 @@ class BatchScheduler:
                     f"{self._name}: {len(self._queue)} requests queued "
                     f"(max_queued_requests={self._options.max_queued_requests})"
                 )
-            task = BatchTask(payload, int(rows), self._clock.monotonic(), deadline_s, self)
+            now_s = self._clock.monotonic()
+            if arrival_s is not None and self._drop_s > 0 and now_s - arrival_s > self._drop_s:
+                # it waited for a handler thread past the limit: shed it before it queues
+                self._count_shed(1)
+                raise Overloaded(
+                    f"{self._name}: request waited {(now_s - arrival_s) * 1000:.1f} ms for a handler "
+                    f"thread (batch_drop_ms={self._options.batch_drop_ms:g})"
+                )
+            task = BatchTask(payload, int(rows), now_s if arrival_s is None else min(arrival_s, now_s),
+                             deadline_s, self)
             if self._inline_when_idle and self._running == 0 and not self._queue:
                 task.state = TAKEN
                 self._running += 1

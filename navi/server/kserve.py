@@ -15,6 +15,7 @@ from navi._proto.kserve import grpc_predict_v2_pb2_grpc as pb2_grpc
 from navi.errors import InvalidInput, NaviError
 from navi import codec
 from navi.server.status import grpc_errors
+from navi.server.threads import request_arrival_s
 from navi.server.tfserving import RequestMetrics, compress_if_large, deadline_from
 
 SERVER_NAME = "navi"
@@ -97,7 +98,9 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     def ModelInfer(self, request, context):
         """Run one inference request, batched with other callers."""
-        started_s = time.monotonic()
+        # when the call reached its thread pool: waiting for a handler thread counts
+        arrival_s = request_arrival_s()
+        started_s = arrival_s if arrival_s is not None else time.monotonic()
         model_name = request.model_name
         counts = self._counts
         counts.received(model_name)
@@ -105,7 +108,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             served = self._served(model_name, request.model_version)
             inputs = codec.kserve_request_inputs(request)
             output_names = tuple(output.name for output in request.outputs)
-            outputs = served.infer(inputs, output_names, deadline_from(context))
+            outputs = served.infer(inputs, output_names, deadline_from(context), arrival_s)
         except Exception:
             counts.failed(model_name)
             raise

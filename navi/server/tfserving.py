@@ -32,6 +32,7 @@ from navi._proto.tensorflow_serving.apis import (
 from navi.errors import InvalidInput, ModelVersionNotFound, Unimplemented
 from navi import codec
 from navi.server.status import TF_ERROR_CODE, grpc_errors
+from navi.server.threads import request_arrival_s
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         in place; the dense path turns them into bytes for the framework).
         Returns the serialized ``PredictResponse``.
         """
-        started_s = time.monotonic()
+        # when the call reached its thread pool: waiting for a handler thread counts
+        arrival_s = request_arrival_s()
+        started_s = arrival_s if arrival_s is not None else time.monotonic()
         if isinstance(request, bytes):
             request, strings = codec.parse_predict_request(request)
         else:
@@ -199,7 +202,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name))
                 for name, tensor in request.inputs.items()
             }
-            outputs = served.infer(inputs, tuple(request.output_filter), deadline_from(context))
+            outputs = served.infer(inputs, tuple(request.output_filter), deadline_from(context), arrival_s)
         except Exception:
             counts.failed(model_name)
             raise

@@ -10,6 +10,8 @@ runs on a small control pool that requests cannot fill.
 """
 from __future__ import annotations
 
+import threading
+import time
 from concurrent import futures
 from typing import Callable
 
@@ -33,3 +35,34 @@ def on_pool(behavior: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
     handler.__doc__ = getattr(behavior, "__doc__", None)
     handler.experimental_thread_pool = pool
     return handler
+
+
+_current = threading.local()
+
+
+class ArrivalStampingPool(futures.ThreadPoolExecutor):
+    """A thread pool that remembers when each piece of work was handed to it.
+
+    grpcio submits an RPC to its pool the moment the call arrives; with few
+    handler threads a request can then wait there longer than in any batch
+    queue. The stamp lets ``--batch-drop-millis`` and the response-time metric
+    count that wait too (``request_arrival_s`` on the thread running the RPC).
+    """
+
+    def submit(self, fn, /, *args, **kwargs):
+        """As ``ThreadPoolExecutor.submit``; the work sees its hand-in time."""
+        arrival_s = time.monotonic()
+
+        def run():
+            _current.arrival_s = arrival_s
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _current.arrival_s = None
+
+        return super().submit(run)
+
+
+def request_arrival_s() -> float | None:
+    """``time.monotonic()`` when the RPC running on this thread reached its pool, if known."""
+    return getattr(_current, "arrival_s", None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -376,3 +377,36 @@ def test_many_callers_and_submitters_each_get_their_own_answer(max_batch_size, n
     assert all(task.result(WAIT_S) == value * 10 for value, task in submitted)
     sched.close(WAIT_S)
     assert most_in_flight[0] <= num_batch_threads
+
+
+def test_time_waited_before_the_queue_counts():
+    """A request that waited for a handler thread (arrival_s in the past) is as stale as one
+    that waited in the queue: shed past batch_drop_ms, and its batch timeout already ran."""
+    clock = FakeClock()
+    process, threads, batches = _thread_recorder()
+    sched = BatchScheduler(process, BatchingSettings(batch_timeout_ms=10_000, batch_drop_ms=90,
+                                                     eager_when_idle=False),
+                           clock=clock, name="m:1")
+    with pytest.raises(Overloaded, match="waited"):
+        sched.run("stale", 1, arrival_s=clock.monotonic() - 0.2)
+    # waited 0.05 s of a 10 s timeout elsewhere: not stale, but still waits out the rest
+    # (time stands still), so it is due only once the clock moves past arrival + 10 s
+    answer = []
+    caller = threading.Thread(target=lambda: answer.append(sched.run("fresh", 1, arrival_s=clock.monotonic() - 0.05)))
+    caller.start()
+    caller.join(0.2)
+    assert caller.is_alive() and batches == []
+    sched.close()  # the drain runs it (closing makes every batch due)
+    caller.join(WAIT_S)
+    assert answer == ["fresh"]
+
+
+def test_the_pool_stamps_when_work_arrived():
+    from navi.server.threads import ArrivalStampingPool, request_arrival_s
+
+    assert request_arrival_s() is None
+    with ArrivalStampingPool(max_workers=1) as pool:
+        before = time.monotonic()
+        stamped = pool.submit(request_arrival_s).result(WAIT_S)
+        after = pool.submit(lambda: time.monotonic()).result(WAIT_S)
+    assert before <= stamped <= after
