@@ -395,22 +395,22 @@ class ServedModel:
 
     def _process(self, tasks: Sequence[BatchTask]) -> list:
         """Run one batch (on the thread that took it); one result per task."""
-        if len(tasks) == 1:
-            # the common case at low load: no merging, grouping or splitting
+        if len(tasks) == 1:  # the common case at low load: nothing to merge
             wanted = tasks[0].payload[1]
-            if self.mode == "bpr":
-                return self._process_bpr(tasks, wanted)
-            return self._run_dense_group(tasks, wanted)
-        wanted: list[str] = []
-        for task in tasks:
-            for name in task.payload[1]:
-                if name not in wanted:
-                    wanted.append(name)
+        else:
+            merged: list[str] = []
+            for task in tasks:
+                for name in task.payload[1]:
+                    if name not in merged:
+                        merged.append(name)
+            wanted = tuple(merged)
         if self.mode == "bpr":
-            return self._process_bpr(tasks, tuple(wanted))
-        return self._process_dense(tasks, tuple(wanted))
+            return self._process_bpr(tasks, wanted)
+        return self._process_dense(tasks, wanted)
 
     def _process_dense(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
+        if len(tasks) == 1:
+            return self._run_dense_group(tasks, wanted)
         if self._fixed_batch:
             groups = [[i] for i in range(len(tasks))]
         else:

@@ -892,9 +892,9 @@ def suite_criteria(document: dict) -> dict:
     heavy = rows("heavy", "navi")
     if heavy and "heavy" in document.get("ceilings", {}):
         best = max(heavy, key=lambda r: r["rows_per_s"] or 0)
-        ceiling = document["ceilings"]["heavy"]["rows_per_s"]
-        out["heavy_vs_ceiling"] = best["rows_per_s"] / ceiling
         measured = document["ceilings"]["heavy"]
+        ceiling = measured["rows_per_s"]
+        out["heavy_vs_ceiling"] = best["rows_per_s"] / ceiling
         sides = ""
         if "rows_per_s_after" in measured:
             sides = (f" (the higher of {measured['rows_per_s_before']:,.0f} before and "

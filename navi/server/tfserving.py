@@ -150,8 +150,9 @@ COMPRESS_MIN_BYTES = 4096
 
 
 def compress_if_large(context, response) -> None:
-    """Ask gRPC to gzip ``response`` when it is at least ``COMPRESS_MIN_BYTES``."""
-    if response.ByteSize() >= COMPRESS_MIN_BYTES:
+    """Ask gRPC to gzip ``response`` (a message or its bytes) when it is at least ``COMPRESS_MIN_BYTES``."""
+    size = len(response) if isinstance(response, bytes) else response.ByteSize()
+    if size >= COMPRESS_MIN_BYTES:
         context.set_compression(grpc.Compression.Gzip)
 
 
@@ -214,8 +215,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # written straight to bytes (a message built field by field cost 2-3x)
         response = codec.encode_predict_response(
             outputs, codec.model_spec_bytes(served.name, served.version, signature_name))
-        if len(response) >= COMPRESS_MIN_BYTES:
-            context.set_compression(grpc.Compression.Gzip)
+        compress_if_large(context, response)
         counts.answered(model_name, rows, started_s)
         return response
 
