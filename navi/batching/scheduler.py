@@ -271,10 +271,7 @@ class BatchScheduler:
             if arrival_s is not None and self._drop_s > 0 and now_s - arrival_s > self._drop_s:
                 # it waited for a handler thread past the limit: shed it before it queues
                 self._count_shed(1)
-                raise Overloaded(
-                    f"{self._name}: request waited {(now_s - arrival_s) * 1000:.1f} ms for a handler "
-                    f"thread (batch_drop_ms={self._options.batch_drop_ms:g})"
-                )
+                raise self._stale(now_s - arrival_s, "for a handler thread")
             task = BatchTask(payload, int(rows), now_s if arrival_s is None else min(arrival_s, now_s),
                              deadline_s, self)
             if self._inline_when_idle and self._running == 0 and not self._queue:
@@ -402,10 +399,7 @@ class BatchScheduler:
         for task in batch:
             waited_s = now_s - task.arrival_s
             if self._drop_s > 0 and waited_s > self._drop_s:
-                outcomes.append((task, None, Overloaded(
-                    f"{self._name}: request waited {waited_s * 1000:.1f} ms in the "
-                    f"queue (batch_drop_ms={self._options.batch_drop_ms:g})"
-                )))
+                outcomes.append((task, None, self._stale(waited_s, "in the queue")))
             elif task.deadline_s is not None and now_s >= task.deadline_s:
                 outcomes.append((task, None, DeadlineExceeded(f"{self._name}: deadline passed while queued")))
             else:
@@ -433,6 +427,10 @@ class BatchScheduler:
             else:
                 outcomes.append((task, result, None))
         return outcomes
+
+    def _stale(self, waited_s: float, where: str) -> Overloaded:
+        return Overloaded(f"{self._name}: request waited {waited_s * 1000:.1f} ms {where} "
+                          f"(batch_drop_ms={self._options.batch_drop_ms:g})")
 
     # metrics are optional so the scheduler can be used (and tested) alone
     def _gauge(self, delta: int) -> None:
