@@ -16,6 +16,9 @@ from navi.segdense import DenseLayout
 # A block is flushed at this many input bytes too, so a few huge BPRs cannot
 # pile up in memory.
 _CHUNK_BYTES = 64 << 20
+# Rows are converted through a buffer of about this size and written from it:
+# small enough to stay in cache between the conversion and the write.
+_BUFFER_BYTES = 4 << 20
 
 
 class ConvertError(Exception):
@@ -31,8 +34,44 @@ class ConvertSummary:
     skipped: int = 0
 
 
+class _BufferedRows:
+    """Converts validated BPRs a few at a time into one reused buffer and appends it to the writers.
+
+    Converting a whole block into arrays of its own would take ~700 MB for 256
+    home BPRs, every page of it faulted in fresh and written to memory before
+    it reaches the file; a buffer of a few MB is reused from cache.
+    """
+
+    def __init__(self, converter: BprConverter, layout: DenseLayout, writers: dict[str, NpyAppender],
+                 buffer_bytes: int):
+        self._converter = converter
+        self._layout = layout
+        self._writers = writers
+        self._buffer_rows = max(1, buffer_bytes // max(1, layout.row_bytes))
+        self._buffer: dict[str, np.ndarray] = layout.allocate(self._buffer_rows)
+
+    def write(self, payloads: list, rows: np.ndarray) -> None:
+        """Convert ``payloads`` (``rows`` from ``count_rows``) and append their rows."""
+        start = 0
+        while start < len(payloads):
+            end, taken = start + 1, int(rows[start])
+            while end < len(payloads) and taken + int(rows[end]) <= self._buffer_rows:
+                taken += int(rows[end])
+                end += 1
+            if taken > self._buffer_rows:
+                # one BPR larger than the buffer: grow to it (count_rows checked
+                # its row count against its bytes)
+                self._buffer_rows = taken
+                self._buffer = self._layout.allocate(taken)
+            self._converter.convert_into(payloads[start:end], self._buffer)
+            for name, writer in self._writers.items():
+                writer.append(self._buffer[name][:taken])
+            start = end
+
+
 def convert_stream(records: Iterable[Record], layout: DenseLayout, out_dir: Path, *, skip_invalid: bool = False,
-                   chunk_bprs: int = 256, progress: bool = False) -> ConvertSummary:
+                   chunk_bprs: int = 256, progress: bool = False,
+                   buffer_bytes: int = _BUFFER_BYTES) -> ConvertSummary:
     """Convert ``records`` into ``out_dir``/<tensor>.npy plus batch_ends.npy.
 
     A bad record raises ConvertError with its number, unless ``skip_invalid``,
@@ -42,6 +81,7 @@ def convert_stream(records: Iterable[Record], layout: DenseLayout, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     converter = BprConverter(layout)
     writers = {t.name: NpyAppender(out_dir / f"{t.name}.npy", t.dtype, (t.width,)) for t in layout.tensors}
+    rows_out = _BufferedRows(converter, layout, writers, buffer_bytes)
     ends = NpyAppender(out_dir / "batch_ends.npy", np.int64)
     summary = ConvertSummary()
     bar = None
@@ -70,9 +110,7 @@ def convert_stream(records: Iterable[Record], layout: DenseLayout, out_dir: Path
             block, payloads, rows = good, [r.payload for r in good], np.asarray(good_rows, dtype=np.int64)
         if not block:
             return
-        arrays = converter.convert(payloads, rows)
-        for name, writer in writers.items():
-            writer.append(arrays[name])
+        rows_out.write(payloads, rows)
         ends.append(summary.rows + np.cumsum(rows))
         summary.rows += int(rows.sum())
         summary.bprs += len(block)

@@ -43,7 +43,8 @@ class NpyAppender:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"block rows have shape {block.shape[1:]}, expected {self.row_shape}")
-        self._file.write(memoryview(block).cast("B"))
+        if block.size:
+            self._file.write(memoryview(block).cast("B"))
         self.rows += block.shape[0]
 
     def close(self) -> None:

@@ -73,6 +73,11 @@ class DenseLayout:
         """Tensor name -> column count."""
         return {t.name: t.width for t in self.tensors}
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row across every tensor."""
+        return sum(t.width * np.dtype(t.dtype).itemsize for t in self.tensors)
+
     def allocate(self, rows: int) -> dict[str, np.ndarray]:
         """Uninitialised output arrays for ``rows`` rows (the converter fills every cell)."""
         return {t.name: np.empty((rows, t.width), dtype=t.dtype) for t in self.tensors}

@@ -37,6 +37,26 @@ def test_round_trip_base64_and_raw(tmp_path):
         assert np.load(out / "batch_ends.npy").tolist() == [7, 14, 21, 28, 35]
 
 
+
+def test_rows_pass_through_a_small_reused_buffer(tmp_path):
+    """Several BPRs per buffer fill, one BPR larger than the buffer, a BPR of no rows."""
+    from navi.bprfile import Record
+    from navi.convert import convert_stream
+    from navi.workload import encode_bpr
+
+    layout, payloads = setup_files(tmp_path, n=6, candidates=3)
+    big = make_bprs(layout, 1, 11, seed=4, continuous_per_candidate=50)[0]
+    payloads = payloads[:2] + [big, encode_bpr([])] + payloads[2:]
+    expected = BprConverter(layout).convert(payloads)
+    records = [Record(number=i + 1, payload=p, size=len(p)) for i, p in enumerate(payloads)]
+    # 7 rows of buffer: 2 BPRs of 3 rows per fill, the 11-row BPR grows it
+    summary = convert_stream(iter(records), layout, tmp_path / "out", chunk_bprs=4,
+                             buffer_bytes=7 * layout.row_bytes)
+    assert (summary.bprs, summary.rows) == (len(payloads), 6 * 3 + 11)
+    for tensor, array in expected.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{tensor}.npy"), array)
+    assert np.load(tmp_path / "out" / "batch_ends.npy").tolist() == [3, 6, 17, 17, 20, 23, 26, 29]
+
 def test_bad_line_stops_with_its_number_unless_skipped(tmp_path):
     layout, payloads = setup_files(tmp_path, n=3, candidates=2)
     lines = [payloads[0], payloads[1][:50], payloads[2]]
