@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--ceiling-min-time-s", type=float, default=1.0)
     parser.add_argument("--ceiling-repeats", type=int, default=3)
+    parser.add_argument("--heavy-rounds", type=int, default=3,
+                        help="heavy-phase rounds, the ceiling measured between them (1 = one run, ceiling before/after)")
     parser.add_argument("--phases", default="heavy,small,tiny", help="subset of heavy,small,tiny")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for `navi serve` (repeatable), e.g. --server-arg=--max-batch-size=32")
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration, warmup_s=args.warmup_s, repeats=args.repeats,
         client_processes=args.client_processes, candidates=args.candidates,
         ceiling_min_time_s=args.ceiling_min_time_s, ceiling_repeats=args.ceiling_repeats,
+        heavy_rounds=args.heavy_rounds,
         server_args=args.server_arg,
         log=lambda text: console.print(text, style="bold"),
         on_event=lambda kind, data: console.print(report.run_line(data)) if kind == "done" else None,

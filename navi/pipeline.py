@@ -389,7 +389,7 @@ class ServedModel:
         # bytes or memoryviews of the received request: the decoder reads both in place
         payloads = array.reshape(-1).tolist()
         counts = self.converter.count_rows(payloads)
-        return (payloads, counts), int(np.sum(counts))
+        return (payloads, counts), int(counts.sum())
 
     # ----------------------------------------------------------------- batch worker
 
@@ -490,7 +490,8 @@ class ServedModel:
             # A runtime may hand back a view of its input (torch.from_numpy
             # round trips); the buffers go to the next batch, so keep a copy.
             for name, array in outputs.items():
-                if any(np.may_share_memory(array, buffer) for buffer in pool.values()):
+                # an array that owns its memory is nobody's view
+                if array.base is not None and any(np.may_share_memory(array, buffer) for buffer in pool.values()):
                     outputs[name] = np.array(array)
         finally:
             self._return_buffers(pool)

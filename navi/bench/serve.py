@@ -782,6 +782,7 @@ def run_serve_suite(
     candidates: int = 100,
     ceiling_min_time_s: float = 1.0,
     ceiling_repeats: int = 3,
+    heavy_rounds: int = 3,
     server_args: Sequence[str] = (),
     log: Callable[[str], None] = lambda text: None,
     on_event: Callable[[str, dict], None] | None = None,
@@ -793,8 +794,12 @@ def run_serve_suite(
     "heavy" and "small" send 100-candidate BPR requests to the heavy / small
     home model, "tiny" sends one-row dense requests to the dense model. The
     ceiling (converter + ONNX Runtime with the server's threads: intra-op 1,
-    two batches in flight) is measured before the servers start. Server logs
-    go to ``work_dir``. Returns the suite document with ``criteria`` filled in.
+    two batches in flight) is measured before the servers start. The heavy
+    phase runs in ``heavy_rounds`` rounds with the ceiling measured again
+    (at its best batch size) between them, so each round's serving figure is
+    compared with the ceiling of the same minutes: the machine's speed drifts
+    more over a suite than the ratio being judged. Server logs go to
+    ``work_dir``. Returns the suite document with ``criteria`` filled in.
     """
     import sys
 
@@ -821,16 +826,22 @@ def run_serve_suite(
                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "commands": {"navi": navi_cmd, "bare": bare_cmd}, "phases": {}, "ceilings": {}}
 
+    def run_ceiling(model_dir: Path, bprs_per_batch: Sequence[int]) -> tuple[dict, dict]:
+        """(best convert+run result, whole runtime-bench document) of the in-process loop."""
+        result = runtime.run_runtime_bench(runtimes=[], home=True, home_model_dir=model_dir,
+                                           home_bprs_per_batch=tuple(bprs_per_batch), candidates=candidates,
+                                           threads=1, callers=2, repeats=ceiling_repeats,
+                                           min_time_s=ceiling_min_time_s)
+        best = max((r for r in result["results"] if r["case"] == "home convert+run"),
+                   key=lambda r: r["rows_per_s"]["median"])
+        return best, result
+
     def measure_ceilings(when: str) -> None:
         for phase, model_dir in (("heavy", heavy_dir), ("small", small_dir)):
             if phase not in phases:
                 continue
             log(f"in-process ceiling {when}, {phase} model (converter + ONNX Runtime, intra-op 1, 2 batches in flight)")
-            result = runtime.run_runtime_bench(runtimes=[], home=True, home_model_dir=model_dir,
-                                               home_bprs_per_batch=(1, 4, 16), candidates=candidates, threads=1,
-                                               callers=2, repeats=ceiling_repeats, min_time_s=ceiling_min_time_s)
-            best = max((r for r in result["results"] if r["case"] == "home convert+run"),
-                       key=lambda r: r["rows_per_s"]["median"])
+            best, result = run_ceiling(model_dir, (1, 4, 16))
             if when == "before":
                 document["ceilings"][phase] = {"rows_per_s": best["rows_per_s"]["median"],
                                                "batch_rows": best["batch_rows"], "results": result["results"]}
@@ -841,6 +852,29 @@ def run_serve_suite(
                 ceiling["rows_per_s_before"] = ceiling["rows_per_s"]
                 ceiling["rows_per_s_after"] = best["rows_per_s"]["median"]
                 ceiling["rows_per_s"] = max(ceiling["rows_per_s_before"], ceiling["rows_per_s_after"])
+
+    def paired_heavy_rounds(config: ServeBenchConfig, workload: Workload, pool: ClientPool) -> tuple[dict, list]:
+        """The heavy phase in rounds, the ceiling (its best batch size) measured between them."""
+        bprs = max(1, round(document["ceilings"]["heavy"]["batch_rows"] / candidates))
+        ceilings = [document["ceilings"]["heavy"]["rows_per_s"]]
+        merged: dict | None = None
+        rounds = []
+        for round_index in range(heavy_rounds):
+            result = run_serve_bench(config, workload, on_event=on_event, pool=pool)
+            for run in result["runs"]:
+                run["repeat"] = round_index
+            if merged is None:
+                merged = result
+            else:
+                merged["runs"].extend(result["runs"])
+                merged["finished_at"] = result["finished_at"]
+            log(f"in-process ceiling after heavy round {round_index + 1}/{heavy_rounds} ({bprs} BPR per batch)")
+            ceilings.append(run_ceiling(heavy_dir, (bprs,))[0]["rows_per_s"]["median"])
+            navi_runs = [r for r in result["runs"] if r["target"] == "navi"]
+            best = max(navi_runs, key=lambda r: r["rows_per_s"] or 0)
+            rounds.append({"ceiling_before": ceilings[-2], "ceiling_after": ceilings[-1],
+                           "navi_rows_per_s": best["rows_per_s"], "concurrency": best.get("concurrency")})
+        return merged, rounds
 
     measure_ceilings("before")
 
@@ -868,9 +902,15 @@ def run_serve_suite(
                     workload = home_workload("tfserving", model_dir.name, candidates=candidates,
                                              spec_dir=latest_version_dir(model_dir))
                     levels = list(concurrencies)
+                log(f"phase {phase}: {workload.description}, {workload.mean_request_bytes / 1024:,.0f} KiB per request")
+                if phase == "heavy" and heavy_rounds > 1:
+                    document["phases"][phase], document["heavy_rounds"] = paired_heavy_rounds(
+                        ServeBenchConfig(targets=targets, concurrencies=levels, duration_s=duration_s,
+                                         warmup_s=warmup_s, repeats=1, client_processes=pool.processes),
+                        workload, pool)
+                    continue
                 config = ServeBenchConfig(targets=targets, concurrencies=levels, duration_s=duration_s,
                                           warmup_s=warmup_s, repeats=repeats, client_processes=pool.processes)
-                log(f"phase {phase}: {workload.description}, {workload.mean_request_bytes / 1024:,.0f} KiB per request")
                 document["phases"][phase] = run_serve_bench(config, workload, on_event=on_event, pool=pool)
     finally:
         stop_server(navi_proc)
@@ -890,7 +930,19 @@ def suite_criteria(document: dict) -> dict:
 
     out: dict = {"lines": []}
     heavy = rows("heavy", "navi")
-    if heavy and "heavy" in document.get("ceilings", {}):
+    paired = document.get("heavy_rounds")
+    if paired:
+        # each round against the mean of the ceilings measured just before and after it
+        arounds = [(r["ceiling_before"] + r["ceiling_after"]) / 2 for r in paired]
+        ratios = [r["navi_rows_per_s"] / around for r, around in zip(paired, arounds)]
+        out["heavy_vs_ceiling"] = float(np.median(ratios))
+        out["heavy_vs_ceiling_min"] = min(ratios)
+        each = "; ".join(f"{r['navi_rows_per_s']:,.0f} rows/s at c={r['concurrency']} vs {around:,.0f} = {ratio:.2f}x"
+                         for r, around, ratio in zip(paired, arounds, ratios))
+        out["lines"].append(f"(a) heavy BPR serving vs the in-process ceiling measured on both sides of each round: "
+                            f"median {out['heavy_vs_ceiling']:.2f}x, min {out['heavy_vs_ceiling_min']:.2f}x "
+                            f"over {len(paired)} rounds ({each}) (target >= 0.8x)")
+    elif heavy and "heavy" in document.get("ceilings", {}):
         best = max(heavy, key=lambda r: r["rows_per_s"] or 0)
         measured = document["ceilings"]["heavy"]
         ceiling = measured["rows_per_s"]

@@ -180,3 +180,24 @@ def test_suite_criteria_and_markdown():
     assert "10,000 before and 16,000 after" in criteria["lines"][0]
     document["criteria"] = criteria
     assert "16,000 rows/s after" in report.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
+
+
+def test_suite_criteria_pair_each_heavy_round_with_its_ceiling():
+    """With heavy rounds, (a) is the median of per-round ratios to the mean of the ceilings around each round."""
+    document = {
+        "ceilings": {},
+        "phases": {},
+        "heavy_rounds": [
+            {"ceiling_before": 10_000.0, "ceiling_after": 8_000.0, "navi_rows_per_s": 7_200.0,
+             "concurrency": 4},
+            {"ceiling_before": 8_000.0, "ceiling_after": 8_000.0, "navi_rows_per_s": 6_000.0,
+             "concurrency": 16},
+            {"ceiling_before": 8_000.0, "ceiling_after": 6_000.0, "navi_rows_per_s": 6_300.0,
+             "concurrency": 4},
+        ],
+    }
+    criteria = serve.suite_criteria(document)
+    assert criteria["heavy_vs_ceiling"] == pytest.approx(0.8)
+    assert criteria["heavy_vs_ceiling_min"] == pytest.approx(0.75)
+    assert "median 0.80x, min 0.75x over 3 rounds" in criteria["lines"][0]
+    assert "6,000 rows/s at c=16 vs 8,000 = 0.75x" in criteria["lines"][0]
