@@ -99,6 +99,7 @@ SERVER_FLAGS: dict[str, str] = {
     "--ssl-dir": "ssl_dir",
     "--max-message-bytes": "max_message_bytes",
     "--grpc-threads": "grpc_threads",
+    "--grpc-max-threads": "grpc_max_threads",
     "--shutdown-grace-secs": "shutdown_grace_s",
 }
 

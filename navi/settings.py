@@ -86,7 +86,13 @@ class ServerSettings(_Frozen):
     grpc_threads: int = Field(
         default_factory=lambda: default_grpc_threads(),
         ge=1,
-        description="gRPC handler threads (requests in flight); default: usable cores, 2 to 8",
+        description="gRPC handler threads running at once; default: usable cores, 2 to 8",
+    )
+    grpc_max_threads: int = Field(
+        64,
+        ge=1,
+        description="handler threads holding requests, counting those asleep waiting for a batch "
+        "(requests in flight; at least grpc_threads)",
     )
 
 
@@ -97,9 +103,9 @@ def default_grpc_threads() -> int:
     cores only add GIL hand-offs and context switches. Measured on a 2-core
     machine, one-row dense requests at 8 and 32 callers: 2 threads answered
     1.3x-1.9x the requests of 16 at 0.6 ms server CPU per request against
-    0.85 (a bare gRPC server gains from fewer threads too, less). Batching
-    many small requests needs as many threads as a batch holds requests:
-    raise ``--grpc-threads`` to ``--max-batch-size`` for that.
+    0.85 (a bare gRPC server gains from fewer threads too, less). Threads
+    asleep while their request waits in a batch do not count: up to
+    ``grpc_max_threads`` hold requests (``navi.server.threads.HandlerPool``).
     """
     try:
         cores = len(os.sched_getaffinity(0))

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from navi.batching import sleep
 from navi.batching.clock import Clock, SystemClock
 from navi.batching.task import DONE, QUEUED, TAKEN, BatchTask
 from navi.errors import (
@@ -221,10 +222,13 @@ class BatchScheduler:
                         raise TimeoutError(f"{self._name}: no answer within {timeout_s:g} s")
                     wait_s = left_s if wait_s is None else min(wait_s, left_s)
                 task.waiter = cond
+                # a sleeping caller lets its pool admit another request meanwhile
+                sleep.sleeping()
                 try:
                     self._clock.wait(cond, wait_s)
                 finally:
                     task.waiter = None
+                    sleep.awake()
 
     def close(self, timeout_s: float | None = None) -> None:
         """Stop accepting, run every queued task, wait for running batches and join the workers."""

@@ -82,8 +82,11 @@ OPTIONS = [
     click.option("--ssl-dir", "-s", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
     click.option("--max-message-bytes", type=int, help="Largest gRPC message in or out [default: 64 MiB]."),
     click.option("--grpc-threads", type=int,
-                 help="gRPC handler threads, i.e. requests in flight [default: usable cores, 2 to 8; "
-                      "raise it to --max-batch-size to batch many small requests]."),
+                 help="gRPC handler threads running at once [default: usable cores, 2 to 8]; a thread "
+                      "asleep while its request waits in a batch does not count."),
+    click.option("--grpc-max-threads", type=int,
+                 help="Handler threads holding requests, asleep in a batch or running, i.e. requests "
+                      "in flight [default: 64; at least --grpc-threads]."),
     click.option("--shutdown-grace-secs", type=float,
                  help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
     # repeatable and comma-separated, as the original's clap Vec<(k, v)> options

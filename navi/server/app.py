@@ -44,7 +44,7 @@ from navi._proto.tensorflow_serving.apis import (
 from navi.errors import ConfigError
 from navi.server.kserve import InferenceServicer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
-from navi.server.threads import CONTROL_THREADS, ArrivalStampingPool, on_pool
+from navi.server.threads import CONTROL_THREADS, HandlerPool, on_pool
 from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ class NaviServer:
         ]
         # model-running RPCs on the handler threads, the rest on a control
         # pool they cannot fill (see navi.server.threads)
-        data_pool = ArrivalStampingPool(max_workers=settings.grpc_threads, thread_name_prefix="grpc")
+        data_pool = HandlerPool(settings.grpc_threads, max(settings.grpc_threads, settings.grpc_max_threads),
+                                thread_name_prefix="grpc")
         control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
         self._pools = (data_pool, control_pool)
         server = grpc.server(control_pool, options=options)

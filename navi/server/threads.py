@@ -10,10 +10,13 @@ runs on a small control pool that requests cannot fill.
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from concurrent import futures
 from typing import Callable
+
+from navi.batching.sleep import set_sleep_hooks
 
 #: threads for the RPCs that do not run a model; their work is short, and the
 #: health service's Watch does not hold a thread (it is non-blocking)
@@ -40,27 +43,138 @@ def on_pool(behavior: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
 _current = threading.local()
 
 
-class ArrivalStampingPool(futures.ThreadPoolExecutor):
-    """A thread pool that remembers when each piece of work was handed to it.
+class HandlerPool(futures.ThreadPoolExecutor):
+    """The request handlers' threads: at most ``active_threads`` run, up to ``max_threads`` hold requests.
 
-    grpcio submits an RPC to its pool the moment the call arrives; with few
-    handler threads a request can then wait there longer than in any batch
-    queue. The stamp lets ``--batch-drop-millis`` and the response-time metric
-    count that wait too (``request_arrival_s`` on the thread running the RPC).
+    A handler thread whose request waits for a batch that another thread runs
+    uses no CPU, yet a plain pool counts it as busy: with as many threads as
+    cores (more only add GIL hand-offs), a batch could then never hold more
+    requests than there are cores. Here such a thread tells the pool it sleeps
+    (``navi.batching.sleep``) and the pool admits the next request in its
+    place, so requests keep joining batches while the threads running Python
+    stay at ``active_threads``. A thread woken with its answer finishes its
+    request even if that briefly makes one more running thread, then goes
+    idle until the count is back under the limit.
+
+    It also stamps when each piece of work was handed to it: grpcio submits
+    an RPC the moment the call arrives, and a request can wait here longer
+    than in any batch queue, so ``--batch-drop-millis`` and the response-time
+    metric count that wait too (``request_arrival_s`` on the thread running
+    the RPC). A ``ThreadPoolExecutor`` by type only, as grpcio requires; the
+    threads and the queue are its own.
     """
 
-    def submit(self, fn, /, *args, **kwargs):
-        """As ``ThreadPoolExecutor.submit``; the work sees its hand-in time."""
-        arrival_s = time.monotonic()
+    def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc"):
+        if active_threads < 1 or max_threads < active_threads:
+            raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
+        super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
+        self._active_limit = active_threads
+        self._max_threads = max_threads
+        self._name_prefix = thread_name_prefix
+        self._pool_lock = threading.Lock()
+        self._work_ready = threading.Condition(self._pool_lock)
+        self._pending: collections.deque = collections.deque()
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # threads running work and not asleep in a batch wait
+        self._idle = 0  # threads waiting for work
+        self._waking = 0  # idle threads notified and not yet awake
+        self._closed = False
 
-        def run():
-            _current.arrival_s = arrival_s
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _current.arrival_s = None
+    @property
+    def running(self) -> int:
+        """Threads running work now (not counting those asleep in a batch wait)."""
+        return self._running
 
-        return super().submit(run)
+    @property
+    def threads(self) -> int:
+        """Threads started so far."""
+        return len(self._threads)
+
+    def submit(self, fn, /, *args, **kwargs) -> futures.Future:
+        """Queue ``fn(*args, **kwargs)``; the work sees its hand-in time (``request_arrival_s``)."""
+        future: futures.Future = futures.Future()
+        with self._pool_lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._pending.append((future, fn, args, kwargs, time.monotonic()))
+            self._admit()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work; queued work still runs unless ``cancel_futures``."""
+        with self._pool_lock:
+            self._closed = True
+            if cancel_futures:
+                while self._pending:
+                    self._pending.popleft()[0].cancel()
+            self._work_ready.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    # ---------------------------------------------------------------- implementation
+
+    def _admit(self) -> None:
+        """Wake or start threads for queued work while fewer than the limit run (lock held)."""
+        wanted = min(len(self._pending), self._active_limit - self._running) - self._waking
+        while wanted > 0:
+            if self._idle > self._waking:
+                self._waking += 1
+                self._work_ready.notify()
+            elif len(self._threads) < self._max_threads:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"{self._name_prefix}_{len(self._threads)}")
+                self._threads.append(thread)
+                self._waking += 1  # counts as on its way to the queue
+                thread.start()
+            else:
+                return
+            wanted -= 1
+
+    def _sleeping(self) -> None:
+        with self._pool_lock:
+            self._running -= 1
+            self._admit()
+
+    def _awake(self) -> None:
+        with self._pool_lock:
+            self._running += 1
+
+    def _work(self) -> None:
+        set_sleep_hooks(self._sleeping, self._awake)
+        lock = self._pool_lock
+        lock.acquire()
+        self._waking -= 1
+        try:
+            while True:
+                while not (self._pending and self._running < self._active_limit):
+                    if self._closed and not self._pending:
+                        return
+                    self._idle += 1
+                    self._work_ready.wait()
+                    self._idle -= 1
+                    if self._waking:
+                        self._waking -= 1
+                future, fn, args, kwargs, arrival_s = self._pending.popleft()
+                self._running += 1
+                lock.release()
+                try:
+                    if future.set_running_or_notify_cancel():
+                        _current.arrival_s = arrival_s
+                        try:
+                            future.set_result(fn(*args, **kwargs))
+                        except BaseException as error:  # the future carries it, as ThreadPoolExecutor's do
+                            future.set_exception(error)
+                        finally:
+                            _current.arrival_s = None
+                    del future, fn, args, kwargs
+                finally:
+                    lock.acquire()
+                    self._running -= 1
+        finally:
+            lock.release()
 
 
 def request_arrival_s() -> float | None:

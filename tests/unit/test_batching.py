@@ -400,13 +400,3 @@ def test_time_waited_before_the_queue_counts():
     caller.join(WAIT_S)
     assert answer == ["fresh"]
 
-
-def test_the_pool_stamps_when_work_arrived():
-    from navi.server.threads import ArrivalStampingPool, request_arrival_s
-
-    assert request_arrival_s() is None
-    with ArrivalStampingPool(max_workers=1) as pool:
-        before = time.monotonic()
-        stamped = pool.submit(request_arrival_s).result(WAIT_S)
-        after = pool.submit(lambda: time.monotonic()).result(WAIT_S)
-    assert before <= stamped <= after

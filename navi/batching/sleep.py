@@ -1,0 +1,35 @@
+"""Telling a thread's pool that the thread sleeps until its batch answers.
+
+A request handler thread that waits for a batch someone else runs uses no
+CPU; a pool that knows it can let another request in meanwhile, so requests
+keep joining batches while the number of threads running Python stays at
+the cores (``navi.server.threads.HandlerPool``). The scheduler calls
+``sleeping()`` before such a wait and ``awake()`` after it; on a thread
+whose pool registered no hooks both do nothing. Kept here, below the server,
+so the scheduler needs to know nothing of thread pools.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+_local = threading.local()
+
+
+def set_sleep_hooks(on_sleep: Callable[[], None], on_wake: Callable[[], None]) -> None:
+    """Register what the calling thread's pool does when the thread sleeps and wakes."""
+    _local.hooks = (on_sleep, on_wake)
+
+
+def sleeping() -> None:
+    """The calling thread is about to wait for an answer (it must call ``awake`` after)."""
+    hooks = getattr(_local, "hooks", None)
+    if hooks is not None:
+        hooks[0]()
+
+
+def awake() -> None:
+    """The calling thread's wait, announced with ``sleeping``, is over."""
+    hooks = getattr(_local, "hooks", None)
+    if hooks is not None:
+        hooks[1]()

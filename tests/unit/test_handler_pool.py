@@ -1,0 +1,143 @@
+"""navi.server.threads.HandlerPool: admission by running threads, sleeping in batches, stamps."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import pytest
+
+from navi.batching import BatchScheduler
+from navi.server.threads import HandlerPool, request_arrival_s
+from navi.settings import BatchingSettings
+
+WAIT_S = 10.0  # hang guard only
+
+
+def test_the_pool_stamps_when_work_arrived():
+    assert request_arrival_s() is None
+    with HandlerPool(1, 1) as pool:
+        before = time.monotonic()
+        stamped = pool.submit(request_arrival_s).result(WAIT_S)
+        after = pool.submit(lambda: time.monotonic()).result(WAIT_S)
+    assert before <= stamped <= after
+    assert request_arrival_s() is None
+
+
+def test_at_most_the_active_limit_runs_busy_work():
+    release = threading.Event()
+    lock = threading.Lock()
+    now = [0]
+    peak = [0]
+
+    def busy(i):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        release.wait(WAIT_S)
+        with lock:
+            now[0] -= 1
+        return i
+
+    pool = HandlerPool(2, 8)
+    try:
+        done = [pool.submit(busy, i) for i in range(6)]
+        deadline = time.monotonic() + WAIT_S
+        while pool.running < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # time for a wrongly admitted third to start
+        assert (pool.running, peak[0]) == (2, 2)
+        release.set()
+        assert [f.result(WAIT_S) for f in done] == list(range(6))
+        assert peak[0] == 2 and pool.threads <= 8
+    finally:
+        release.set()
+        pool.shutdown()
+    assert pool.running == 0
+
+
+def test_errors_reach_the_future_and_shutdown_refuses_new_work():
+    pool = HandlerPool(1, 2)
+    failing = pool.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(WAIT_S)
+    assert pool.submit(lambda: "still serving").result(WAIT_S) == "still serving"
+    pool.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+
+
+def test_cancel_futures_drops_queued_work():
+    release = threading.Event()
+    pool = HandlerPool(1, 1)
+    running = pool.submit(release.wait, WAIT_S)
+    deadline = time.monotonic() + WAIT_S
+    while pool.running < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = pool.submit(lambda: "never")
+    pool.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    assert running.result(WAIT_S) is True
+    assert queued.cancelled()
+    pool.shutdown()
+
+
+def batching_queue(max_batch_size, timeout_ms, batches):
+    options = BatchingSettings(max_batch_size=max_batch_size, batch_timeout_ms=timeout_ms, batch_drop_ms=0,
+                               eager_when_idle=False, num_batch_threads=1)
+
+    def process(tasks):
+        batches.append(len(tasks))
+        return [t.payload for t in tasks]
+
+    return BatchScheduler(process, options)
+
+
+def test_a_thread_asleep_in_a_batch_lets_the_next_request_in():
+    """One running thread, yet three requests share a batch: each waiter gives its place up."""
+    batches: list[int] = []
+    sched = batching_queue(3, 5_000, batches)
+    pool = HandlerPool(1, 4)
+    try:
+        started = time.monotonic()
+        answers = [pool.submit(sched.run, i, 1) for i in range(3)]
+        assert [f.result(WAIT_S) for f in answers] == [0, 1, 2]
+        # the batch closed on its size, long before its 5 s timeout
+        assert batches == [3] and time.monotonic() - started < 4.0
+    finally:
+        sched.close()
+        pool.shutdown()
+
+
+def test_threads_holding_requests_stop_at_max_threads():
+    batches: list[int] = []
+    sched = batching_queue(3, 300, batches)
+    pool = HandlerPool(1, 2)
+    try:
+        answers = [pool.submit(sched.run, i, 1) for i in range(3)]
+        assert [f.result(WAIT_S) for f in answers] == [0, 1, 2]
+        # two threads hold two requests; the third waits for one of them
+        assert batches == [2, 1] and pool.threads == 2
+    finally:
+        sched.close()
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("timeout_ms,max_batch_size", [(0.0, 4), (1.0, 8), (20.0, 16)])
+def test_many_requests_through_pool_and_scheduler(timeout_ms, max_batch_size):
+    batches: list[int] = []
+    sched = batching_queue(max_batch_size, timeout_ms, batches)
+    pool = HandlerPool(2, 16)
+    try:
+        answers = [pool.submit(sched.run, i, 1) for i in range(300)]
+        assert [f.result(WAIT_S) for f in answers] == list(range(300))
+        assert sum(batches) == 300 and max(batches) <= max_batch_size
+    finally:
+        sched.close()
+        pool.shutdown()
+    assert pool.running == 0 and pool.threads <= 16
+
+
+def test_grpcio_takes_it_as_its_pool():
+    # grpcio picks a handler's experimental_thread_pool only if it is a ThreadPoolExecutor
+    assert isinstance(HandlerPool(1, 1), futures.ThreadPoolExecutor)
