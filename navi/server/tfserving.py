@@ -5,9 +5,10 @@ registry, ``infer`` (queue and wait for the batch), encode the answer. Errors
 are ``NaviError``s mapped to status codes by ``status.grpc_errors``.
 
 The handlers block a gRPC worker thread until the batch answered (the thread
-may run the batch itself: see ``BatchScheduler``), so the server's thread pool
-(``ServerSettings.grpc_threads``) bounds the requests in flight and with them
-how many requests one batch can hold.
+may run the batch itself: see ``BatchScheduler``); a thread asleep in that wait
+gives its place to the next request (``navi.server.threads.HandlerPool``), so
+``ServerSettings.grpc_max_threads`` bounds the requests in flight and
+``grpc_threads`` the threads running at once.
 """
 from __future__ import annotations
 

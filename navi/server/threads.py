@@ -1,9 +1,9 @@
 """Which threads run which RPCs.
 
 grpcio's sync server runs every RPC on one thread pool, in arrival order. With
-navi's few handler threads (``ServerSettings.grpc_threads``, as many as cores)
-a health check or a metadata call would then wait behind every queued
-Predict: measured on 2 cores with 16 callers on the heavy model, a health
+navi's few running handler threads (``ServerSettings.grpc_threads``, as many
+as cores; ``HandlerPool``) a health check or a metadata call would then wait
+behind every queued Predict: measured on 2 cores with 16 callers on the heavy model, a health
 check took 270 ms. The model-running methods therefore get a pool of their
 own and everything else (health, reflection, metadata, status, liveness)
 runs on a small control pool that requests cannot fill.
