@@ -115,6 +115,7 @@ class BatchScheduler:
         self._inline_when_idle = options.eager_when_idle and options.inline_when_idle
         self._max_in_flight = options.num_batch_threads
         self._running = 0  # batches taken and not finished
+        self._batch_s = 0.0  # moving average of a batch's run time (how long a waiter sleeps)
         self._options = options
         self._clock = clock if clock is not None else SystemClock()
         self._name = name
@@ -213,6 +214,18 @@ class BatchScheduler:
                 if task.state == QUEUED and self._running < self._max_in_flight \
                         and self._first_owned() is task:
                     wait_s = max(0.0, self._wait_s(now_s))
+                # How long this sleep should last, for the caller's thread pool (a
+                # long one lets another request in): until the queue's head batch
+                # is due (its timeout, or the end of the running batch), then,
+                # unless this caller leads it, that batch's run.
+                if task.state == QUEUED:
+                    expected_s = max(0.0, self._wait_s(now_s))
+                    if self._running:
+                        expected_s = min(expected_s, self._batch_s)
+                    if wait_s is None:
+                        expected_s += self._batch_s
+                else:
+                    expected_s = self._batch_s
                 if end_s is not None:
                     left_s = end_s - time.monotonic()
                     if left_s <= 0:
@@ -222,8 +235,7 @@ class BatchScheduler:
                         raise TimeoutError(f"{self._name}: no answer within {timeout_s:g} s")
                     wait_s = left_s if wait_s is None else min(wait_s, left_s)
                 task.waiter = cond
-                # a sleeping caller lets its pool admit another request meanwhile
-                sleep.sleeping()
+                sleep.sleeping(expected_s)
                 try:
                     self._clock.wait(cond, wait_s)
                 finally:
@@ -381,10 +393,13 @@ class BatchScheduler:
     def _execute(self, batch: list[BatchTask], now_s: float) -> None:
         """Run a taken batch, answer each of its tasks and free its slot."""
         outcomes = None
+        started_s = self._clock.monotonic()
         try:
             outcomes = self._outcomes(batch, now_s)
         finally:
             with self._lock:
+                run_s = self._clock.monotonic() - started_s
+                self._batch_s = run_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * run_s
                 if outcomes is None:  # interrupted (e.g. KeyboardInterrupt): nobody is left hanging
                     error = RuntimeFailure(f"{self._name}: batch interrupted")
                     outcomes = [(task, None, error) for task in batch]

@@ -16,16 +16,16 @@ from typing import Callable
 _local = threading.local()
 
 
-def set_sleep_hooks(on_sleep: Callable[[], None], on_wake: Callable[[], None]) -> None:
-    """Register what the calling thread's pool does when the thread sleeps and wakes."""
+def set_sleep_hooks(on_sleep: Callable[[float], None], on_wake: Callable[[], None]) -> None:
+    """Register what the calling thread's pool does when the thread sleeps (for about so many seconds) and wakes."""
     _local.hooks = (on_sleep, on_wake)
 
 
-def sleeping() -> None:
-    """The calling thread is about to wait for an answer (it must call ``awake`` after)."""
+def sleeping(expected_s: float) -> None:
+    """The calling thread is about to wait about ``expected_s`` for an answer (it must call ``awake`` after)."""
     hooks = getattr(_local, "hooks", None)
     if hooks is not None:
-        hooks[0]()
+        hooks[0](expected_s)
 
 
 def awake() -> None:

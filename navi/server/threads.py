@@ -40,6 +40,9 @@ def on_pool(behavior: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
     return handler
 
 
+#: sleeps expected shorter than this keep their running place (see HandlerPool)
+MIN_SLEEP_S = 0.001
+
 _current = threading.local()
 
 
@@ -52,7 +55,10 @@ class HandlerPool(futures.ThreadPoolExecutor):
     requests than there are cores. Here such a thread tells the pool it sleeps
     (``navi.batching.sleep``) and the pool admits the next request in its
     place, so requests keep joining batches while the threads running Python
-    stay at ``active_threads``. A thread woken with its answer finishes its
+    stay at ``active_threads``. Only a sleep expected to last ``min_sleep_s``
+    or more (about one batch's run time, as the scheduler measures it) gives
+    the place up: tiny models' batches answer before a new thread would have
+    started. A thread woken with its answer finishes its
     request even if that briefly makes one more running thread, then goes
     idle until the count is back under the limit.
 
@@ -64,11 +70,13 @@ class HandlerPool(futures.ThreadPoolExecutor):
     threads and the queue are its own.
     """
 
-    def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc"):
+    def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
+                 min_sleep_s: float = MIN_SLEEP_S):
         if active_threads < 1 or max_threads < active_threads:
             raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
         self._active_limit = active_threads
+        self._min_sleep_s = min_sleep_s
         self._max_threads = max_threads
         self._name_prefix = thread_name_prefix
         self._pool_lock = threading.Lock()
@@ -133,12 +141,21 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 return
             wanted -= 1
 
-    def _sleeping(self) -> None:
+    def _sleeping(self, expected_s: float) -> None:
+        # A short nap keeps its place: admitting another thread for it would
+        # cost a wake-up and one more thread contending for the GIL when the
+        # batch answers (measured: tiny requests' p50 1.1x worse at c=8).
+        if expected_s < self._min_sleep_s:
+            return
+        _current.gave_place = True
         with self._pool_lock:
             self._running -= 1
             self._admit()
 
     def _awake(self) -> None:
+        if not getattr(_current, "gave_place", False):
+            return
+        _current.gave_place = False
         with self._pool_lock:
             self._running += 1
 

@@ -141,3 +141,53 @@ def test_many_requests_through_pool_and_scheduler(timeout_ms, max_batch_size):
 def test_grpcio_takes_it_as_its_pool():
     # grpcio picks a handler's experimental_thread_pool only if it is a ThreadPoolExecutor
     assert isinstance(HandlerPool(1, 1), futures.ThreadPoolExecutor)
+
+
+def test_a_short_sleep_keeps_its_place():
+    """A wait expected shorter than min_sleep_s admits nobody: each request then batches alone."""
+    batches: list[int] = []
+    sched = batching_queue(3, 200, batches)
+    pool = HandlerPool(1, 4, min_sleep_s=1.0)
+    try:
+        answers = [pool.submit(sched.run, i, 1) for i in range(3)]
+        assert [f.result(WAIT_S) for f in answers] == [0, 1, 2]
+        assert batches == [1, 1, 1] and pool.threads == 1
+    finally:
+        sched.close()
+        pool.shutdown()
+
+
+def test_the_scheduler_expects_about_one_batch_run_per_sleep():
+    """Followers of a running batch announce a sleep of about its run time."""
+    from navi.batching import sleep
+
+    announced: list[float] = []
+    release = threading.Event()
+    options = BatchingSettings(max_batch_size=1, batch_timeout_ms=0, batch_drop_ms=0, num_batch_threads=1)
+
+    def process(tasks):
+        if tasks[0].payload == "slow":
+            release.wait(WAIT_S)
+        time.sleep(0.05)
+        return [t.payload for t in tasks]
+
+    sched = BatchScheduler(process, options)
+    try:
+        assert sched.run("first", 1) == "first"  # one batch of ~50 ms measured
+
+        def caller():
+            sleep.set_sleep_hooks(announced.append, lambda: None)
+            return sched.run("second", 1)
+
+        slow = threading.Thread(target=sched.run, args=("slow", 1))
+        slow.start()
+        time.sleep(0.05)
+        waiter = futures.ThreadPoolExecutor(1).submit(caller)
+        time.sleep(0.05)
+        release.set()
+        assert waiter.result(WAIT_S) == "second"
+        slow.join(WAIT_S)
+        assert announced and 0.03 <= announced[0] <= 1.0
+    finally:
+        release.set()
+        sched.close()
