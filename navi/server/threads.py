@@ -80,12 +80,14 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._max_threads = max_threads
         self._name_prefix = thread_name_prefix
         self._pool_lock = threading.Lock()
-        self._work_ready = threading.Condition(self._pool_lock)
         self._pending: collections.deque = collections.deque()
         self._threads: list[threading.Thread] = []
         self._running = 0  # threads running work and not asleep in a batch wait
-        self._idle = 0  # threads waiting for work
-        self._waking = 0  # idle threads notified and not yet awake
+        # Idle threads wait each on a Condition of its own, most recently idle
+        # last: work goes to the thread idle the shortest time, whose stack
+        # and state are still in cache, so light load keeps using few threads.
+        self._idle: list[threading.Condition] = []
+        self._waking = 0  # threads woken (or started) and not yet at the queue
         self._closed = False
 
     @property
@@ -115,7 +117,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
             if cancel_futures:
                 while self._pending:
                     self._pending.popleft()[0].cancel()
-            self._work_ready.notify_all()
+            for idle in self._idle:
+                idle.notify()
             threads = list(self._threads)
         if wait:
             for thread in threads:
@@ -128,9 +131,9 @@ class HandlerPool(futures.ThreadPoolExecutor):
         """Wake or start threads for queued work while fewer than the limit run (lock held)."""
         wanted = min(len(self._pending), self._active_limit - self._running) - self._waking
         while wanted > 0:
-            if self._idle > self._waking:
+            if self._idle:
                 self._waking += 1
-                self._work_ready.notify()
+                self._idle.pop().notify()
             elif len(self._threads) < self._max_threads:
                 thread = threading.Thread(target=self._work, daemon=True,
                                           name=f"{self._name_prefix}_{len(self._threads)}")
@@ -162,6 +165,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
     def _work(self) -> None:
         set_sleep_hooks(self._sleeping, self._awake)
         lock = self._pool_lock
+        wake = threading.Condition(lock)
         lock.acquire()
         self._waking -= 1
         try:
@@ -169,10 +173,11 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 while not (self._pending and self._running < self._active_limit):
                     if self._closed and not self._pending:
                         return
-                    self._idle += 1
-                    self._work_ready.wait()
-                    self._idle -= 1
-                    if self._waking:
+                    self._idle.append(wake)
+                    wake.wait()
+                    if wake in self._idle:  # woken by shutdown, not popped by _admit
+                        self._idle.remove(wake)
+                    else:
                         self._waking -= 1
                 future, fn, args, kwargs, arrival_s = self._pending.popleft()
                 self._running += 1

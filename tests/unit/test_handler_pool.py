@@ -191,3 +191,33 @@ def test_the_scheduler_expects_about_one_batch_run_per_sleep():
     finally:
         release.set()
         sched.close()
+
+
+def test_light_load_after_a_burst_stays_on_the_most_recently_idle_thread():
+    """Work goes to the thread idle the shortest time (its state still in cache), not round the pool."""
+    from navi.batching import sleep
+
+    release = threading.Event()
+
+    def waits_in_a_batch():
+        sleep.sleeping(1.0)  # a long wait: the place goes to the next request
+        try:
+            release.wait(WAIT_S)
+        finally:
+            sleep.awake()
+        return threading.get_ident()
+
+    pool = HandlerPool(2, 8)
+    try:
+        burst = [pool.submit(waits_in_a_batch) for _ in range(8)]
+        deadline = time.monotonic() + WAIT_S
+        while pool.threads < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        assert len({f.result(WAIT_S) for f in burst}) == 8
+        time.sleep(0.1)  # every thread back to idle
+        used = {pool.submit(threading.get_ident).result(WAIT_S) for _ in range(20)}
+        assert len(used) == 1 and pool.threads == 8
+    finally:
+        release.set()
+        pool.shutdown()
