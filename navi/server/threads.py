@@ -3,8 +3,8 @@
 grpcio's sync server runs every RPC on one thread pool, in arrival order. With
 navi's few running handler threads (``ServerSettings.grpc_threads``, as many
 as cores; ``HandlerPool``) a health check or a metadata call would then wait
-behind every queued Predict: measured on 2 cores with 16 callers on the heavy model, a health
-check took 270 ms. The model-running methods therefore get a pool of their
+behind every queued Predict: measured on 2 cores with 16 callers on the heavy
+model, a health check took 270 ms. The model-running methods therefore get a pool of their
 own and everything else (health, reflection, metadata, status, liveness)
 runs on a small control pool that requests cannot fill.
 """
@@ -58,9 +58,9 @@ class HandlerPool(futures.ThreadPoolExecutor):
     stay at ``active_threads``. Only a sleep expected to last ``min_sleep_s``
     or more (about one batch's run time, as the scheduler measures it) gives
     the place up: tiny models' batches answer before a new thread would have
-    started. A thread woken with its answer finishes its
-    request even if that briefly makes one more running thread, then goes
-    idle until the count is back under the limit.
+    started. A thread woken with its answer finishes its request even if that
+    briefly makes one more running thread, then goes idle until the count is
+    back under the limit.
 
     It also stamps when each piece of work was handed to it: grpcio submits
     an RPC the moment the call arrives, and a request can wait here longer
