@@ -97,6 +97,16 @@ class Metrics:
             ":navi:mpsc_channel_size", "Requests queued for batching, by model", by_model,
             registry=r,
         )
+        # read from the handler pool when scraped (ServingServer.start wires them)
+        self.handler_threads_running = Gauge(
+            ":navi:handler_threads_running", "Request handler threads running now (at most --grpc-threads)",
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            ":navi:requests_in_flight",
+            "Requests held by handler threads, running or asleep in a batch (at most --grpc-max-threads)",
+            registry=r,
+        )
         self.new_model_snapshot = Counter(
             ":navi:new_model_snapshot", "Model versions loaded", by_model, registry=r
         )

@@ -129,6 +129,8 @@ class NaviServer:
         data_pool = HandlerPool(settings.grpc_threads, max(settings.grpc_threads, settings.grpc_max_threads),
                                 thread_name_prefix="grpc")
         control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
+        self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
+        self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)
         self._pools = (data_pool, control_pool)
         server = grpc.server(control_pool, options=options)
         prediction = PredictionServicer(self.registry, self.metrics)

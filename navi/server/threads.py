@@ -100,6 +100,11 @@ class HandlerPool(futures.ThreadPoolExecutor):
         """Threads started so far."""
         return len(self._threads)
 
+    @property
+    def holding(self) -> int:
+        """Threads holding a request now: running, or asleep waiting for its batch."""
+        return len(self._threads) - len(self._idle) - self._waking
+
     def submit(self, fn, /, *args, **kwargs) -> futures.Future:
         """Queue ``fn(*args, **kwargs)``; the work sees its hand-in time (``request_arrival_s``)."""
         future: futures.Future = futures.Future()

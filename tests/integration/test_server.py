@@ -620,6 +620,17 @@ def test_metrics_parse(navi, stub):
     assert sample_value(families, ":navi:num_predictions", ":navi:num_predictions_total") >= 3
     assert sample_value(families, ":navi:response_time", ":navi:response_time_count", model_name="mixed") >= 1
     assert ":navi:navi_version" in families and ":navi:model_inference_time" in families
+    # the handler pool's gauges, read when scraped: nothing held once the handler
+    # thread is back from sending the answer (the client may see it a moment before)
+    deadline = time.monotonic() + 5
+    while True:
+        held = [sample_value(families, name, name)
+                for name in (":navi:handler_threads_running", ":navi:requests_in_flight")]
+        if held == [0, 0] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        families = metrics_of(navi)
+    assert held == [0, 0]
     # made-up model names (test_error_codes sent "nope") must not create series
     assert not any(sample.labels.get("model_name") == "nope"
                    for family in families.values() for sample in family.samples)

@@ -211,13 +211,15 @@ def test_light_load_after_a_burst_stays_on_the_most_recently_idle_thread():
     try:
         burst = [pool.submit(waits_in_a_batch) for _ in range(8)]
         deadline = time.monotonic() + WAIT_S
-        while pool.threads < 8 and time.monotonic() < deadline:
+        while pool.holding < 8 and time.monotonic() < deadline:
             time.sleep(0.01)
+        # all eight hold a request, none counts as running: each sleeps in its "batch"
+        assert (pool.threads, pool.holding, pool.running) == (8, 8, 0)
         release.set()
         assert len({f.result(WAIT_S) for f in burst}) == 8
         time.sleep(0.1)  # every thread back to idle
         used = {pool.submit(threading.get_ident).result(WAIT_S) for _ in range(20)}
-        assert len(used) == 1 and pool.threads == 8
+        assert len(used) == 1 and pool.threads == 8 and pool.holding == 0
     finally:
         release.set()
         pool.shutdown()
