@@ -182,10 +182,11 @@ def test_the_scheduler_expects_about_one_batch_run_per_sleep():
         slow = threading.Thread(target=sched.run, args=("slow", 1))
         slow.start()
         time.sleep(0.05)
-        waiter = futures.ThreadPoolExecutor(1).submit(caller)
-        time.sleep(0.05)
-        release.set()
-        assert waiter.result(WAIT_S) == "second"
+        with futures.ThreadPoolExecutor(1) as side:
+            waiter = side.submit(caller)
+            time.sleep(0.05)
+            release.set()
+            assert waiter.result(WAIT_S) == "second"
         slow.join(WAIT_S)
         assert announced and 0.03 <= announced[0] <= 1.0
     finally:
