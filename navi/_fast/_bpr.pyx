@@ -63,6 +63,11 @@ DEF T_MAP = 13
 DEF T_SET = 14
 DEF T_LIST = 15
 
+# Measured on the home layout (27 KB rows), one output of 2,000 rows: 1.15x
+# the candidates/s of writing rows in place, two threads 1.13x; outputs the
+# size of one request stay in place (building them in a staging row cost 13%).
+DEFAULT_STREAM_MIN_BYTES = 16 << 20
+
 # error codes (the same numbers as _bpr_ref's E_* constants)
 DEF E_OK = 0
 DEF E_TRUNCATED = 1
@@ -284,6 +289,38 @@ cdef extern from *:
     NAVI_DEFINE_SCATTER(navi_scatter_f32, float, 16, NAVI_F64_VALUE)
     NAVI_DEFINE_SCATTER(navi_scatter_i64, int64_t, 16, NAVI_I64_VALUE)
     NAVI_DEFINE_SCATTER(navi_scatter_present, int64_t, 8, NAVI_PRESENT_VALUE)
+
+    /* Copy a finished row out with streaming (non-temporal) stores: into an
+       output far larger than the cache, a plain store first reads each line
+       from memory (read for ownership) only to overwrite it, and that read
+       is what two threads converting at once compete for. Rows are whole
+       4-byte cells. */
+    #include <emmintrin.h>
+    static void navi_stream_row(void* dst, const void* src, size_t nbytes) {
+        char* d = (char*)dst;
+        const char* s = (const char*)src;
+        int cell;
+        for (; ((uintptr_t)d & 15) && nbytes >= 4; d += 4, s += 4, nbytes -= 4) {
+            memcpy(&cell, s, 4);
+            _mm_stream_si32((int*)d, cell);
+        }
+        for (; nbytes >= 64; d += 64, s += 64, nbytes -= 64) {
+            __m128i a = _mm_loadu_si128((const __m128i*)s), b = _mm_loadu_si128((const __m128i*)(s + 16));
+            __m128i c = _mm_loadu_si128((const __m128i*)(s + 32)), e = _mm_loadu_si128((const __m128i*)(s + 48));
+            _mm_stream_si128((__m128i*)d, a);
+            _mm_stream_si128((__m128i*)(d + 16), b);
+            _mm_stream_si128((__m128i*)(d + 32), c);
+            _mm_stream_si128((__m128i*)(d + 48), e);
+        }
+        for (; nbytes >= 4; d += 4, s += 4, nbytes -= 4) {
+            memcpy(&cell, s, 4);
+            _mm_stream_si32((int*)d, cell);
+        }
+        if (nbytes) memcpy(d, s, nbytes);
+    }
+    /* Streaming stores are weakly ordered: fence them before the caller
+       (or another thread) reads the output. */
+    static void navi_stream_done(void) { _mm_sfence(); }
     """
     ctypedef struct navi_table:
         void* block
@@ -295,6 +332,8 @@ cdef extern from *:
     Py_ssize_t navi_sparse_f32(const float* row, Py_ssize_t width, float fill, int32_t* cols, float* vals) nogil
     void navi_fill_f32(float* dst, Py_ssize_t width, float fill) nogil
     void navi_put_f32(float* dst, const int32_t* cols, const float* vals, Py_ssize_t n) nogil
+    void navi_stream_row(void* dst, const void* src, size_t nbytes) nogil
+    void navi_stream_done() nogil
 
 cdef struct Reader:
     const uint8_t* data
@@ -499,6 +538,14 @@ cdef class BprDecoder:
 
     Thread-safe: one decoder may serve many threads at once; each call keeps
     its scratch space to itself and runs without the GIL.
+
+    Attributes
+    ----------
+    stream_min_bytes : int
+        A call whose output is at least this large (default 16 MiB, past what
+        the cache would keep) builds each row in cache and streams it out with
+        non-temporal stores; smaller outputs, which their reader finds in
+        cache, are written in place. The values written are the same.
     """
 
     cdef navi_table tables[3]  # continuous, binary, discrete
@@ -507,6 +554,7 @@ cdef class BprDecoder:
     cdef float cont_default
     cdef Py_ssize_t widths[3 + MAX_EMBEDDINGS]
     cdef public object layout
+    cdef public Py_ssize_t stream_min_bytes
 
     def __cinit__(self):
         cdef int i
@@ -515,6 +563,7 @@ cdef class BprDecoder:
 
     def __init__(self, layout):
         self.layout = layout
+        self.stream_min_bytes = DEFAULT_STREAM_MIN_BYTES
         names = [t.name for t in layout.tensors]
         if names[:3] != ["continuous", "binary", "discrete"]:
             raise ValueError(f"unexpected layout tensor order {names}")
@@ -639,7 +688,8 @@ cdef class BprDecoder:
         cdef Reader r
         cdef Rows tmpl
         cdef char* scratch = NULL
-        cdef Py_ssize_t scratch_bytes
+        cdef Py_ssize_t scratch_bytes, row_bytes
+        cdef bint stream
         try:
             if index == NULL or data == NULL or sizes == NULL:
                 raise MemoryError()
@@ -651,9 +701,12 @@ cdef class BprDecoder:
                 raise ValueError(f"{total} rows do not fit at row {row_start} of {n_rows}")
             # template rows (one per tensor, sized by the layout, never by the
             # wire), then the sparse common list of the continuous row
-            scratch_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8 + self.widths[0] * 8
+            row_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8
             for k in range(self.n_emb):
-                scratch_bytes += self.widths[3 + k] * 4
+                row_bytes += self.widths[3 + k] * 4
+            stream = total * row_bytes >= self.stream_min_bytes
+            # template row, sparse common list, and the staging row when streaming
+            scratch_bytes = row_bytes + self.widths[0] * 8 + (row_bytes if stream else 0)
             scratch = <char*>malloc(scratch_bytes + 64)
             if scratch == NULL:
                 raise MemoryError()
@@ -668,7 +721,7 @@ cdef class BprDecoder:
                 self._scatter_all(n, data, sizes, index, &tmpl, &continuous[0, 0] if n_rows else NULL,
                                   &binary[0, 0] if n_rows and self.widths[1] else NULL,
                                   &discrete[0, 0] if n_rows and self.widths[2] else NULL,
-                                  emb_base, row_start, &r)
+                                  emb_base, row_start, stream, &r)
             if r.err != E_OK:
                 raise _decode_error(-1, &r)
         finally:
@@ -680,10 +733,10 @@ cdef class BprDecoder:
 
     cdef void _scatter_all(self, Py_ssize_t n, const uint8_t** data, Py_ssize_t* sizes,
                            BprIndex* index, Rows* tmpl, float* cont, int64_t* binary,
-                           int64_t* disc, float** emb_base, Py_ssize_t row, Reader* r) noexcept nogil:
+                           int64_t* disc, float** emb_base, Py_ssize_t row, bint stream, Reader* r) noexcept nogil:
         cdef Py_ssize_t i, c, k, j
         cdef Py_ssize_t wc = self.widths[0], wb = self.widths[1], wd = self.widths[2]
-        cdef Rows out
+        cdef Rows out, dest, stage
         # the continuous default: NaN unless the spec's default_value says otherwise
         cdef float nan = self.cont_default
         # The continuous row is the widest: rather than copying a template row
@@ -692,6 +745,13 @@ cdef class BprDecoder:
         cdef int32_t* common_cols = <int32_t*>(tmpl.emb[self.n_emb - 1] + self.widths[3 + self.n_emb - 1]) if self.n_emb else <int32_t*>(tmpl.cont + wc)
         cdef float* common_vals = <float*>(common_cols + wc)
         cdef Py_ssize_t n_common
+        if stream:
+            # each row is built in cache and then streamed to its place
+            stage.binary = <int64_t*>(common_vals + wc)
+            stage.disc = stage.binary + wb
+            stage.cont = <float*>(stage.disc + wd)
+            for k in range(self.n_emb):
+                stage.emb[k] = (stage.cont + wc) if k == 0 else (stage.emb[k - 1] + self.widths[3 + k - 1])
         for i in range(n):
             r.data = data[i]
             r.end = sizes[i]
@@ -709,24 +769,42 @@ cdef class BprDecoder:
             n_common = navi_sparse_f32(tmpl.cont, wc, nan, common_cols, common_vals)
             r.pos = index[i].list_pos
             for c in range(index[i].rows):
-                out.cont = cont + row * wc
-                out.binary = binary + row * wb if binary != NULL else NULL
-                out.disc = disc + row * wd if disc != NULL else NULL
+                dest.cont = cont + row * wc
+                dest.binary = binary + row * wb if binary != NULL else NULL
+                dest.disc = disc + row * wd if disc != NULL else NULL
+                for k in range(self.n_emb):
+                    dest.emb[k] = emb_base[k] + row * self.widths[3 + k] if emb_base[k] != NULL else NULL
+                if stream:
+                    out.cont = stage.cont
+                    out.binary = stage.binary if dest.binary != NULL else NULL
+                    out.disc = stage.disc if dest.disc != NULL else NULL
+                    for k in range(self.n_emb):
+                        out.emb[k] = stage.emb[k] if dest.emb[k] != NULL else NULL
+                else:
+                    out = dest
                 navi_fill_f32(out.cont, wc, nan)
                 navi_put_f32(out.cont, common_cols, common_vals, n_common)
-                if wb:
+                if out.binary != NULL:
                     navi_copy_row(out.binary, tmpl.binary, wb * 8)
-                if wd:
+                if out.disc != NULL:
                     navi_copy_row(out.disc, tmpl.disc, wd * 8)
                 for k in range(self.n_emb):
-                    if emb_base[k] != NULL:
-                        out.emb[k] = emb_base[k] + row * self.widths[3 + k]
+                    if out.emb[k] != NULL:
                         navi_copy_row(out.emb[k], tmpl.emb[k], self.widths[3 + k] * 4)
-                    else:
-                        out.emb[k] = NULL
                 if self._scatter_record(r, &out):
                     return
+                if stream:
+                    navi_stream_row(dest.cont, out.cont, wc * 4)
+                    if dest.binary != NULL:
+                        navi_stream_row(dest.binary, out.binary, wb * 8)
+                    if dest.disc != NULL:
+                        navi_stream_row(dest.disc, out.disc, wd * 8)
+                    for k in range(self.n_emb):
+                        if dest.emb[k] != NULL:
+                            navi_stream_row(dest.emb[k], out.emb[k], self.widths[3 + k] * 4)
                 row += 1
+        if stream:
+            navi_stream_done()
 
     cdef int _scatter_record(self, Reader* r, Rows* out) noexcept nogil:
         """Write one DataRecord's known features into ``out``; skip the rest."""

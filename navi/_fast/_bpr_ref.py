@@ -181,11 +181,21 @@ def _as_bytes(i: int, item) -> bytes:
     raise TypeError(f"payload {i} is {type(item).__name__}, expected bytes")
 
 
+# the compiled twin's default: outputs this large are streamed past the cache
+DEFAULT_STREAM_MIN_BYTES = 16 << 20
+
+
 class BprDecoder:
-    """Decodes serialized BPRs into the dense tensors of a DenseLayout (reference)."""
+    """Decodes serialized BPRs into the dense tensors of a DenseLayout (reference).
+
+    ``stream_min_bytes`` is kept for parity with the compiled twin, where it
+    chooses how rows reach memory; plain Python has no say in that, and the
+    values written are the same either way.
+    """
 
     def __init__(self, layout):
         self.layout = layout
+        self.stream_min_bytes = DEFAULT_STREAM_MIN_BYTES
         names = [t.name for t in layout.tensors]
         if names[:3] != ["continuous", "binary", "discrete"]:
             raise ValueError(f"unexpected layout tensor order {names}")

@@ -20,6 +20,9 @@ from .bpr_helpers import (BIN, BPR, CONT, DISC, EMB, assert_same, decode_all, fu
 LAYOUT = small_layout()
 CY = CyDecoder(LAYOUT)
 REF = _bpr_ref.BprDecoder(LAYOUT)
+# the same decoder writing every output through its staging row and streaming stores
+CY_STREAMING = CyDecoder(LAYOUT)
+CY_STREAMING.stream_min_bytes = 0
 
 ids = st.one_of(
     st.sampled_from(sorted(CONT) + sorted(BIN) + sorted(DISC) + sorted(EMB.values())),
@@ -82,6 +85,7 @@ def test_random_bprs_match_reference_and_oracle(payloads):
     assert not isinstance(cy, str), cy
     assert_same(cy, ref)
     assert_same(cy, oracle(LAYOUT, payloads))
+    assert_same(decode_all(CY_STREAMING, LAYOUT, payloads), cy)
     assert list(CY.count_rows(payloads)) == list(REF.count_rows(payloads))
 
 
@@ -348,3 +352,53 @@ def test_rows_are_filled_with_the_specs_continuous_default(tmp_path, default):
     untouched = outs[0]["continuous"][:, -1]  # no generated feature lands in the last column
     expected = np.float32(float(default))
     assert np.array_equal(untouched, np.full(6, expected), equal_nan=True)
+
+
+def test_streamed_rows_equal_rows_written_in_place(tmp_path):
+    """Large outputs are built in a staging row and streamed out: same bytes, every offset."""
+    from navi import segdense, workload
+
+    workload.home_layout_files(tmp_path, seed=0)
+    layout = segdense.load_layout(*segdense.find_spec_files(tmp_path))
+    bprs = workload.make_bprs(layout, 3, 7, 2)
+    in_place, streaming = CyDecoder(layout), CyDecoder(layout)
+    in_place.stream_min_bytes = 1 << 62
+    streaming.stream_min_bytes = 0
+    # the home rows (5,293 floats) are not a multiple of 16 bytes, so rows
+    # after the first start off the streaming stores' alignment; a row_start
+    # of 1 shifts every row again
+    for row_start in (0, 1):
+        outs = []
+        for decoder in (in_place, streaming, _bpr_ref.BprDecoder(layout)):
+            out = layout.allocate(21 + row_start)
+            for arr in out.values():
+                arr.fill(-7)
+            decoder.decode_into(bprs, out["continuous"], out["binary"], out["discrete"],
+                                [out[t.name] for t in layout.tensors[3:]], row_start)
+            outs.append(out)
+        for name in outs[0]:
+            assert outs[0][name].tobytes() == outs[1][name].tobytes(), (name, row_start)
+            assert outs[0][name].tobytes() == outs[2][name].tobytes(), (name, row_start)
+
+
+def test_default_streams_only_outputs_past_the_cache(tmp_path):
+    """The default threshold streams a 16 MiB output and writes a small one in place, same values."""
+    from navi import segdense, workload
+
+    workload.home_layout_files(tmp_path, seed=0)
+    layout = segdense.load_layout(*segdense.find_spec_files(tmp_path))
+    decoder = CyDecoder(layout)
+    assert decoder.stream_min_bytes == _bpr_ref.DEFAULT_STREAM_MIN_BYTES == 16 << 20
+    in_place = CyDecoder(layout)
+    in_place.stream_min_bytes = 1 << 62
+    bprs = workload.make_bprs(layout, 7, 100, 4)
+    rows = int(decoder.count_rows(bprs).sum())
+    assert sum(a.nbytes for a in layout.allocate(rows).values()) >= decoder.stream_min_bytes
+    outs = []
+    for twin in (decoder, in_place):
+        out = layout.allocate(rows)
+        twin.decode_into(bprs, out["continuous"], out["binary"], out["discrete"],
+                         [out[t.name] for t in layout.tensors[3:]])
+        outs.append(out)
+    for name in outs[0]:
+        assert outs[0][name].tobytes() == outs[1][name].tobytes(), name
