@@ -1,14 +1,16 @@
 """Does the converter scale to two threads as far as the machine lets two processes scale?
 
-Per-request conversion (one BPR at a time into a reused buffer, as a server
-batch thread does), timed three ways side by side in each repetition: one
-thread; two threads of one process, each with its own buffer; two forked
-processes doing the same. If two threads fall short of 2x but match two
+Conversion timed three ways side by side in each repetition: one thread; two
+threads of one process, each with its own buffer; two forked processes doing
+the same. `--shape per-request` (default) converts one BPR at a time into a
+reused buffer, as a server batch thread does; `--shape one-output` converts
+all BPRs in one call into one output far larger than the cache (27 MB for 10
+home BPRs), as the bench's `cython_2threads` does with its halves. If two threads fall short of 2x but match two
 processes, the machine (shared or throttled cores, memory bandwidth) sets the
 limit, not the decoder (the GIL, shared state). Prints each repetition and the
 min / median ratios over one thread.
 
-    python benchmarks/bench_convert_threads.py [--bprs 10] [--passes 8] [--repeats 7]
+    python benchmarks/bench_convert_threads.py [--bprs 10] [--passes 8] [--repeats 7] [--shape one-output]
 """
 from __future__ import annotations
 
@@ -33,17 +35,23 @@ def main() -> None:
     parser.add_argument("--bprs", type=int, default=10, help="generated BPRs of 100 candidates")
     parser.add_argument("--passes", type=int, default=8, help="passes over the BPRs per timing")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--shape", choices=("per-request", "one-output"), default="per-request")
     args = parser.parse_args()
 
     layout = load_layout(*home_layout_files(Path(tempfile.mkdtemp(prefix="navi-bench-"))))
     payloads = make_bprs(layout, args.bprs, seed=0)
     converter = BprConverter(layout)
-    rows = int(converter.count_rows(payloads).max())
+    counts = converter.count_rows(payloads)
+    per_request = args.shape == "per-request"
+    rows = int(counts.max() if per_request else counts.sum())
 
     def convert(buffer) -> None:
         for _ in range(args.passes):
-            for payload in payloads:
-                converter.convert_into([payload], buffer)
+            if per_request:
+                for payload in payloads:
+                    converter.convert_into([payload], buffer)
+            else:
+                converter.convert_into(payloads, buffer)
 
     def timed_process(start, done) -> None:
         buffer = layout.allocate(rows)
