@@ -14,7 +14,7 @@ Safety rules, all enforced here:
 - a malformed payload raises DecodeError(offset, what) and nothing is written
   for the batch.
 """
-from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from libc.math cimport NAN
@@ -706,7 +706,7 @@ cdef class BprDecoder:
                 row_bytes += self.widths[3 + k] * 4
             stream = total * row_bytes >= self.stream_min_bytes
             # template row, sparse common list, and the staging row when streaming
-            scratch_bytes = row_bytes + self.widths[0] * 8 + (row_bytes if stream else 0)
+            scratch_bytes = row_bytes + self.widths[0] * 8 + (row_bytes + 64 if stream else 0)
             scratch = <char*>malloc(scratch_bytes + 64)
             if scratch == NULL:
                 raise MemoryError()
@@ -722,6 +722,10 @@ cdef class BprDecoder:
                                   &binary[0, 0] if n_rows and self.widths[1] else NULL,
                                   &discrete[0, 0] if n_rows and self.widths[2] else NULL,
                                   emb_base, row_start, stream, &r)
+                if stream:
+                    # whatever _scatter_all returned with, no streamed row is
+                    # left unordered behind the caller's next read
+                    navi_stream_done()
             if r.err != E_OK:
                 raise _decode_error(-1, &r)
         finally:
@@ -747,7 +751,8 @@ cdef class BprDecoder:
         cdef Py_ssize_t n_common
         if stream:
             # each row is built in cache and then streamed to its place
-            stage.binary = <int64_t*>(common_vals + wc)
+            # (64-byte aligned: the scratch before it ends on a 4-byte boundary)
+            stage.binary = <int64_t*>((<uintptr_t>(common_vals + wc) + 63) & ~(<uintptr_t>63))
             stage.disc = stage.binary + wb
             stage.cont = <float*>(stage.disc + wd)
             for k in range(self.n_emb):
@@ -803,8 +808,6 @@ cdef class BprDecoder:
                         if dest.emb[k] != NULL:
                             navi_stream_row(dest.emb[k], out.emb[k], self.widths[3 + k] * 4)
                 row += 1
-        if stream:
-            navi_stream_done()
 
     cdef int _scatter_record(self, Reader* r, Rows* out) noexcept nogil:
         """Write one DataRecord's known features into ``out``; skip the rest."""
