@@ -789,25 +789,24 @@ cdef class BprDecoder:
                     out = dest
                 navi_fill_f32(out.cont, wc, nan)
                 navi_put_f32(out.cont, common_cols, common_vals, n_common)
-                if out.binary != NULL:
-                    navi_copy_row(out.binary, tmpl.binary, wb * 8)
-                if out.disc != NULL:
-                    navi_copy_row(out.disc, tmpl.disc, wd * 8)
-                for k in range(self.n_emb):
-                    if out.emb[k] != NULL:
-                        navi_copy_row(out.emb[k], tmpl.emb[k], self.widths[3 + k] * 4)
+                self._copy_rows(&out, tmpl, False)
                 if self._scatter_record(r, &out):
                     return
                 if stream:
                     navi_stream_row(dest.cont, out.cont, wc * 4)
-                    if dest.binary != NULL:
-                        navi_stream_row(dest.binary, out.binary, wb * 8)
-                    if dest.disc != NULL:
-                        navi_stream_row(dest.disc, out.disc, wd * 8)
-                    for k in range(self.n_emb):
-                        if dest.emb[k] != NULL:
-                            navi_stream_row(dest.emb[k], out.emb[k], self.widths[3 + k] * 4)
+                    self._copy_rows(&dest, &out, True)
                 row += 1
+
+    cdef inline void _copy_rows(self, Rows* dst, Rows* src, bint stream) noexcept nogil:
+        """Copy the binary, discrete and embedding rows of ``src`` to those ``dst`` has (not NULL)."""
+        cdef int k
+        if dst.binary != NULL:
+            _copy_row(dst.binary, src.binary, self.widths[1] * 8, stream)
+        if dst.disc != NULL:
+            _copy_row(dst.disc, src.disc, self.widths[2] * 8, stream)
+        for k in range(self.n_emb):
+            if dst.emb[k] != NULL:
+                _copy_row(dst.emb[k], src.emb[k], self.widths[3 + k] * 4, stream)
 
     cdef int _scatter_record(self, Reader* r, Rows* out) noexcept nogil:
         """Write one DataRecord's known features into ``out``; skip the rest."""
@@ -907,6 +906,13 @@ cdef class BprDecoder:
                     r.pos += 5 + <Py_ssize_t>n * 8
                 elif skip(r, ft2, 4):
                     return -1
+
+
+cdef inline void _copy_row(void* dst, const void* src, size_t nbytes, bint stream) noexcept nogil:
+    if stream:
+        navi_stream_row(dst, src, nbytes)
+    else:
+        navi_copy_row(dst, src, nbytes)
 
 
 cdef _index_all(Py_ssize_t n, const uint8_t** data, Py_ssize_t* sizes, BprIndex* index,
