@@ -294,13 +294,20 @@ cdef extern from *:
     NAVI_DEFINE_SCATTER(navi_scatter_i64, int64_t, 16, NAVI_I64_VALUE)
     NAVI_DEFINE_SCATTER(navi_scatter_present, int64_t, 8, NAVI_PRESENT_VALUE)
 
+    #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+    #include <emmintrin.h>
+    #define NAVI_HAVE_SSE2 1
+    #endif
+
     /* Copy a finished row out with streaming (non-temporal) stores: into an
        output far larger than the cache, a plain store first reads each line
        from memory (read for ownership) only to overwrite it, and that read
        is what two threads converting at once compete for. Rows are whole
-       4-byte cells. */
-    #include <emmintrin.h>
+       4-byte cells. Without SSE2 (other architectures) a plain copy. */
     static void navi_stream_row(void* dst, const void* src, size_t nbytes) {
+    #ifndef NAVI_HAVE_SSE2
+        memcpy(dst, src, nbytes);
+    #else
         char* d = (char*)dst;
         const char* s = (const char*)src;
         int cell;
@@ -321,10 +328,40 @@ cdef extern from *:
             _mm_stream_si32((int*)d, cell);
         }
         if (nbytes) memcpy(d, s, nbytes);
+    #endif
     }
     /* Streaming stores are weakly ordered: fence them before the caller
        (or another thread) reads the output. */
-    static void navi_stream_done(void) { _mm_sfence(); }
+    static void navi_stream_done(void) {
+    #ifdef NAVI_HAVE_SSE2
+        _mm_sfence();
+    #endif
+    }
+
+    /* Big-endian doubles to floats (an embedding's list<double>). Built
+       twice where the compiler and libc can pick at load time: an AVX2
+       clone, which byte-swaps and converts four values at a time, and the
+       baseline. Measured: 1.07x-1.08x candidates/s per request, 1.04x
+       into a big output; the same bits (both round to nearest). */
+    #if defined(__x86_64__) && defined(__GLIBC__) && defined(__has_attribute)
+    #if __has_attribute(target_clones)
+    #define NAVI_CLONES __attribute__((target_clones("avx2", "default")))
+    #endif
+    #endif
+    #ifndef NAVI_CLONES
+    #define NAVI_CLONES
+    #endif
+    NAVI_CLONES
+    static void navi_f64be_to_f32(float* restrict dst, const uint8_t* restrict src, int32_t n) {
+        for (int32_t i = 0; i < n; i++) {
+            uint64_t v;
+            double d;
+            memcpy(&v, src + 8 * (size_t)i, 8);
+            v = __builtin_bswap64(v);
+            memcpy(&d, &v, 8);
+            dst[i] = (float)d;
+        }
+    }
     """
     ctypedef struct navi_table:
         void* block
@@ -338,6 +375,7 @@ cdef extern from *:
     void navi_put_f32(float* dst, const int32_t* cols, const float* vals, Py_ssize_t n) nogil
     void navi_stream_row(void* dst, const void* src, size_t nbytes) nogil
     void navi_stream_done() nogil
+    void navi_f64be_to_f32(float* dst, const uint8_t* src, int32_t n) nogil
 
 cdef struct Reader:
     const uint8_t* data
@@ -875,7 +913,6 @@ cdef class BprDecoder:
         cdef int16_t fid, fid2
         cdef int32_t n, i, count
         cdef Py_ssize_t width
-        cdef float* dst
         cdef const uint8_t* p
         for m in range(n_matches):
             k = matches[m]
@@ -904,9 +941,7 @@ cdef class BprDecoder:
                         k = matches[m]
                         width = self.widths[3 + k]
                         count = n if n < width else <int32_t>width
-                        dst = out.emb[k]
-                        for i in range(count):
-                            dst[i] = <float>navi_f64(p + 8 * i)
+                        navi_f64be_to_f32(out.emb[k], p, count)
                     r.pos += 5 + <Py_ssize_t>n * 8
                 elif skip(r, ft2, 4):
                     return -1

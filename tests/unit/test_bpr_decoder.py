@@ -402,3 +402,33 @@ def test_default_streams_only_outputs_past_the_cache(tmp_path):
         outs.append(out)
     for name in outs[0]:
         assert outs[0][name].tobytes() == outs[1][name].tobytes(), name
+
+
+def test_long_embeddings_convert_every_double_like_the_reference(tmp_path):
+    """200-wide embeddings go through the vectorised double -> float loop: special values, every lane."""
+    from navi import segdense, workload
+
+    workload.home_layout_files(tmp_path, seed=0)
+    layout = segdense.load_layout(*segdense.find_spec_files(tmp_path))
+    width = layout.tensors[3].width
+    special = [np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1e300, -1e300, 5e-324, 1e-40,
+               3.4028235677973366e38, 1.0000000596046448, 1.0000001788139343, -2.5, 7.0]
+    rng = np.random.default_rng(11)
+    values = rng.standard_normal(width + 3)  # longer than the tensor: the rest is ignored
+    # specials in every position of a 4-wide vector and in the scalar tail
+    for offset, value in enumerate(special):
+        values[offset * 13 % width] = value
+        values[width - 1 - offset % 3] = value
+    short = values[:width - 5]  # a list shorter than the tensor: the rest stays zero
+    records = [BPR.DataRecord(tensors={layout.embedding_ids[0]: BPR.GeneralTensor(
+        floatTensor=BPR.FloatTensor(floats=[float(v) for v in vals]))}) for vals in (values, short)]
+    payload = encode(BPR.BatchPredictionRequest(individualFeaturesList=records))
+    cy = decode_all(CyDecoder(layout), layout, [payload])
+    ref = decode_all(_bpr_ref.BprDecoder(layout), layout, [payload])
+    name = layout.tensors[3].name
+    assert cy[name].tobytes() == ref[name].tobytes()
+    expected = np.zeros((2, width), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        expected[0] = values[:width].astype(np.float32)
+        expected[1, :width - 5] = short.astype(np.float32)
+    assert cy[name].tobytes() == expected.tobytes()
