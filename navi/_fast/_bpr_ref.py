@@ -288,8 +288,9 @@ class BprDecoder:
                     if fid == 2:
                         col = self.maps[0].get(key, -1)
                         if col >= 0:
-                            # out-of-range doubles become +-inf, as the C cast does
-                            with np.errstate(over="ignore"):
+                            # out-of-range doubles become +-inf, a signalling NaN a quiet
+                            # one, as the C cast does
+                            with np.errstate(over="ignore", invalid="ignore"):
                                 cont[col] = np.float32(r.f64(base + 16 * i + 8))
                     else:
                         col = self.maps[2].get(key, -1)
@@ -331,7 +332,8 @@ class BprDecoder:
                     values = np.frombuffer(r.data, dtype=">f8", count=n, offset=r.pos + 5)
                     for dst in targets:
                         count = min(n, dst.shape[0])
-                        with np.errstate(over="ignore"):
+                        # overflow gives inf, a signalling NaN a quiet one, as the compiled twin
+                        with np.errstate(over="ignore", invalid="ignore"):
                             dst[:count] = values[:count].astype(np.float32)
                     r.pos += 5 + n * 8
                 else:

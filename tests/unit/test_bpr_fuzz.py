@@ -18,7 +18,9 @@ from navi.errors import DecodeError
 from navi.idl import encode
 from navi.workload import make_bprs
 
-from .bpr_helpers import BPR, EMB, assert_same, decode_all, small_layout
+from navi.segdense import parse_layout
+
+from .bpr_helpers import BPR, EMB, assert_same, decode_all, small_layout, small_spec
 from .test_bpr_decoder import sample_payload
 
 FUZZ_INPUTS = int(os.environ.get("NAVI_FUZZ_INPUTS", "1000000"))
@@ -61,18 +63,18 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(buf)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_million_mutations_never_crash():
-    layout = small_layout()
+def run_fuzz(layout, seeds: list[bytes], inputs: int, seed: int) -> tuple[int, int]:
+    """Decode ``inputs`` mutations of ``seeds``; (decoded, DecodeError) counts.
+
+    Every other input goes through the staging row and streaming stores;
+    every 200th is also decoded by the reference, which must agree.
+    """
     cy, ref = BprDecoder(layout), _bpr_ref.BprDecoder(layout)
-    # every other input goes through the staging row and streaming stores
     cy_streaming = BprDecoder(layout)
     cy_streaming.stream_min_bytes = 0
-    seeds = corpus(layout)
-    rng = np.random.default_rng(20261128)
+    rng = np.random.default_rng(seed)
     decoded = errors = 0
-    for i in range(FUZZ_INPUTS):
+    for i in range(inputs):
         payload = mutate(seeds[i % len(seeds)], rng)
         try:
             result = decode_all(cy_streaming if i % 2 else cy, layout, [payload])
@@ -89,5 +91,32 @@ def test_million_mutations_never_crash():
                 assert result == expected, (payload, result, expected)
             else:
                 assert_same(result, expected)
+    return decoded, errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_million_mutations_never_crash():
+    decoded, errors = run_fuzz(small_layout(), corpus(small_layout()), FUZZ_INPUTS, 20261128)
     print(f"fuzz: {FUZZ_INPUTS} inputs, {decoded} decoded, {errors} DecodeError")
     assert decoded + errors == FUZZ_INPUTS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_wide_embedding_mutations_never_crash():
+    """Embeddings 20 wide, so float lists take the vectorised conversion's main loop too."""
+    spec, all_config = small_spec()
+    for entry in spec["complex_feature_type_transform_spec"]:
+        entry["tensor_shape"] = [20]
+    layout = parse_layout(spec, all_config)
+    rng = np.random.default_rng(7)
+    records = [BPR.DataRecord(continuousFeatures={101: 1.5}, tensors={
+        fid: BPR.GeneralTensor(floatTensor=BPR.FloatTensor(floats=rng.standard_normal(size).tolist()))
+        for fid, size in zip(EMB.values(), sizes)}) for sizes in ((0, 7, 20), (8, 19, 33), (16, 1, 24))]
+    seeds = [encode(BPR.BatchPredictionRequest(individualFeaturesList=records[:k], commonFeatures=records[k]))
+             for k in range(3)]
+    inputs = max(1, FUZZ_INPUTS // 5)
+    decoded, errors = run_fuzz(layout, seeds, inputs, 20261129)
+    print(f"fuzz (wide embeddings): {inputs} inputs, {decoded} decoded, {errors} DecodeError")
+    assert decoded + errors == inputs
