@@ -5,12 +5,14 @@ threads of one process, each with its own buffer; two forked processes doing
 the same. `--shape per-request` (default) converts one BPR at a time into a
 reused buffer, as a server batch thread does; `--shape one-output` converts
 all BPRs in one call into one output far larger than the cache (27 MB for 10
-home BPRs), as the bench's `cython_2threads` does with its halves. If two threads fall short of 2x but match two
-processes, the machine (shared or throttled cores, memory bandwidth) sets the
-limit, not the decoder (the GIL, shared state). Prints each repetition and the
-min / median ratios over one thread.
+home BPRs), as the bench's `cython_2threads` does with its halves. If two
+threads fall short of 2x but match two processes, the machine (shared or
+throttled cores, memory bandwidth) sets the limit, not the decoder (the GIL,
+shared state). Prints each repetition and the min / median ratios over one
+thread.
 
-    python benchmarks/bench_convert_threads.py [--bprs 10] [--passes 8] [--repeats 7] [--shape one-output]
+    python benchmarks/bench_convert_threads.py [--bprs 10] [--passes 8] [--repeats 7]
+        [--shape one-output]
 """
 from __future__ import annotations
 

@@ -63,11 +63,6 @@ DEF T_MAP = 13
 DEF T_SET = 14
 DEF T_LIST = 15
 
-# Measured on the home layout (27 KB rows), one output of 2,000 rows: 1.15x
-# the candidates/s of writing rows in place, two threads 1.13x; outputs the
-# size of one request stay in place (building them in a staging row cost 13%).
-DEFAULT_STREAM_MIN_BYTES = 16 << 20
-
 # error codes (the same numbers as _bpr_ref's E_* constants)
 DEF E_OK = 0
 DEF E_TRUNCATED = 1
@@ -80,6 +75,11 @@ DEF E_TOO_MANY_ROWS = 7
 
 # one message table for both twins: the codes above match _bpr_ref's E_* constants
 from navi._fast._bpr_ref import ERROR_REASONS
+# and one streaming threshold. Measured on the home layout (27 KB rows), one
+# output of 2,000 rows: 1.15x the candidates/s of writing rows in place, two
+# threads 1.13x; outputs the size of one request stay in place (building them
+# in a staging row cost 13%).
+from navi._fast._bpr_ref import DEFAULT_STREAM_MIN_BYTES
 
 cdef extern from *:
     """
@@ -272,9 +272,10 @@ cdef extern from *:
        each an i64 id first; VALUE(entry) is what lands in the id's column.
        Unknown ids store into a dummy. The compiler keeps the id compare
        as a branch, which lets the store's address be speculated; a forced
-       branch-free select measured slower (0.86x-0.92x). The table is read through a local copy: a
-       store through dst might otherwise alias it, and the compiler reloaded
-       its column array every entry (measured: 1.03x per request). */
+       branch-free select measured slower (0.86x-0.92x). The table is read
+       through a local copy: a store through dst might otherwise alias it,
+       and the compiler reloaded its column array every entry (measured:
+       1.03x per request). */
     #define NAVI_DEFINE_SCATTER(NAME, T, STRIDE, VALUE)                                   \
         static void NAME(const navi_table* t, const uint8_t* p, int32_t n, T* dst) {      \
             T dummy;                                                                      \
@@ -595,6 +596,7 @@ cdef class BprDecoder:
     cdef int n_emb
     cdef float cont_default
     cdef Py_ssize_t widths[3 + MAX_EMBEDDINGS]
+    cdef Py_ssize_t row_bytes  # one output row across every tensor
     cdef public object layout
     cdef public Py_ssize_t stream_min_bytes
 
@@ -615,6 +617,10 @@ cdef class BprDecoder:
         self.cont_default = layout.tensors[0].default
         for i, tensor in enumerate(layout.tensors):
             self.widths[i] = tensor.width
+        # the decoder's own row: float32 continuous and embeddings, int64 binary and discrete
+        self.row_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8
+        for i in range(self.n_emb):
+            self.row_bytes += self.widths[3 + i] * 4
         for i, fid in enumerate(layout.embedding_ids):
             self.emb_ids[i] = fid
         pairs = (
@@ -730,7 +736,7 @@ cdef class BprDecoder:
         cdef Reader r
         cdef Rows tmpl
         cdef char* scratch = NULL
-        cdef Py_ssize_t scratch_bytes, row_bytes
+        cdef Py_ssize_t scratch_bytes
         cdef bint stream
         try:
             if index == NULL or data == NULL or sizes == NULL:
@@ -741,23 +747,15 @@ cdef class BprDecoder:
                 total += index[i].rows
             if row_start < 0 or total > n_rows - row_start:
                 raise ValueError(f"{total} rows do not fit at row {row_start} of {n_rows}")
+            stream = total * self.row_bytes >= self.stream_min_bytes
             # template rows (one per tensor, sized by the layout, never by the
-            # wire), then the sparse common list of the continuous row
-            row_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8
-            for k in range(self.n_emb):
-                row_bytes += self.widths[3 + k] * 4
-            stream = total * row_bytes >= self.stream_min_bytes
-            # template row, sparse common list, and the staging row when streaming
-            scratch_bytes = row_bytes + self.widths[0] * 8 + (row_bytes + 64 if stream else 0)
+            # wire), the sparse common list of the continuous row, and the
+            # staging row when streaming
+            scratch_bytes = self.row_bytes + self.widths[0] * 8 + (self.row_bytes + 64 if stream else 0)
             scratch = <char*>malloc(scratch_bytes + 64)
             if scratch == NULL:
                 raise MemoryError()
-            tmpl.binary = <int64_t*>scratch
-            tmpl.disc = tmpl.binary + self.widths[1]
-            tmpl.cont = <float*>(tmpl.disc + self.widths[2])
-            tmpl.emb[0] = tmpl.cont + self.widths[0]
-            for k in range(1, self.n_emb):
-                tmpl.emb[k] = tmpl.emb[k - 1] + self.widths[3 + k - 1]
+            self._place_rows(&tmpl, scratch)
             r.err = E_OK
             with nogil:
                 self._scatter_all(n, data, sizes, index, &tmpl, &continuous[0, 0] if n_rows else NULL,
@@ -788,17 +786,13 @@ cdef class BprDecoder:
         # The continuous row is the widest: rather than copying a template row
         # (which doubles what must stay in L1 while features are scattered),
         # each row is filled and gets the common features from a sparse list.
-        cdef int32_t* common_cols = <int32_t*>(tmpl.emb[self.n_emb - 1] + self.widths[3 + self.n_emb - 1]) if self.n_emb else <int32_t*>(tmpl.cont + wc)
+        cdef int32_t* common_cols = <int32_t*>(<char*>tmpl.binary + self.row_bytes)
         cdef float* common_vals = <float*>(common_cols + wc)
         cdef Py_ssize_t n_common
         if stream:
             # each row is built in cache and then streamed to its place
             # (64-byte aligned: the scratch before it ends on a 4-byte boundary)
-            stage.binary = <int64_t*>((<uintptr_t>(common_vals + wc) + 63) & ~(<uintptr_t>63))
-            stage.disc = stage.binary + wb
-            stage.cont = <float*>(stage.disc + wd)
-            for k in range(self.n_emb):
-                stage.emb[k] = (stage.cont + wc) if k == 0 else (stage.emb[k - 1] + self.widths[3 + k - 1])
+            self._place_rows(&stage, <char*>((<uintptr_t>(common_vals + wc) + 63) & ~(<uintptr_t>63)))
         for i in range(n):
             r.data = data[i]
             r.end = sizes[i]
@@ -838,6 +832,15 @@ cdef class BprDecoder:
                     navi_stream_row(dest.cont, out.cont, wc * 4)
                     self._copy_rows(&dest, &out, True)
                 row += 1
+
+    cdef void _place_rows(self, Rows* rows, char* block) noexcept nogil:
+        """Lay one row of every tensor out back to back in ``block`` (row_bytes long)."""
+        cdef int k
+        rows.binary = <int64_t*>block
+        rows.disc = rows.binary + self.widths[1]
+        rows.cont = <float*>(rows.disc + self.widths[2])
+        for k in range(self.n_emb):
+            rows.emb[k] = (rows.cont + self.widths[0]) if k == 0 else (rows.emb[k - 1] + self.widths[3 + k - 1])
 
     cdef inline void _copy_rows(self, Rows* dst, Rows* src, bint stream) noexcept nogil:
         """Copy the binary, discrete and embedding rows of ``src`` to those ``dst`` has (not NULL)."""

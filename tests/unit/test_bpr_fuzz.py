@@ -16,9 +16,8 @@ from navi._fast import _bpr_ref
 from navi._fast._bpr import BprDecoder
 from navi.errors import DecodeError
 from navi.idl import encode
-from navi.workload import make_bprs
-
 from navi.segdense import parse_layout
+from navi.workload import make_bprs
 
 from .bpr_helpers import BPR, EMB, assert_same, decode_all, small_layout, small_spec
 from .test_bpr_decoder import sample_payload
@@ -97,7 +96,8 @@ def run_fuzz(layout, seeds: list[bytes], inputs: int, seed: int) -> tuple[int, i
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_million_mutations_never_crash():
-    decoded, errors = run_fuzz(small_layout(), corpus(small_layout()), FUZZ_INPUTS, 20261128)
+    layout = small_layout()
+    decoded, errors = run_fuzz(layout, corpus(layout), FUZZ_INPUTS, 20261128)
     print(f"fuzz: {FUZZ_INPUTS} inputs, {decoded} decoded, {errors} DecodeError")
     assert decoded + errors == FUZZ_INPUTS
 

@@ -37,7 +37,6 @@ def test_round_trip_base64_and_raw(tmp_path):
         assert np.load(out / "batch_ends.npy").tolist() == [7, 14, 21, 28, 35]
 
 
-
 def test_rows_pass_through_a_small_reused_buffer(tmp_path):
     """Several BPRs per buffer fill, one BPR larger than the buffer, a BPR of no rows."""
     from navi.bprfile import Record
@@ -56,6 +55,7 @@ def test_rows_pass_through_a_small_reused_buffer(tmp_path):
     for tensor, array in expected.items():
         np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{tensor}.npy"), array)
     assert np.load(tmp_path / "out" / "batch_ends.npy").tolist() == [3, 6, 17, 17, 20, 23, 26, 29]
+
 
 def test_bad_line_stops_with_its_number_unless_skipped(tmp_path):
     layout, payloads = setup_files(tmp_path, n=3, candidates=2)
