@@ -14,6 +14,13 @@ Methods, timed side by side and interleaved in every round:
   before it scatters, so it bounds that design from above);
 - ``reference``: the plain-Python twin (on a few BPRs: it is slow).
 Throughput is reported as the median and the best over rounds.
+
+Every round also times a control with no memory traffic and no shared state
+(``navi._fast._cores.alu_loop``) on one thread and then on two, back to back:
+on a shared VM a vCPU's speed moves with what runs on the other half of its
+physical core, so the two-thread ratios are reported next to what the cores
+gave that loop in the same rounds (``machine_two_threads_vs_one``) and as a
+share of it, round by round.
 """
 from __future__ import annotations
 
@@ -149,6 +156,28 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: 
     return methods
 
 
+def build_machine_control(pool: ThreadPoolExecutor, iterations: int = 20_000_000):
+    """(one thread, two threads) runs of the register-only loop: the same work whole, or halved per thread."""
+    from navi._fast._cores import alu_loop
+
+    def one(passes: int) -> None:
+        for _ in range(passes):
+            alu_loop(iterations)
+
+    def half(count: int) -> Callable[[int], None]:
+        def run(passes: int) -> None:
+            for _ in range(passes):
+                alu_loop(count)
+        return run
+
+    halves = [half(iterations // 2), half(iterations - iterations // 2)]
+
+    def two(passes: int) -> None:
+        for future in [pool.submit(work, passes) for work in halves]:
+            future.result()
+    return one, two
+
+
 def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, reference_bprs: int = 1,
                       methods: Sequence[str] = METHODS, log: Callable[[str], None] | None = None,
                       min_round_s: float = 0.2) -> dict:
@@ -166,10 +195,17 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
         for method in chosen:  # warm-up (first-touch page faults, imports), then calibration
             available[method][0](1)
             passes[method] = passes_for(_time(available[method][0]), min_round_s)
+        control_one, control_two = build_machine_control(pool)
+        control_two(1)
+        control_passes = passes_for(_time(control_one), min_round_s)
+        machine_ratios: list[float] = []
         for round_index in range(rounds):
             order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
             for method in order:
                 samples[method].append(_time(available[method][0], passes[method]))
+            pair = (control_one, control_two) if round_index % 2 == 0 else (control_two, control_one)
+            seconds = {run: _time(run, control_passes) for run in pair}
+            machine_ratios.append(seconds[control_one] / seconds[control_two])
             if log:
                 log(f"round {round_index + 1}/{rounds} done")
     results = {}
@@ -194,14 +230,15 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
     if "cython_per_request" in results and "thriftpy2" in results:
         per_round = [t / c for t, c in zip(samples["thriftpy2"], samples["cython_per_request"])]
         ratios["cython_per_request_vs_thriftpy2_per_round_median"] = statistics.median(per_round)
-    if "cython" in results and "cython_2threads" in results:
-        per_round = [c / t for c, t in zip(samples["cython"], samples["cython_2threads"])]
-        ratios["two_threads_vs_one_median"] = statistics.median(per_round)
-        ratios["two_threads_vs_one_best"] = max(per_round)
-    if "cython_per_request" in results and "cython_per_request_2threads" in results:
-        per_round = [c / t for c, t in zip(samples["cython_per_request"], samples["cython_per_request_2threads"])]
-        ratios["per_request_two_threads_vs_one_median"] = statistics.median(per_round)
-        ratios["per_request_two_threads_vs_one_best"] = max(per_round)
+    ratios["machine_two_threads_vs_one_median"] = statistics.median(machine_ratios)
+    for prefix, one, two in (("two_threads", "cython", "cython_2threads"),
+                             ("per_request_two_threads", "cython_per_request", "cython_per_request_2threads")):
+        if one in results and two in results:
+            per_round = [c / t for c, t in zip(samples[one], samples[two])]
+            ratios[f"{prefix}_vs_one_median"] = statistics.median(per_round)
+            ratios[f"{prefix}_vs_one_best"] = max(per_round)
+            ratios[f"{prefix}_vs_one_of_machine_median"] = statistics.median(
+                [r / m for r, m in zip(per_round, machine_ratios)])
     if "cython" in results and "reference" in results:
         ratios["cython_vs_reference_median"] = results["cython"]["candidates_per_s"] / results["reference"]["candidates_per_s"]
     return {

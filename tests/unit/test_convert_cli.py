@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from navi.bprfile import write_base64, write_raw
@@ -113,6 +114,12 @@ def test_bench_convert_writes_the_issue_json(tmp_path):
     # a tiny workload is repeated within each timing; throughput stays per pass
     assert results["cython"]["passes_per_timing"] > 1
     assert report["workload"]["min_round_s"] == 0.01
+    # the cores' own two-thread ratio, timed in the same rounds, and each converter ratio as a share of it
+    ratios = report["ratios"]
+    assert ratios["machine_two_threads_vs_one_median"] > 0
+    assert ratios["two_threads_vs_one_of_machine_median"] == pytest.approx(
+        ratios["two_threads_vs_one_median"] / ratios["machine_two_threads_vs_one_median"])
+    assert ratios["per_request_two_threads_vs_one_of_machine_median"] > 0
 
 
 def test_passes_for_makes_timings_last_long_enough():
