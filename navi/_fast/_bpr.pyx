@@ -275,13 +275,19 @@ cdef extern from *:
        branch-free select measured slower (0.86x-0.92x). The table is read
        through a local copy: a store through dst might otherwise alias it,
        and the compiler reloaded its column array every entry (measured:
-       1.03x per request). */
+       1.03x per request). Each entry prefetches the input 512 bytes on:
+       the hardware prefetcher stops at every 4 KB page of the request's
+       bytes, and this keeps the walk fed across them (1.04x per
+       request on one thread and on two, 1.01x-1.04x into one big output). A prefetch never faults and its
+       data is never used, so past the end of the input it reads nothing;
+       the address is formed as an integer, not as a pointer past the end. */
     #define NAVI_DEFINE_SCATTER(NAME, T, STRIDE, VALUE)                                   \
         static void NAME(const navi_table* t, const uint8_t* p, int32_t n, T* dst) {      \
             T dummy;                                                                      \
             const navi_table table = *t;                                                  \
             for (int32_t i = 0; i < n; i++) {                                             \
                 const uint8_t* entry = p + (STRIDE) * i;                                  \
+                __builtin_prefetch((const void*)((uintptr_t)entry + 512));                \
                 int32_t col = navi_lookup(&table, navi_be64(entry));                      \
                 T* target = col >= 0 ? dst + col : &dummy;                                \
                 *target = VALUE(entry);                                                   \
