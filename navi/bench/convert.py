@@ -195,17 +195,21 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
         for method in chosen:  # warm-up (first-touch page faults, imports), then calibration
             available[method][0](1)
             passes[method] = passes_for(_time(available[method][0]), min_round_s)
-        control_one, control_two = build_machine_control(pool)
-        control_two(1)
-        control_passes = passes_for(_time(control_one), min_round_s)
+        # the control only gives the two-thread ratios something to be read against
+        with_control = any(m.endswith("_2threads") for m in chosen)
+        if with_control:
+            control_one, control_two = build_machine_control(pool)
+            control_two(1)
+            control_passes = passes_for(_time(control_one), min_round_s)
         machine_ratios: list[float] = []
         for round_index in range(rounds):
             order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
             for method in order:
                 samples[method].append(_time(available[method][0], passes[method]))
-            pair = (control_one, control_two) if round_index % 2 == 0 else (control_two, control_one)
-            seconds = {run: _time(run, control_passes) for run in pair}
-            machine_ratios.append(seconds[control_one] / seconds[control_two])
+            if with_control:
+                pair = (control_one, control_two) if round_index % 2 == 0 else (control_two, control_one)
+                seconds = {run: _time(run, control_passes) for run in pair}
+                machine_ratios.append(seconds[control_one] / seconds[control_two])
             if log:
                 log(f"round {round_index + 1}/{rounds} done")
     results = {}
@@ -230,7 +234,8 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
     if "cython_per_request" in results and "thriftpy2" in results:
         per_round = [t / c for t, c in zip(samples["thriftpy2"], samples["cython_per_request"])]
         ratios["cython_per_request_vs_thriftpy2_per_round_median"] = statistics.median(per_round)
-    ratios["machine_two_threads_vs_one_median"] = statistics.median(machine_ratios)
+    if machine_ratios:
+        ratios["machine_two_threads_vs_one_median"] = statistics.median(machine_ratios)
     for prefix, one, two in (("two_threads", "cython", "cython_2threads"),
                              ("per_request_two_threads", "cython_per_request", "cython_per_request_2threads")):
         if one in results and two in results:

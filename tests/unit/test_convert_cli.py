@@ -122,6 +122,17 @@ def test_bench_convert_writes_the_issue_json(tmp_path):
     assert ratios["per_request_two_threads_vs_one_of_machine_median"] > 0
 
 
+def test_bench_convert_skips_the_control_without_two_thread_methods(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "convert", "--bprs", "2", "--candidates", "3", "--rounds", "1",
+                                       "--methods", "cython,thriftpy2", "--min-round-s", "0.01",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    ratios = json.loads(out.read_text())["ratios"]
+    assert "cython_vs_thriftpy2_median" in ratios
+    assert not any("machine" in name or "two_threads" in name for name in ratios)
+
+
 def test_passes_for_makes_timings_last_long_enough():
     from navi.bench.convert import passes_for
 
