@@ -310,7 +310,12 @@ def runtime_command(runtimes, batch_rows, threads, repeats, min_time_s, home, ho
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
 def convert_bench_command(input_path, model_dir, spec, all_config, bprs, candidates, rounds, min_round_s,
                           reference_bprs, methods, json_path):
-    """Converter throughput: ours vs thriftpy2 decode-alone vs the reference."""
+    """Converter throughput: ours vs thriftpy2 decode-alone vs the reference.
+
+    With the two-thread methods it also times a register-only loop on one
+    thread and on two in every round: what the machine's cores give code that
+    shares nothing, beside the converter's own two-thread ratios.
+    """
     import json
     import tempfile
 
