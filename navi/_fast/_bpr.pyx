@@ -44,7 +44,6 @@ cdef extern from *:
     int64_t navi_i64(const uint8_t* p) nogil
     int32_t navi_i32(const uint8_t* p) nogil
     int16_t navi_i16(const uint8_t* p) nogil
-    double navi_f64(const uint8_t* p) nogil
 
 DEF MAX_DEPTH = 64
 DEF MAX_EMBEDDINGS = 8
@@ -261,13 +260,6 @@ cdef extern from *:
         if (nbytes & 7) memcpy((char*)dst + n * 8, (const char*)src + n * 8, nbytes & 7);
     }
 
-    static inline int64_t navi_be64(const uint8_t* p) {
-        uint64_t v; memcpy(&v, p, 8); return (int64_t)__builtin_bswap64(v);
-    }
-    static inline double navi_bef64(const uint8_t* p) {
-        uint64_t v; double d; memcpy(&v, p, 8); v = __builtin_bswap64(v); memcpy(&d, &v, 8); return d;
-    }
-
     /* One loop for every id -> column scatter: entries of STRIDE bytes,
        each an i64 id first; VALUE(entry) is what lands in the id's column.
        Unknown ids store into a dummy. The compiler keeps the id compare
@@ -277,10 +269,11 @@ cdef extern from *:
        and the compiler reloaded its column array every entry (measured:
        1.03x per request). Each entry prefetches the input 512 bytes on:
        the hardware prefetcher stops at every 4 KB page of the request's
-       bytes, and this keeps the walk fed across them (1.04x per
-       request on one thread and on two, 1.01x-1.04x into one big output). A prefetch never faults and its
-       data is never used, so past the end of the input it reads nothing;
-       the address is formed as an integer, not as a pointer past the end. */
+       bytes, and this keeps the walk fed across them (1.04x per request
+       on one thread and on two, 1.01x-1.04x into one big output). A
+       prefetch never faults and its data is never used, so past the end
+       of the input it reads nothing; the address is formed as an integer,
+       not as a pointer past the end. */
     #define NAVI_DEFINE_SCATTER(NAME, T, STRIDE, VALUE)                                   \
         static void NAME(const navi_table* t, const uint8_t* p, int32_t n, T* dst) {      \
             T dummy;                                                                      \
@@ -288,13 +281,13 @@ cdef extern from *:
             for (int32_t i = 0; i < n; i++) {                                             \
                 const uint8_t* entry = p + (STRIDE) * i;                                  \
                 __builtin_prefetch((const void*)((uintptr_t)entry + 512));                \
-                int32_t col = navi_lookup(&table, navi_be64(entry));                      \
+                int32_t col = navi_lookup(&table, navi_i64(entry));                       \
                 T* target = col >= 0 ? dst + col : &dummy;                                \
                 *target = VALUE(entry);                                                   \
             }                                                                             \
         }
-    #define NAVI_F64_VALUE(entry) ((float)navi_bef64((entry) + 8))
-    #define NAVI_I64_VALUE(entry) navi_be64((entry) + 8)
+    #define NAVI_F64_VALUE(entry) ((float)navi_f64((entry) + 8))
+    #define NAVI_I64_VALUE(entry) navi_i64((entry) + 8)
     #define NAVI_PRESENT_VALUE(entry) 1
     /* map<i64, double> -> float columns; map<i64, i64> -> int64; set<i64> -> 1 */
     NAVI_DEFINE_SCATTER(navi_scatter_f32, float, 16, NAVI_F64_VALUE)
@@ -797,8 +790,14 @@ cdef class BprDecoder:
         cdef Py_ssize_t n_common
         if stream:
             # each row is built in cache and then streamed to its place
-            # (64-byte aligned: the scratch before it ends on a 4-byte boundary)
+            # (64-byte aligned: the scratch before it ends on a 4-byte boundary);
+            # a tensor the caller has no output for stays NULL here too
             self._place_rows(&stage, <char*>((<uintptr_t>(common_vals + wc) + 63) & ~(<uintptr_t>63)))
+            out.cont = stage.cont
+            out.binary = stage.binary if binary != NULL else NULL
+            out.disc = stage.disc if disc != NULL else NULL
+            for k in range(self.n_emb):
+                out.emb[k] = stage.emb[k] if emb_base[k] != NULL else NULL
         for i in range(n):
             r.data = data[i]
             r.end = sizes[i]
@@ -821,13 +820,7 @@ cdef class BprDecoder:
                 dest.disc = disc + row * wd if disc != NULL else NULL
                 for k in range(self.n_emb):
                     dest.emb[k] = emb_base[k] + row * self.widths[3 + k] if emb_base[k] != NULL else NULL
-                if stream:
-                    out.cont = stage.cont
-                    out.binary = stage.binary if dest.binary != NULL else NULL
-                    out.disc = stage.disc if dest.disc != NULL else NULL
-                    for k in range(self.n_emb):
-                        out.emb[k] = stage.emb[k] if dest.emb[k] != NULL else NULL
-                else:
+                if not stream:
                     out = dest
                 navi_fill_f32(out.cont, wc, nan)
                 navi_put_f32(out.cont, common_cols, common_vals, n_common)
