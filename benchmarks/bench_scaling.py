@@ -42,7 +42,7 @@ from typing import Callable
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from navi._fast._cores import alu_loop  # noqa: E402 - after the BLAS thread setting
+from navi.bench.convert import build_machine_control, convert_per_request, in_two_threads, repeated  # noqa: E402
 from navi.converter import BprConverter  # noqa: E402
 from navi.segdense import load_layout  # noqa: E402
 from navi.workload import home_layout_files, make_bprs  # noqa: E402
@@ -50,8 +50,8 @@ from navi.workload import home_layout_files, make_bprs  # noqa: E402
 WORKLOADS = ("one-output", "per-request", "alu", "memset")
 
 
-def build_workloads(bprs: int, scratch: Path) -> dict[str, tuple[Callable[[int], None], list[Callable[[int], None]]]]:
-    """Workload name -> (whole(repeats) on one thread, [half(repeats) for each of two threads])."""
+def build_workloads(bprs: int, scratch: Path, pool: ThreadPoolExecutor) -> dict[str, tuple[Callable[[int], None], Callable[[int], None]]]:
+    """Workload name -> (whole(repeats) on one thread, halves(repeats) on ``pool``'s two threads)."""
     layout = load_layout(*home_layout_files(scratch / "spec"))
     payloads = make_bprs(layout, bprs, 100, seed=0)
     converter = BprConverter(layout)
@@ -61,29 +61,7 @@ def build_workloads(bprs: int, scratch: Path) -> dict[str, tuple[Callable[[int],
 
     whole_out = layout.allocate(int(rows.sum()))
     half_outs = [layout.allocate(int(rows[:half].sum())), layout.allocate(int(rows[half:].sum()))]
-
-    def one_output(part, out) -> Callable[[int], None]:
-        def run(repeats: int) -> None:
-            for _ in range(repeats):
-                converter.convert_into(part, out)
-        return run
-
     request_buffers = [layout.allocate(int(rows.max())) for _ in range(3)]
-
-    def per_request(part, buffer) -> Callable[[int], None]:
-        def run(repeats: int) -> None:
-            for _ in range(repeats):
-                for payload in part:
-                    converter.convert_into([payload], buffer)
-        return run
-
-    alu_iterations = 20_000_000  # ~10-20 ms a call
-
-    def alu(iterations: int) -> Callable[[int], None]:
-        def run(repeats: int) -> None:
-            for _ in range(repeats):
-                alu_loop(iterations)
-        return run
 
     libc = ctypes.CDLL(None)
     libc.memset.argtypes, libc.memset.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t], ctypes.c_void_p
@@ -91,19 +69,19 @@ def build_workloads(bprs: int, scratch: Path) -> dict[str, tuple[Callable[[int],
     memory = [bytearray(whole_bytes), bytearray(whole_bytes // 2), bytearray(whole_bytes - whole_bytes // 2)]
 
     def memset(buffer: bytearray) -> Callable[[int], None]:
-        address = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
-
-        def run(repeats: int) -> None:
-            for _ in range(repeats):
-                libc.memset(address, 7, len(buffer))
-        return run
+        # the ctypes view (not a bare address) keeps the buffer alive inside the run
+        view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+        return repeated(libc.memset, view, 7, len(buffer))
 
     return {
-        "one-output": (one_output(payloads, whole_out), [one_output(p, o) for p, o in zip(halves, half_outs)]),
-        "per-request": (per_request(payloads, request_buffers[2]),
-                        [per_request(p, b) for p, b in zip(halves, request_buffers)]),
-        "alu": (alu(alu_iterations), [alu(alu_iterations // 2), alu(alu_iterations - alu_iterations // 2)]),
-        "memset": (memset(memory[0]), [memset(memory[1]), memset(memory[2])]),
+        "one-output": (repeated(converter.convert_into, payloads, whole_out),
+                       in_two_threads(pool, [repeated(converter.convert_into, part, out)
+                                             for part, out in zip(halves, half_outs)])),
+        "per-request": (repeated(convert_per_request, converter, payloads, request_buffers[2]),
+                        in_two_threads(pool, [repeated(convert_per_request, converter, part, buffer)
+                                              for part, buffer in zip(halves, request_buffers)])),
+        "alu": build_machine_control(pool),  # ~10-20 ms a call
+        "memset": (memset(memory[0]), in_two_threads(pool, [memset(memory[1]), memset(memory[2])])),
     }
 
 
@@ -115,18 +93,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the per-round ratios and their summary here")
     args = parser.parse_args()
 
-    workloads = build_workloads(args.bprs, Path(tempfile.mkdtemp(prefix="navi-scaling-")))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bench-scaling") as pool:
-        def one_thread(name: str, repeats: int) -> float:
+        workloads = build_workloads(args.bprs, Path(tempfile.mkdtemp(prefix="navi-scaling-")), pool)
+
+        def timed(run: Callable[[int], None], repeats: int) -> float:
             began = time.perf_counter()
-            workloads[name][0](repeats)
+            run(repeats)
             return time.perf_counter() - began
 
+        def one_thread(name: str, repeats: int) -> float:
+            return timed(workloads[name][0], repeats)
+
         def two_threads(name: str, repeats: int) -> float:
-            began = time.perf_counter()
-            for future in [pool.submit(half, repeats) for half in workloads[name][1]]:
-                future.result()
-            return time.perf_counter() - began
+            return timed(workloads[name][1], repeats)
 
         repeats = {}
         for name in WORKLOADS:  # warm (first-touch page faults), then size each timing

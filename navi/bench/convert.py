@@ -73,6 +73,28 @@ def passes_for(seconds_per_pass: float, min_round_s: float) -> int:
     return max(1, math.ceil(min_round_s / seconds_per_pass))
 
 
+def repeated(one_pass: Callable[..., None], *arguments) -> Callable[[int], None]:
+    """``run(passes)``: ``one_pass(*arguments)`` that many times."""
+    def run(passes: int) -> None:
+        for _ in range(passes):
+            one_pass(*arguments)
+    return run
+
+
+def in_two_threads(pool: ThreadPoolExecutor, halves: Sequence[Callable[[int], None]]) -> Callable[[int], None]:
+    """``run(passes)``: each of ``halves`` makes all its passes on a ``pool`` thread; done when both are."""
+    def run(passes: int) -> None:
+        for future in [pool.submit(work, passes) for work in halves]:
+            future.result()
+    return run
+
+
+def convert_per_request(converter, payloads: Sequence[bytes], buffer) -> None:
+    """Convert ``payloads`` one BPR per call into ``buffer``, as the server converts one-request batches."""
+    for payload in payloads:
+        converter.convert_into([payload], buffer)
+
+
 def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: ThreadPoolExecutor):
     """Method name -> (run(passes) doing the work ``passes`` times, candidates per pass, input bytes).
 
@@ -95,34 +117,8 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: 
     halves = [payloads[:half], payloads[half:]]
     half_outs = [layout.allocate(int(rows[:half].sum())), layout.allocate(int(rows[half:].sum()))]
 
-    def repeated(one_pass: Callable[..., None], *arguments) -> Callable[[int], None]:
-        def run(passes: int) -> None:
-            for _ in range(passes):
-                one_pass(*arguments)
-        return run
-
-    def cython():
-        converter.convert_into(payloads, out)
-
-    per_request_out = layout.allocate(int(rows.max()) if len(rows) else 0)
-
-    def cython_per_request():
-        for payload in payloads:
-            converter.convert_into([payload], per_request_out)
-
-    half_buffers = [layout.allocate(int(rows.max()) if len(rows) else 0) for _ in range(2)]
-
-    def per_request(part, buffer):
-        for payload in part:
-            converter.convert_into([payload], buffer)
-
-    def in_two_threads(one_pass: Callable[..., None], argument_pairs) -> Callable[[int], None]:
-        halves_work = [repeated(one_pass, *arguments) for arguments in argument_pairs]
-
-        def run(passes: int) -> None:
-            for future in [pool.submit(work, passes) for work in halves_work]:
-                future.result()
-        return run
+    # one buffer of a request's rows for the single thread, one per thread for two
+    request_buffers = [layout.allocate(int(rows.max()) if len(rows) else 0) for _ in range(3)]
 
     from thriftpy2.protocol import TCyBinaryProtocolFactory
     from thriftpy2.utils import deserialize
@@ -144,10 +140,14 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: 
                                 [ref_out[t.name] for t in layout.tensors[3:]])
 
     methods = {
-        "cython": (repeated(cython), total_rows, total_bytes),
-        "cython_per_request": (repeated(cython_per_request), total_rows, total_bytes),
-        "cython_2threads": (in_two_threads(converter.convert_into, zip(halves, half_outs)), total_rows, total_bytes),
-        "cython_per_request_2threads": (in_two_threads(per_request, zip(halves, half_buffers)),
+        "cython": (repeated(converter.convert_into, payloads, out), total_rows, total_bytes),
+        "cython_per_request": (repeated(convert_per_request, converter, payloads, request_buffers[2]),
+                               total_rows, total_bytes),
+        "cython_2threads": (in_two_threads(pool, [repeated(converter.convert_into, part, part_out)
+                                                  for part, part_out in zip(halves, half_outs)]),
+                            total_rows, total_bytes),
+        "cython_per_request_2threads": (in_two_threads(pool, [repeated(convert_per_request, converter, part, buffer)
+                                                              for part, buffer in zip(halves, request_buffers)]),
                                         total_rows, total_bytes),
         "thriftpy2": (repeated(thriftpy2_decode), total_rows, total_bytes),
     }
@@ -160,22 +160,8 @@ def build_machine_control(pool: ThreadPoolExecutor, iterations: int = 20_000_000
     """(one thread, two threads) runs of the register-only loop: the same work whole, or halved per thread."""
     from navi._fast._cores import alu_loop
 
-    def one(passes: int) -> None:
-        for _ in range(passes):
-            alu_loop(iterations)
-
-    def half(count: int) -> Callable[[int], None]:
-        def run(passes: int) -> None:
-            for _ in range(passes):
-                alu_loop(count)
-        return run
-
-    halves = [half(iterations // 2), half(iterations - iterations // 2)]
-
-    def two(passes: int) -> None:
-        for future in [pool.submit(work, passes) for work in halves]:
-            future.result()
-    return one, two
+    halves = [repeated(alu_loop, iterations // 2), repeated(alu_loop, iterations - iterations // 2)]
+    return repeated(alu_loop, iterations), in_two_threads(pool, halves)
 
 
 def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, reference_bprs: int = 1,
