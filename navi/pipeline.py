@@ -330,14 +330,17 @@ class ServedModel:
         checked = {}
         for spec in self._inputs:
             array = np.asarray(inputs[spec.name])
-            if not castable(array.dtype, spec.dtype):
-                raise InvalidInput(
-                    f"input {spec.name!r} has dtype {array.dtype.name}; model {self.name} "
-                    f"takes {spec.dtype.name}"
+            if spec.declared:
+                dtype_ok, wanted = castable(array.dtype, spec.dtype), spec.dtype.name
+                ok_shape = array.ndim == len(spec.shape) and array.ndim >= 1 and all(
+                    want < 0 or want == got for want, got in zip(spec.shape, array.shape)
                 )
-            ok_shape = array.ndim == len(spec.shape) and array.ndim >= 1 and all(
-                want < 0 or want == got for want, got in zip(spec.shape, array.shape)
-            )
+            else:  # navi's guess of an input must not refuse what the model takes
+                dtype_ok, wanted, ok_shape = array.dtype.kind in "biuf", "numbers", array.ndim >= 1
+            if not dtype_ok:
+                raise InvalidInput(
+                    f"input {spec.name!r} has dtype {array.dtype.name}; model {self.name} takes {wanted}"
+                )
             if not ok_shape:
                 raise InvalidInput(
                     f"input {spec.name!r} has shape {list(array.shape)}; model {self.name} "
@@ -415,9 +418,11 @@ class ServedModel:
             groups = [[i] for i in range(len(tasks))]
         else:
             # requests can share one buffer only when their non-batch dims agree
+            # (and their dtypes, for inputs passed as sent: see TensorSpec.declared)
             by_shape: dict[tuple, list[int]] = {}
             for i, task in enumerate(tasks):
-                key = tuple(task.payload[0][s.name].shape[1:] for s in self._inputs)
+                arrays = [(s, task.payload[0][s.name]) for s in self._inputs]
+                key = tuple((a.shape[1:], None if s.declared else a.dtype) for s, a in arrays)
                 by_shape.setdefault(key, []).append(i)
             groups = list(by_shape.values())
         results: list = [None] * len(tasks)
@@ -433,10 +438,11 @@ class ServedModel:
         feeds = {}
         for spec in self._inputs:
             first = tasks[0].payload[0][spec.name]
-            if len(tasks) == 1 and first.dtype == spec.dtype:
+            dtype = spec.dtype if spec.declared else first.dtype
+            if len(tasks) == 1 and first.dtype == dtype:
                 feeds[spec.name] = first
                 continue
-            buffer = np.empty((total,) + first.shape[1:], dtype=spec.dtype)
+            buffer = np.empty((total,) + first.shape[1:], dtype=dtype)
             start = 0
             for task in tasks:
                 src = task.payload[0][spec.name]

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from navi.bench.stats import repeat_summary
+from navi.plugins.base import synthetic_inputs
 
 #: the small dense model: features in, hidden widths, one output
 DENSE_FEATURES = 64
@@ -257,7 +258,7 @@ def dense_cases(runtimes: Sequence[str], batch_rows: Sequence[int], threads: int
             log(f"runtime {name}: skipped ({message})")
             continue
         loaded.append(model)
-        model.warmup()
+        model.run(synthetic_inputs(model.signature.inputs))
         probe = inputs[batch_rows[0]]
         got = np.asarray(model.run({DENSE_INPUT: probe})[DENSE_OUTPUT])
         if not np.allclose(got.reshape(-1), reference_output(probe, weights).reshape(-1), atol=1e-4):
@@ -291,7 +292,7 @@ def home_cases(model_dir: Path | None, bprs_per_batch: Sequence[int], candidates
     layout = segdense.load_layout(*found)
     converter = BprConverter(layout)
     model = resolve_runtime("onnx").load(version_dir, _settings("home", "onnx", version_dir.parent, threads))
-    model.warmup()
+    model.run(synthetic_inputs(model.signature.inputs))
     model_inputs = [spec.name for spec in model.signature.inputs]
     records = workload.make_bprs(layout, max(bprs_per_batch), candidates, seed)
     cases: list[Case] = []

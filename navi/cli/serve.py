@@ -191,7 +191,12 @@ def run(settings) -> int:
         # collector from walking it again on every full collection.
         gc.collect()
         gc.freeze()
-        log.info("navi ready: %s", ", ".join(registry.model_names()) or "no models")
+        serving = [name for name in registry.model_names() if registry.is_ready(name)]
+        waiting = [name for name in registry.model_names() if name not in serving]
+        log.info("navi ready: serving %s", ", ".join(serving) or "no model")
+        if waiting:
+            log.warning("not serving (no version loaded, see the errors above; the next poll retries): %s",
+                        ", ".join(waiting))
         while not stop.wait(1.0):
             pass
     except ConfigError as error:  # e.g. the port is taken

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -24,11 +24,41 @@ class TensorSpec:
     """Name, numpy dtype and shape of one model input or output.
 
     ``shape`` uses -1 for a dimension of any size (the batch axis first).
+    ``declared`` is False when the model does not say what it takes and
+    navi guessed dtype and shape (a TorchScript input without
+    ``model.json``): requests then pass with their own dtype and shape, for
+    a guess of navi's must never refuse what the model accepts.
     """
 
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    declared: bool = True
+
+    @property
+    def synthetic_is_guess(self) -> bool:
+        """Whether zeros built from this spec may not be a request the model accepts.
+
+        True for a guessed spec, a dimension past the batch axis of any size
+        (navi picks 1) and strings (an empty string need not parse).
+        """
+        return not self.declared or self.dtype == np.dtype(object) or any(dim < 0 for dim in self.shape[1:])
+
+
+def synthetic_inputs(specs: Iterable[TensorSpec], rows: int = 1) -> dict[str, np.ndarray]:
+    """Zeros (empty strings) shaped like ``specs`` with ``rows`` rows; any-size dimensions become 1.
+
+    The one builder of synthetic requests (warm-up, benchmarks, tests). What
+    it builds is a guess where ``TensorSpec.synthetic_is_guess`` says so.
+    """
+    batch = {}
+    for spec in specs:
+        shape = tuple(rows if axis == 0 and dim < 0 else max(dim, 1) for axis, dim in enumerate(spec.shape))
+        if spec.dtype == np.dtype(object):
+            batch[spec.name] = np.full(shape, b"", dtype=object)
+        else:
+            batch[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return batch
 
 
 @dataclass(frozen=True)
@@ -67,9 +97,6 @@ class LoadedModel(abc.ABC):
         Must be safe to call from several threads at once.
         """
 
-    def warmup(self) -> None:
-        """Run the model once on synthetic inputs so the first request is not slow."""
-
     def close(self) -> None:
         """Release the model's memory. No call to ``run`` follows."""
 
@@ -107,7 +134,8 @@ def conform_inputs(
     TF Serving clients rely on when they send Python floats as doubles.
     String specs (numpy object dtype) take object, bytes (``S``) or ``str``
     (``U``) arrays unchanged. ``unknown_rank`` names inputs whose shape the
-    model does not declare; only their dtype is checked.
+    model does not declare; only their dtype is checked. A spec that is not
+    ``declared`` checks nothing but the batch axis: the array passes as sent.
     """
     expected = {spec.name for spec in specs}
     missing = [spec.name for spec in specs if spec.name not in inputs]
@@ -123,7 +151,7 @@ def conform_inputs(
     batch_rows: tuple[str, int] | None = None
     for spec in specs:
         array = np.asarray(inputs[spec.name])
-        if spec.name not in unknown_rank:
+        if spec.declared and spec.name not in unknown_rank:
             if array.ndim != len(spec.shape):
                 raise InvalidInput(
                     f"input {spec.name}: expected rank {len(spec.shape)} shape {list(spec.shape)}, "
@@ -142,7 +170,10 @@ def conform_inputs(
                     f"inputs disagree on the batch size: {batch_rows[0]} has {batch_rows[1]} rows, "
                     f"{spec.name} has {array.shape[0]}"
                 )
-        if spec.dtype == np.dtype(object):
+        if not spec.declared:
+            if array.dtype.kind in "OSU" and spec.dtype != np.dtype(object):
+                raise InvalidInput(f"input {spec.name}: expected numbers, got {array.dtype}")
+        elif spec.dtype == np.dtype(object):
             if array.dtype.kind not in "OSU":
                 raise InvalidInput(f"input {spec.name}: expected strings, got {array.dtype}")
         elif array.dtype != spec.dtype:

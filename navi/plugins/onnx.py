@@ -265,14 +265,6 @@ def _tensor_spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, dtype, shape)
 
 
-def _synthetic(spec: TensorSpec) -> np.ndarray:
-    """A batch-1 input for warm-up: zeros (empty strings) of the spec's dtype and shape."""
-    shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
-    if spec.dtype == np.dtype(object):
-        return np.full(shape, b"", dtype=object)
-    return np.zeros(shape, dtype=spec.dtype)
-
-
 class OnnxModel(LoadedModel):
     """One ONNX model version loaded into an ``InferenceSession``."""
 
@@ -341,10 +333,6 @@ class OnnxModel(LoadedModel):
         except Exception as exc:
             raise RuntimeFailure(f"ONNX Runtime failed: {exc}") from exc
         return dict(zip(names, results))
-
-    def warmup(self) -> None:
-        """Run once on batch-1 synthetic inputs built from the signature."""
-        self.run({spec.name: _synthetic(spec) for spec in self._signature.inputs})
 
     def close(self) -> None:
         """Drop the session (its memory goes once in-flight runs finish)."""

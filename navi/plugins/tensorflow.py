@@ -227,17 +227,6 @@ class _SignatureRunner:
             for spec in signature.inputs
         }
 
-    def synthetic_inputs(self, rows: int = 1) -> dict[str, np.ndarray]:
-        """Zeros (empty strings) shaped like the signature with ``rows`` rows, for warmup."""
-        batch = {}
-        for spec in self.signature.inputs:
-            shape = tuple(rows if axis == 0 and dim < 0 else max(dim, 1) for axis, dim in enumerate(spec.shape))
-            if spec.dtype == _STRING:
-                batch[spec.name] = np.full(shape, b"", dtype=object)
-            else:
-                batch[spec.name] = np.zeros(shape, dtype=spec.dtype)
-        return batch
-
     def __call__(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], served_outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
@@ -468,28 +457,6 @@ class TensorFlowModel(LoadedModel):
         if as_message:
             return regression_result_bytes(values)
         return values
-
-    def warmup(self) -> None:
-        """Run every signature once on synthetic inputs built from its spec.
-
-        A failure of the serving signature on zeros is the model's real
-        failure and propagates, except when it takes strings: empty strings
-        are no valid input for most string models (e.g. a tf.Example parser
-        with required features), so such a model is warmed up by the replayed
-        ``assets.extra`` records instead and the failure is only logged. The
-        other signatures are warmed best-effort.
-        """
-        for name, runner in self._runners.items():
-            outputs = tuple(spec.name for spec in runner.signature.outputs)
-            if name == self._serving_name:
-                outputs = self._served_outputs
-            try:
-                runner(runner.synthetic_inputs(), (), outputs)
-            except NaviError as exc:
-                takes_strings = any(spec.dtype == _STRING for spec in runner.signature.inputs)
-                if name == self._serving_name and not takes_strings:
-                    raise
-                logger.info("model %s: synthetic warmup of signature %r skipped: %s", self._name, name, exc.message)
 
     def close(self) -> None:
         """Drop the graph and variables; TensorFlow frees them when the last reference goes."""

@@ -22,10 +22,13 @@ extra input, a wrong rank or fixed dimension, or a dtype that numpy's
 not) is answered INVALID_ARGUMENT.
 
 Without ``model.json`` the input names are ``forward``'s argument names
-(TorchScript keeps them), each assumed ``[batch, features]`` float32, except
-``binary`` and ``discrete`` (the BPR layout's int64 tensors), so a model over
-the home layout (``continuous, binary, user_embedding, user_eng_embedding,
-author_embedding``) works with the BPR converter as is. The outputs are then
+(TorchScript keeps them) and their dtypes and shapes are unknown: requests
+pass as sent (numbers only), only their batch axes must agree, and an error
+PyTorch raises on them is answered INVALID_ARGUMENT with its text. The
+signature then reports ``[batch, features]`` float32, except ``binary`` and
+``discrete`` int64, which is what the BPR converter feeds a model over the
+home layout (``continuous, binary, user_embedding, user_eng_embedding,
+author_embedding``). The outputs are then
 named by ``--output`` (default ``output_0``; a tuple result beyond one output
 is named ``output_0``, ``output_1``, ... when ``--output`` is left at its
 default).
@@ -223,6 +226,7 @@ class TorchModel(LoadedModel):
         self._result_names = result_names
         self._auto_name_tuples = auto_name_tuples
         self._declared_outputs = declared_outputs
+        self._inputs_guessed = not all(spec.declared for spec in signature.inputs)
         self._output_dtypes = {spec.name: spec.dtype for spec in signature.outputs}
 
     @property
@@ -271,6 +275,12 @@ class TorchModel(LoadedModel):
         except RuntimeFailure:
             raise
         except RuntimeError as exc:
+            if self._inputs_guessed:
+                # nothing checked the request first: its shape or dtype is the likely cause
+                raise InvalidInput(
+                    f"model {self._name} rejected the inputs (declare them in {SPEC_FILENAME} to have "
+                    f"them checked first): {_error_text(exc)}"
+                ) from exc
             raise RuntimeFailure(f"model {self._name} failed: {_error_text(exc)}") from exc
         missing = [name for name in wanted if name not in named]
         if missing:
@@ -287,35 +297,6 @@ class TorchModel(LoadedModel):
                 array = array.astype(dtype)
             out[name] = array
         return out
-
-    def synthetic_inputs(self, rows: int = 1) -> dict[str, np.ndarray]:
-        """Zeros shaped like the inputs with ``rows`` rows (any-size dims become 1)."""
-        return {
-            spec.name: np.zeros(
-                tuple(rows if axis == 0 and dim < 0 else max(dim, 1) for axis, dim in enumerate(spec.shape)),
-                dtype=spec.dtype,
-            )
-            for spec in self._signature.inputs
-        }
-
-    def warmup(self) -> None:
-        """Run synthetic batches twice: TorchScript's profiling executor optimizes on the second call.
-
-        Zeros are a valid input of any model whose shapes are declared, so a
-        failure then is the model's and propagates. When a feature dimension
-        is unknown (no ``model.json``) the synthetic batch is a guess; its
-        failure is logged and the version relies on the replayed warmup
-        records (or the BPR warmup of converter mode) instead.
-        """
-        batch = self.synthetic_inputs()
-        guessed = any(dim < 0 for spec in self._signature.inputs for dim in spec.shape[1:])
-        try:
-            for _ in range(2):
-                self.run(batch)
-        except (InvalidInput, RuntimeFailure) as exc:
-            if not guessed:
-                raise
-            logger.info("model %s: synthetic warmup skipped (input widths unknown): %s", self._name, exc.message)
 
     def close(self) -> None:
         """Drop the module; PyTorch frees its parameters with the last reference."""
@@ -356,11 +337,12 @@ class TorchRuntime(Runtime):
             if arguments is None:
                 raise ConfigError("forward's arguments are unknown; declare them in model.json", source=source)
             inputs = tuple(
-                TensorSpec(name, np.dtype("int64" if name in _LAYOUT_INT_INPUTS else "float32"), (-1, -1))
+                TensorSpec(name, np.dtype("int64" if name in _LAYOUT_INT_INPUTS else "float32"), (-1, -1),
+                           declared=False)
                 for name in arguments
             )
             logger.warning(
-                "%s: no %s; assuming [batch, features] inputs %s (float32 except binary/discrete int64)",
+                "%s: no %s; inputs %s taken as sent (the BPR converter feeds float32, binary/discrete int64)",
                 source, SPEC_FILENAME, ", ".join(arguments),
             )
         _choose_inputs(settings.inputs, [spec.name for spec in inputs], source)

@@ -2,12 +2,19 @@
 
 TF Serving's convention: ``<version>/assets.extra/tf_serving_warmup_requests``
 is a TFRecord file of ``PredictionLog`` protos; each ``predict_log.request``
-is replayed, up to ``max_warmup_records``, back to back. Without the file, one
-synthetic request built from the signature runs (BPR models: one BPR carrying
-every feature of the layout); if that fails for a model with string inputs it
-is skipped with a warning, since empty strings need not be a valid request. Requests go through ``ServedModel.run_now``: the
-request path minus the queue (no batch timeout to wait out), so the converter,
-the dtype kernels and the runtime all see real traffic first.
+is replayed, up to ``max_warmup_records``, back to back, and a record that
+fails fails the load (the user's own requests must work). Without the file,
+one synthetic request built from what navi knows of the inputs runs twice
+(TorchScript's profiling executor optimises on the second call): zeros
+shaped like the signature, or in BPR mode one BPR carrying every feature of
+the layout. Where navi had to guess to build it (``TensorSpec.synthetic_is_guess``:
+widths of any size, strings, inputs the model does not declare) a failure is
+logged and the version serves all the same, warmed by its first requests, as
+TF Serving serves every model without a warmup file; only a request built
+from a fully declared signature that the model fails to answer refuses it.
+Requests go through ``ServedModel.run_now``: the request path minus the
+queue, so the converter, the dtype kernels and the runtime all see real
+traffic first.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import numpy as np
 from navi.codec import tensor_proto_to_ndarray
 from navi.errors import RuntimeFailure
 from navi.pipeline import ServedModel
-from navi.plugins.base import TensorSpec
+from navi.plugins.base import synthetic_inputs
 from navi.repository.tfrecord import read_records
 
 log = logging.getLogger(__name__)
@@ -27,22 +34,21 @@ log = logging.getLogger(__name__)
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
 
-def synthetic_inputs(served: ServedModel) -> dict[str, np.ndarray]:
-    """One small request matching ``served.signature`` (zeros; a full BPR in BPR mode)."""
+def synthetic_request(served: ServedModel) -> tuple[dict[str, np.ndarray], str]:
+    """One small request for ``served`` and, when it is a guess, what navi guessed ("" if none)."""
     if served.mode == "bpr":
         from navi.workload import full_bpr
 
         payload = np.empty(1, dtype=object)
         payload[0] = full_bpr(served.layout, candidates=1)
-        return {served.signature.inputs[0].name: payload}
-    return {spec.name: _zeros(spec) for spec in served.signature.inputs}
+        return {served.signature.inputs[0].name: payload}, ""
+    specs = served.signature.inputs
+    guessed = [f"{spec.name} {spec.dtype}{list(spec.shape)}" for spec in specs if spec.synthetic_is_guess]
+    return synthetic_inputs(specs), ", ".join(guessed)
 
 
-def _zeros(spec: TensorSpec) -> np.ndarray:
-    shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
-    if spec.dtype == np.dtype(object):
-        return np.full(shape, b"", dtype=object)
-    return np.zeros(shape, dtype=spec.dtype)
+#: runs of the synthetic request (TorchScript optimises a graph on its second call)
+SYNTHETIC_RUNS = 2
 
 
 def replay_warmup_file(served: ServedModel, path: Path, max_records: int) -> int:
@@ -67,22 +73,23 @@ def replay_warmup_file(served: ServedModel, path: Path, max_records: int) -> int
 def warm_up(served: ServedModel, version_dir: Path, max_records: int) -> str:
     """Warm ``served`` up; returns a short description of what ran.
 
-    Any failure (a bad record, a model error) propagates: a version that
-    cannot answer its warmup requests is not made available.
+    A failure of a warmup file record, or of a synthetic request built
+    without guessing, propagates: a version that cannot answer them is not
+    made available. A guessed synthetic request that fails is only logged.
     """
     path = Path(version_dir) / WARMUP_FILE
     if path.is_file() and max_records > 0:
         count = replay_warmup_file(served, path, max_records)
         if count:
             return f"{count} warmup records replayed"
+    inputs, guessed = synthetic_request(served)
     try:
-        served.run_now(synthetic_inputs(served))
+        for _ in range(SYNTHETIC_RUNS):
+            served.run_now(inputs)
     except Exception as exc:
-        if served.mode != "bpr" and any(s.dtype == np.dtype(object) for s in served.signature.inputs):
-            # Empty strings are no valid request for, say, a model parsing
-            # tf.Example; TF Serving runs no synthetic warmup at all, so such a
-            # model still serves, warmed by its first requests instead.
-            log.warning("%s: synthetic warmup skipped (string inputs): %s", version_dir, exc)
-            return "synthetic warmup skipped: string inputs"
-        raise RuntimeFailure(f"synthetic warmup request failed: {exc}") from exc
+        if not guessed:
+            raise RuntimeFailure(f"synthetic warmup request failed: {exc}") from exc
+        log.warning("%s: synthetic warmup skipped, the model serves without it: navi guessed the "
+                    "inputs (%s) and the model rejected them: %s", version_dir, guessed, exc)
+        return "synthetic warmup skipped: inputs guessed"
     return "synthetic warmup request ran"

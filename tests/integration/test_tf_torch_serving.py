@@ -394,3 +394,49 @@ def test_torch_official_client(torch_navi, torch_model, tmp_path):
     assert_same(answer["outputs"], expected)
     assert answer["inputs"]["mask"] == [types_pb2.DT_BOOL, [-1]]
     assert answer["inputs"]["x"] == [types_pb2.DT_FLOAT, [-1, 4]]
+
+
+@pytest.fixture(scope="module")
+def flagged_torch_model(tmp_path_factory):
+    """A TorchScript model with no model.json, its inputs named by flags: float x [N, 3], int64 ids [N]."""
+    torch = pytest.importorskip("torch")
+
+    class Flagged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(10, 3)
+
+        def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            return (x * self.embedding(ids)).sum(dim=1)
+
+    torch.manual_seed(5)
+    root = tmp_path_factory.mktemp("torch-flagged")
+    (root / "flagged" / "1").mkdir(parents=True)
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.pt").write_bytes(b"not a TorchScript file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(Flagged().eval())
+        torch.jit.save(scripted, str(root / "flagged" / "1" / "model.pt"))
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array([7, 2], dtype=np.int64)}
+    with torch.inference_mode():
+        expected = scripted(torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["ids"])).numpy()
+    return root, feeds, expected
+
+
+@pytest.mark.torch
+def test_torch_inputs_named_by_flags_are_served(start_navi, flagged_torch_model):
+    """The synthetic warmup navi guesses (float32 [1, 1] ids) fails; the model serves all the same."""
+    root, feeds, expected = flagged_torch_model
+    daemon = start_navi("--runtime", "torch", "--model-dir", root / "flagged", "--model-dir", root / "broken",
+                        "--input", "x,ids", "--output", "y", "--batch-time-out-millis", "1")
+    log_text = daemon.log_text()
+    assert "synthetic warmup skipped, the model serves without it" in log_text
+    assert "navi ready: serving flagged\n" in log_text  # only what is served
+    assert "not serving (no version loaded" in log_text and log_text.rstrip().endswith("broken")
+    response = stub_of(daemon).Predict(predict_request("flagged", feeds), timeout=TIMEOUT_S)
+    np.testing.assert_allclose(codec.tensor_proto_to_ndarray(response.outputs["y"]), expected, rtol=1e-6)
+    # nothing checks the guessed inputs first: PyTorch's refusal is the client's error, not INTERNAL
+    with pytest.raises(grpc.RpcError) as raised:
+        stub_of(daemon).Predict(predict_request("flagged", dict(feeds, ids=np.array([99, 1]))), timeout=TIMEOUT_S)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -286,6 +286,42 @@ def test_bad_warmup_record_fails_the_load(tmp_path):
         registry.stop(5)
 
 
+def write_reshape_to_4(model_dir, width):
+    """model_dir/1/model.onnx reshaping x [n, width] to [4]: it runs only when n * width == 4."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["output_0"])], "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("output_0", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("shape", TensorProto.INT64, [1], [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = model_dir / "1"
+    path.mkdir(parents=True)
+    onnx.save(model, str(path / "model.onnx"))
+
+
+@pytest.mark.parametrize("width, serves", [(3, False), ("w", True)], ids=["declared-width", "any-width"])
+def test_synthetic_warmup_refuses_only_what_navi_did_not_guess(tmp_path, caplog, width, serves):
+    """Zeros [1, 3] of a declared signature that the model cannot run: the version is refused.
+    With a width of any size navi guesses 1: the failure is logged and the model serves."""
+    write_reshape_to_4(tmp_path / "m", width)
+    registry = make_registry(tmp_path / "m")
+    registry.start()
+    try:
+        assert registry.is_ready("m") is serves
+        if serves:
+            assert "synthetic warmup skipped, the model serves without it" in caplog.text
+            assert "x float32[-1, -1]" in caplog.text  # names what was guessed
+            out = registry.get("m").infer({"x": np.ones((2, 2), np.float32)})
+            np.testing.assert_array_equal(out["output_0"], np.ones(4, np.float32))
+        else:
+            assert registry.version_status("m")[0].state == "END"
+            assert "synthetic warmup request failed" in caplog.text
+    finally:
+        registry.stop(5)
+
+
 def test_meta_batching_override_reloads_with_new_settings(tmp_path):
     write_version(tmp_path / "m", 1)
     registry = make_registry(tmp_path / "m")

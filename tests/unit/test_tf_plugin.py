@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 
 from navi.errors import Code, ConfigError, InvalidInput, NaviError, Unimplemented  # noqa: E402
 from navi.plugins import resolve_runtime  # noqa: E402
+from navi.plugins.base import synthetic_inputs  # noqa: E402
 from navi.plugins.tensorflow import TensorFlowRuntime  # noqa: E402
 from navi.settings import ModelSettings  # noqa: E402
 
@@ -159,9 +160,9 @@ def test_concurrent_runs_get_their_own_answers(models):
     assert not failures
 
 
-def test_warmup_and_close(models):
+def test_synthetic_request_and_close(models):
     model = TensorFlowRuntime().load(models["typed"], settings(models["typed"]))
-    model.warmup()  # the string input gets empty strings, which this model accepts
+    model.run(synthetic_inputs(model.signature.inputs))  # the string input gets empty strings, which this model accepts
     model.close()
 
 
@@ -177,7 +178,6 @@ def test_classify_regress_and_signature_defs(models):
     }
     assert [s.name for s in defs["regress"].inputs] == ["inputs"]
     assert isinstance(defs["regress"].extra["signature_def_proto"], bytes)
-    model.warmup()  # empty tf.Examples lack the required feature: logged, not raised
 
     examples = [example(1.0, 2.0), example(-1.0, 0.5), example(0.0, 0.0)]
     direct = tf.saved_model.load(str(path)).signatures

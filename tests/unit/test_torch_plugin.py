@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure  # noqa: E402
 from navi.plugins import resolve_runtime  # noqa: E402
+from navi.plugins.base import synthetic_inputs  # noqa: E402
 from navi.plugins.torch import TorchRuntime  # noqa: E402
 from navi.settings import BatchingSettings, ModelSettings  # noqa: E402
 from tests.torch_models import TYPED_SPEC  # noqa: E402
@@ -188,7 +189,7 @@ def test_model_json_errors(tmp_path):
 
 def test_concurrent_runs_and_warmup(typed_dir):
     model = TorchRuntime().load(typed_dir, settings(typed_dir))
-    model.warmup()
+    model.run(synthetic_inputs(model.signature.inputs))
     batches = [typed_batch(rows) for rows in (1, 2, 3, 4)]
     expected = [model.run(batch)["score"] for batch in batches]
     failures: list[int] = []
@@ -223,9 +224,9 @@ def test_home_layout_model_in_bpr_converter_mode(tmp_path):
     )
     loaded = TorchRuntime().load(version_dir, model_settings)
     assert {s.name: s.dtype for s in loaded.signature.inputs}["binary"] == np.int64
-    loaded.warmup()  # widths unknown without model.json: the guess fails, is logged, not raised
-    with pytest.raises(RuntimeFailure, match="cannot be multiplied"):
-        loaded.run(loaded.synthetic_inputs())
+    # widths unknown without model.json: zeros of the guessed shape are refused as the client's error
+    with pytest.raises(InvalidInput, match="cannot be multiplied"):
+        loaded.run(synthetic_inputs(loaded.signature.inputs))
     served = ServedModel("home", 1, model_settings, loaded, version_dir=version_dir)
     try:
         assert served.mode == "bpr"
