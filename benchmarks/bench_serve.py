@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The serving benchmark behind benchmarks/RESULTS.md (issue 3, section 8).
 
-A thin wrapper over ``navi.bench.serve.run_serve_suite``. In one run:
+A thin wrapper over ``benchmarks/serve_suite.py``'s ``run_serve_suite``. In one run:
 
 * the in-process ceiling: BPR converter plus ONNX Runtime in a loop on the
   heavy and the small home model with the server's threads (intra-op 1, two
@@ -54,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra argument for `navi serve` (repeatable), e.g. --server-arg=--max-batch-size=32")
     args = parser.parse_args(argv)
 
-    from navi.bench import report, serve
+    from navi.bench import report
+
+    import serve_suite
 
     console = report.make_console()
     args.out.mkdir(parents=True, exist_ok=True)
-    document = serve.run_serve_suite(
+    document = serve_suite.run_serve_suite(
         REPO / "models", args.out,
         phases=[p.strip() for p in args.phases.split(",") if p.strip()],
         concurrencies=_ints(args.concurrency), tiny_concurrencies=_ints(args.tiny_concurrency),
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "benchmarks/bench_serve.py", *(sys.argv[1:] if argv is None else argv)])
     document["commands"]["bench"] = command
     report.write_json(document, args.out / "serve.json")
-    (args.out / "serve.md").write_text(report.serve_suite_markdown(document, command))
+    (args.out / "serve.md").write_text(serve_suite.serve_suite_markdown(document, command))
     console.print(f"wrote {args.out / 'serve.json'}, {args.out / 'serve.md'} and {args.out}/serve-*.png")
     return 0
 

@@ -386,44 +386,6 @@ def runtime_markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shown(command: list[str]) -> str:
-    """A command for the reader: ``python -m navi.cli.main`` shown as the ``navi`` console script."""
-    import shlex
-
-    if len(command) > 2 and command[1:3] == ["-m", "navi.cli.main"]:
-        command = ["navi", *command[3:]]
-    return shlex.join(command)
-
-
-def serve_suite_markdown(document: dict, bench_command: str) -> str:
-    """The RESULTS.md section of a serving suite run: commands, machine, date, tables, criteria."""
-    commands = document.get("commands", {})
-    parts = [
-        "## Serving (benchmarks/bench_serve.py)\n",
-        f"- machine: {machine_line(document)}",
-        f"- command: `{bench_command}`",
-        f"- navi: `{_shown(commands.get('navi', []))}`",
-        f"- bare transport server: `{_shown(commands.get('bare', []))}`\n",
-    ]
-    for phase, ceiling in document.get("ceilings", {}).items():
-        parts.append(f"### In-process ceiling, {phase} model (converter + ONNX Runtime, intra-op 1, 2 in flight)\n")
-        parts.append(runtime_markdown({"results": ceiling["results"]}))
-        if "rows_per_s_after" in ceiling:
-            parts.append(f"Best convert+run: {ceiling['rows_per_s_before']:,.0f} rows/s before the servers "
-                         f"ran (the table), {ceiling['rows_per_s_after']:,.0f} rows/s after; the higher "
-                         f"one is the ceiling.\n")
-    for phase, result in document.get("phases", {}).items():
-        workload = result.get("workload", {})
-        parts.append(f"### {phase}: {workload.get('description', '')}, "
-                     f"{workload.get('mean_request_bytes', 0) / 1024:,.1f} KiB per request\n")
-        parts.append(serve_markdown(result))
-    lines = document.get("criteria", {}).get("lines", [])
-    if lines:
-        parts.append("### Criteria\n")
-        parts += [f"- {line}" for line in lines]
-    return "\n".join(parts) + "\n"
-
-
 def runtime_suite_markdown(document: dict, bench_command: str) -> str:
     """The RESULTS.md section of a runtime run: in-process and (when run) through the daemon."""
     parts = [

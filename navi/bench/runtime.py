@@ -337,7 +337,7 @@ def run_runtime_bench(
     ``callers`` threads call each case's step at once (the server runs
     several batches in flight); ``threads`` is each runtime's intra-op pool.
     """
-    from navi.bench.serve import machine_info
+    from navi.bench.machine import machine_info
 
     started = datetime.now(timezone.utc)
     loaded: list = []
@@ -444,7 +444,7 @@ def run_daemon_bench(
     import sys
     from concurrent.futures import ProcessPoolExecutor
 
-    from navi.bench import serve
+    from navi.bench import requests, serve, servers, workloads
     from navi.bench.loadgen import ClientPool
 
     processes, targets, skipped = [], [], []
@@ -460,14 +460,14 @@ def run_daemon_bench(
                     skipped.append({"runtime": name, "note": f"export failed: {exported[name]}"})
                     log(f"runtime {name}: skipped ({exported[name]})")
                     continue
-                port = serve.free_port()
+                port = servers.free_port()
                 command = [sys.executable, "-m", "navi.cli.main", "serve", "--port", str(port), "--host",
                            "127.0.0.1", "--prometheus-port", "0", "--runtime", name,
                            "--model-dir", str(Path(tmp) / name / "dense"),
                            "--input", "", "--output", "", "--intra-op-parallelism", str(threads)]
                 commands[name] = command
                 try:
-                    process = serve.launch_server(command, f"127.0.0.1:{port}",
+                    process = servers.launch_server(command, f"127.0.0.1:{port}",
                                                   log_path=(Path(log_dir) / f"navi-serve-{name}.log") if log_dir else None)
                 except (RuntimeError, TimeoutError) as error:
                     skipped.append({"runtime": name, "note": f"daemon did not start: {error}"})
@@ -477,10 +477,10 @@ def run_daemon_bench(
                 targets.append(serve.Target(name, f"127.0.0.1:{port}", process.pid))
             if not targets:
                 return result
-            inputs = serve.fetch_inputs(targets[0].address, "dense", "tfserving")
+            inputs = requests.fetch_inputs(targets[0].address, "dense", "tfserving")
             with ClientPool(client_processes) as pool:
                 for rows in batch_rows:
-                    workload = serve.dense_workload("tfserving", "dense", inputs, batch_rows=rows)
+                    workload = workloads.dense_workload("tfserving", "dense", inputs, batch_rows=rows)
                     config = serve.ServeBenchConfig(targets=targets, concurrencies=[concurrency],
                                                     duration_s=duration_s, warmup_s=warmup_s, repeats=repeats,
                                                     client_processes=pool.processes)
@@ -491,5 +491,5 @@ def run_daemon_bench(
                     result["runs"] += run["runs"]
         finally:
             for process in processes:
-                serve.stop_server(process)
+                servers.stop_server(process)
     return result

@@ -118,7 +118,7 @@ def serve_command(targets, protocol, concurrency, rate, duration_s, requests, wa
         concurrencies = [1, 8, 32]
 
     with console.status("building requests"):
-        built = _build_workload(serve, protocol, parsed[0].address, model, signature_name, bpr_file, workload,
+        built = _build_workload(protocol, parsed[0].address, model, signature_name, bpr_file, workload,
                                 input_name, bprs_per_request, candidates, spec_dir, batch_rows,
                                 distinct_requests, seed)
     console.print(f"workload: {built.description}; {len(built.payloads)} distinct requests, "
@@ -144,13 +144,15 @@ def serve_command(targets, protocol, concurrency, rate, duration_s, requests, wa
         console.print(f"wrote {plot_path}")
 
 
-def _build_workload(serve, protocol, address, model, signature_name, bpr_file, workload, input_name,
+def _build_workload(protocol, address, model, signature_name, bpr_file, workload, input_name,
                     bprs_per_request, candidates, spec_dir, batch_rows, distinct_requests, seed):
     """The request pool the options describe."""
+    from navi.bench import requests, workloads
+
     if bpr_file is not None:
         if workload is not None:
             raise click.UsageError("--bpr-file and --workload are exclusive")
-        records = serve.read_bpr_file(bpr_file)
+        records = workloads.read_bpr_file(bpr_file)
         rows_per_record = None
         if spec_dir is not None:
             from navi import segdense
@@ -160,16 +162,16 @@ def _build_workload(serve, protocol, address, model, signature_name, bpr_file, w
             if found is None:
                 raise click.BadParameter(f"{spec_dir}: no segdense spec files", param_hint="--spec-dir")
             rows_per_record = [int(n) for n in BprConverter(segdense.load_layout(*found)).count_rows(records)]
-        return serve.bpr_workload(records, protocol, model, input_name, bprs_per_request, rows_per_record,
+        return workloads.bpr_workload(records, protocol, model, input_name, bprs_per_request, rows_per_record,
                                   signature_name, distinct_requests or 64)
     if workload == "dense" or (workload is None and batch_rows is not None):
         try:
-            inputs = serve.fetch_inputs(address, model, protocol, signature_name or "serving_default")
+            inputs = requests.fetch_inputs(address, model, protocol, signature_name or "serving_default")
         except Exception as error:  # grpc errors, missing model: say which target and why
             raise click.ClickException(f"cannot read metadata of {model!r} from {address}: {error}")
-        return serve.dense_workload(protocol, model, inputs, batch_rows or 1, seed, distinct_requests or 16,
+        return workloads.dense_workload(protocol, model, inputs, batch_rows or 1, seed, distinct_requests or 16,
                                     signature_name)
-    return serve.home_workload(protocol, model, candidates, bprs_per_request, input_name, spec_dir, seed,
+    return workloads.home_workload(protocol, model, candidates, bprs_per_request, input_name, spec_dir, seed,
                                distinct_requests or 8, signature_name)
 
 
@@ -215,13 +217,12 @@ def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
     import threading
 
     from navi.allocator import tune_allocator
-    from navi.bench import serve
-
+    from navi.bench import servers
     from navi.settings import default_grpc_threads
 
     tune_allocator()  # the same malloc settings as `navi serve`, for a fair ceiling
     threads = threads or default_grpc_threads()
-    server, bound = serve.start_bare_server(port, serve.constant_predict_response(rows), threads, host)
+    server, bound = servers.start_bare_server(port, servers.constant_predict_response(rows), threads, host)
     click.echo(f"bare server on {host}:{bound}", err=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

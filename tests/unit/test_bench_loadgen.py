@@ -147,14 +147,14 @@ def test_merge_results_sums_workers():
 
 def test_client_pool_against_the_bare_server():
     """The real multi-process client against the bare transport server (counts only)."""
-    from navi.bench import serve
+    from navi.bench import requests, servers
 
-    server, port = serve.start_bare_server(0, b"constant", threads=4)
+    server, port = servers.start_bare_server(0, b"constant", threads=4)
     try:
         with loadgen.ClientPool(processes=2) as pool:
             workload_id = pool.load_workload([b"a" * 10, b"b" * 20], [1, 2])
             spec = loadgen.LoadSpec("closed", 3, warmup_s=0.1, requests=60)
-            measurement = pool.run(f"127.0.0.1:{port}", serve.TF_PREDICT, workload_id, spec)
+            measurement = pool.run(f"127.0.0.1:{port}", requests.TF_PREDICT, workload_id, spec)
             assert measurement.requests == 60
             assert not measurement.errors
             assert measurement.rows in range(60, 121)
@@ -162,7 +162,7 @@ def test_client_pool_against_the_bare_server():
             assert pool.completed() >= 60
             # a port nobody listens on: every request fails with UNAVAILABLE, counted by code
             spec = loadgen.LoadSpec("closed", 2, warmup_s=0.0, requests=4, timeout_s=2.0)
-            failed = pool.run("127.0.0.1:1", serve.TF_PREDICT, workload_id, spec)
+            failed = pool.run("127.0.0.1:1", requests.TF_PREDICT, workload_id, spec)
             assert failed.errors.get("UNAVAILABLE") == 4
     finally:
         server.stop(0)

@@ -2,11 +2,13 @@
 import io
 import json
 
+import jsonschema
 import numpy as np
 import pytest
 from rich.console import Console
 
-from navi.bench import loadgen, report, serve
+from benchmarks import serve_suite
+from navi.bench import loadgen, machine, report, serve
 
 
 def _measurement(seed: int, errors=None) -> loadgen.RunMeasurement:
@@ -31,7 +33,7 @@ def _document(targets=("navi", "bare"), repeats=2) -> dict:
                                              _measurement(seed, errors), server_cpu_s=1.5 if name == "bare" else None))
     return {
         "schema": "navi.bench.serve/1",
-        "machine": serve.machine_info(),
+        "machine": machine.machine_info(),
         "workload": {"description": "synthetic"},
         "settings": {"protocol": "tfserving"},
         "targets": [{"name": t, "address": "127.0.0.1:1"} for t in targets],
@@ -43,7 +45,6 @@ def test_json_output_follows_the_schema(tmp_path):
     path = tmp_path / "bench.json"
     report.write_json(_document(), path)
     data = json.loads(path.read_text())
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(data, report.SERVE_JSON_SCHEMA)
     run = data["runs"][0]
     assert run["target"] == "navi" and run["concurrency"] == 1
@@ -153,7 +154,7 @@ def test_suite_criteria_and_markdown():
         return {"runs": runs, "workload": {"description": "w", "mean_request_bytes": 2048}}
 
     document = {
-        "machine": serve.machine_info(),
+        "machine": machine.machine_info(),
         "commands": {"navi": ["python", "-m", "navi.cli.main", "serve", "--port", "1"],
                      "bare": ["python", "-m", "navi.cli.main", "bench", "bare-server"]},
         "ceilings": {"heavy": {"rows_per_s": 10_000.0, "batch_rows": 400, "results": []}},
@@ -163,23 +164,23 @@ def test_suite_criteria_and_markdown():
             "tiny": phase(("bare", "navi"), {"bare": 100.0, "navi": 90.0}, {"bare": 2.0, "navi": 2.5}),
         },
     }
-    criteria = serve.suite_criteria(document)
+    criteria = serve_suite.suite_criteria(document)
     assert criteria["heavy_vs_ceiling"] == pytest.approx(8_000.0 / 10_000.0)  # navi's best: c=8
     assert criteria["small_vs_bare"] == pytest.approx(0.9)
     assert criteria["tiny_p50_vs_bare"] == {1: pytest.approx(1.25), 8: pytest.approx(1.25)}
     document["criteria"] = criteria
-    text = report.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
+    text = serve_suite.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
     assert "`navi serve --port 1`" in text and "`navi bench bare-server`" in text
     assert "### Criteria" in text and "(a) heavy BPR serving" in text
     assert "cores" in text
     # measured on both sides of the server runs: the higher ceiling counts, both are shown
     document["ceilings"]["heavy"].update(rows_per_s=16_000.0, rows_per_s_before=10_000.0,
                                          rows_per_s_after=16_000.0)
-    criteria = serve.suite_criteria(document)
+    criteria = serve_suite.suite_criteria(document)
     assert criteria["heavy_vs_ceiling"] == pytest.approx(8_000.0 / 16_000.0)
     assert "10,000 before and 16,000 after" in criteria["lines"][0]
     document["criteria"] = criteria
-    assert "16,000 rows/s after" in report.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
+    assert "16,000 rows/s after" in serve_suite.serve_suite_markdown(document, "python benchmarks/bench_serve.py")
 
 
 def test_suite_criteria_pair_each_heavy_round_with_its_ceiling():
@@ -196,7 +197,7 @@ def test_suite_criteria_pair_each_heavy_round_with_its_ceiling():
              "concurrency": 4},
         ],
     }
-    criteria = serve.suite_criteria(document)
+    criteria = serve_suite.suite_criteria(document)
     assert criteria["heavy_vs_ceiling"] == pytest.approx(0.8)
     assert criteria["heavy_vs_ceiling_min"] == pytest.approx(0.75)
     assert "median 0.80x, min 0.75x over 3 rounds" in criteria["lines"][0]
