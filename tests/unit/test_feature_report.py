@@ -183,3 +183,97 @@ def test_bad_report_arguments_are_refused():
         decoder.decode_into(CORPUS, out["continuous"], out["binary"], out["discrete"],
                             [out[t.name] for t in LAYOUT.tensors[3:]], 0,
                             np.zeros((1, 3), dtype=np.int64), np.zeros(1))
+
+
+# --------------------------------------------------------------------------- where the ids come from
+
+
+def test_flags_are_comma_separated_repeatable_and_reach_every_model():
+    from navi.config import build_settings
+
+    settings = build_settings({
+        "--model-dir": ["m/a", "m/b"],
+        "--onnx-report-continuous-feature-ids": ("1,-2", "", " 3 "),
+        "--onnx-report-discrete-feature-ids": (str(-(2**63)),),
+    })
+    for model in settings.models:
+        assert model.report_continuous_feature_ids == (1, -2, 3)
+        assert model.report_discrete_feature_ids == (-(2**63),)
+
+
+@pytest.mark.parametrize("value", ["1,x", "2.5", str(2**63)])
+def test_a_bad_id_names_the_flag(value):
+    from navi.config import build_settings
+    from navi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--onnx-report-discrete-feature-ids") as info:
+        build_settings({"--model-dir": ["m/a"], "--onnx-report-discrete-feature-ids": (value,)})
+    assert value.split(",")[-1] in str(info.value)
+
+
+def test_config_file_sets_ids_per_model_and_flags_override_it(tmp_path):
+    from navi.config import build_settings
+    from navi.errors import ConfigError
+
+    config = tmp_path / "navi.yaml"
+    config.write_text(
+        "models:\n"
+        "  - model_dir: m/a\n"
+        "    report_continuous_feature_ids: [5, 6]\n"
+        "    report_discrete_feature_ids: '7,8'\n"
+        "  - model_dir: m/b\n"
+    )
+    a, b = build_settings({}, config).models
+    assert (a.report_continuous_feature_ids, a.report_discrete_feature_ids) == ((5, 6), (7, 8))
+    assert (b.report_continuous_feature_ids, b.report_discrete_feature_ids) == ((), ())
+    a, b = build_settings({"--onnx-report-continuous-feature-ids": ("9",)}, config).models
+    assert a.report_continuous_feature_ids == b.report_continuous_feature_ids == (9,)
+    config.write_text("models:\n  - model_dir: m/a\n    report_continuous_feature_ids: [five]\n")
+    with pytest.raises(ConfigError, match=r"navi.yaml: models\[0\].report_continuous_feature_ids"):
+        build_settings({}, config)
+
+
+def test_meta_json_sets_ids_per_model():
+    from navi.errors import ConfigError
+    from navi.repository.meta import parse_meta
+    from navi.settings import ModelSettings
+
+    metas = parse_meta({"a": {"report_continuous_feature_ids": "1,2", "report_discrete_feature_ids": [3]}})
+    base = ModelSettings(name="a", model_dir="m/a", report_continuous_feature_ids=(9,))
+    applied = metas["a"].apply(base)
+    assert applied.report_continuous_feature_ids == (1, 2)
+    assert applied.report_discrete_feature_ids == (3,)
+    with pytest.raises(ConfigError, match="a.report_discrete_feature_ids"):
+        parse_meta({"a": {"report_discrete_feature_ids": ["x"]}})
+
+
+def test_serve_help_documents_the_flags():
+    from click.testing import CliRunner
+
+    from navi.cli.main import main
+
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--onnx-report-discrete-feature-ids" in result.output
+    assert "--onnx-report-continuous-feature-ids" in result.output
+
+
+def test_tally_histogram_adds_a_batch_of_counts():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from navi.tally import TallyHistogram
+
+    registry = CollectorRegistry()
+    histogram = TallyHistogram("h", "test", ("feature_id",), buckets=(0, 10), registry=registry)
+    child = histogram.labels(7)
+    child.observe(5)
+    child.add([1, 0, 2], 30.5)
+    with pytest.raises(ValueError):
+        child.add([1, 2], 0)
+    (family,) = text_string_to_metric_families(generate_latest(registry).decode())
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples[("h_bucket", "0.0")] == 1
+    assert samples[("h_bucket", "10.0")] == 2
+    assert samples[("h_bucket", "+Inf")] == 4
+    assert samples[("h_count", None)] == 4 and samples[("h_sum", None)] == 35.5
