@@ -277,3 +277,21 @@ def test_tally_histogram_adds_a_batch_of_counts():
     assert samples[("h_bucket", "10.0")] == 2
     assert samples[("h_bucket", "+Inf")] == 4
     assert samples[("h_count", None)] == 4 and samples[("h_sum", None)] == 35.5
+
+
+def test_bench_convert_runs_the_report_ab(tmp_path):
+    from navi.bench.convert import report_feature_ids, run_convert_bench
+    from navi.segdense import load_layout
+    from navi.workload import home_layout_files, make_bprs
+
+    layout = load_layout(*home_layout_files(tmp_path))
+    payloads = make_bprs(layout, 2, candidates=20, seed=1, continuous_per_candidate=300)
+    continuous_ids, discrete_ids = report_feature_ids(layout, payloads)
+    assert (len(continuous_ids), len(discrete_ids)) == (7, 3)
+    assert set(continuous_ids) <= set(layout.continuous_ids.tolist())
+    report = run_convert_bench(layout, payloads, rounds=2, min_round_s=0,
+                               methods=["cython", "cython_report10", "cython_per_request",
+                                        "cython_per_request_report10"])
+    for prefix in ("report10_vs_none", "per_request_report10_vs_none"):
+        for suffix in ("per_round_min", "per_round_median", "best"):
+            assert report["ratios"][f"{prefix}_{suffix}"] > 0
