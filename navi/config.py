@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pydantic import ValidationError
 
 from navi.errors import ConfigError
-from navi.settings import ServerSettings
+from navi.settings import ServerSettings, parse_feature_ids
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -75,6 +75,9 @@ ALL_MODELS_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--batch-drop-millis": (("batching", "batch_drop_ms"), float),
     "--max-batch-rows": (("batching", "max_batch_rows"), int),
     "--max-queued-requests": (("batching", "max_queued_requests"), int),
+    # the original's are process-wide too (every model's converter gets them all)
+    "--onnx-report-discrete-feature-ids": (("report_discrete_feature_ids",), parse_feature_ids),
+    "--onnx-report-continuous-feature-ids": (("report_continuous_feature_ids",), parse_feature_ids),
 }
 
 #: ONNX Runtime flags -> key in ModelSettings.runtime_options (strings, parsed by the plugin)

@@ -17,7 +17,8 @@ _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 )
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-_FEATURE_VALUE_BUCKETS = (
+#: buckets of the feature value histograms (the original's), also the BPR decoder's
+FEATURE_VALUE_BUCKETS = (
     0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170, 180,
     190, 200, 250, 300, 500, 1000, 10000, 100000,
 )
@@ -132,11 +133,12 @@ class Metrics:
             ":navi:cert_expiry_epoch", "Expiry of the TLS server certificate (epoch s)",
             registry=r,
         )
-        self.feature_id_discrete = Histogram(
+        # counted by the BPR decoder, added once per batch (navi.pipeline)
+        self.feature_id_discrete = TallyHistogram(
             ":navi:feature_id:discrete", "Values of reported discrete features", ("feature_id",),
-            buckets=_FEATURE_VALUE_BUCKETS, registry=r,
+            buckets=FEATURE_VALUE_BUCKETS, registry=r,
         )
-        self.feature_id_continuous = Histogram(
+        self.feature_id_continuous = TallyHistogram(
             ":navi:feature_id:continuous", "Values of reported continuous features",
-            ("feature_id",), buckets=_FEATURE_VALUE_BUCKETS, registry=r,
+            ("feature_id",), buckets=FEATURE_VALUE_BUCKETS, registry=r,
         )

@@ -122,6 +122,8 @@ class ServedModel:
         self.version_dir = Path(version_dir) if version_dir is not None else None
         self._metrics = metrics
         self._metric_series: tuple | None = None
+        # one histogram series per reported feature (counts row), made when first counted
+        self._feature_series: list | None = None
         # converter output buffers of finished batches, reused by the next ones:
         # at most one per batch in flight (the threads that run batches are the
         # gRPC handler threads, far more than the batches they run at once)
@@ -136,6 +138,9 @@ class ServedModel:
             self._init_bpr(model_sig)
         else:
             self._init_dense(model_sig)
+            if settings.report_continuous_feature_ids or settings.report_discrete_feature_ids:
+                log.warning("%s: feature ids to report are set, but only the BPR converter reports "
+                            "feature values and this model takes dense inputs", name)
         self._scheduler = BatchScheduler(
             self._process,
             settings.batching,
@@ -208,7 +213,16 @@ class ServedModel:
 
         spec_files = find_spec_files(self.version_dir)
         self.layout = load_layout(*spec_files)
-        self.converter = BprConverter(self.layout)
+        reported: dict = {}
+        if self._metrics is not None:
+            histogram = self._metrics.feature_id_continuous
+            reported = dict(report_continuous_ids=self.settings.report_continuous_feature_ids,
+                            report_discrete_ids=self.settings.report_discrete_feature_ids,
+                            report_bounds=histogram.bounds)
+        self.converter = BprConverter(self.layout, **reported)
+        continuous_ids, discrete_ids = self.converter.reported_feature_ids
+        if continuous_ids or discrete_ids:
+            self._feature_series = [None] * (len(continuous_ids) + len(discrete_ids))
         layout_names = {t.name for t in self.layout.tensors}
         model_names = [s.name for s in sig.inputs]
         if set(model_names) <= layout_names:
@@ -286,9 +300,11 @@ class ServedModel:
 
         For warmup: the same validation, conversion and model code as ``submit``,
         without waiting out ``batch_timeout_ms`` for company that cannot come.
+        Feature values are not reported: the warmup's BPRs (synthetic ones
+        included) are no traffic the model serves.
         """
         payload, rows = self._prepare(inputs, output_names)
-        return self._process([BatchTask(payload, rows, time.monotonic())])[0]
+        return self._process([BatchTask(payload, rows, time.monotonic())], report_features=False)[0]
 
     @property
     def num_queued(self) -> int:
@@ -396,7 +412,7 @@ class ServedModel:
 
     # ----------------------------------------------------------------- batch worker
 
-    def _process(self, tasks: Sequence[BatchTask]) -> list:
+    def _process(self, tasks: Sequence[BatchTask], report_features: bool = True) -> list:
         """Run one batch (on the thread that took it); one result per task."""
         if len(tasks) == 1:  # the common case at low load: nothing to merge
             wanted = tasks[0].payload[1]
@@ -408,7 +424,7 @@ class ServedModel:
                         merged.append(name)
             wanted = tuple(merged)
         if self.mode == "bpr":
-            return self._process_bpr(tasks, wanted)
+            return self._process_bpr(tasks, wanted, report_features)
         return self._process_dense(tasks, wanted)
 
     def _process_dense(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
@@ -475,7 +491,7 @@ class ServedModel:
             # the most recently used set is reused first: it is the one still in cache
             self._free_buffers.append(pool)
 
-    def _process_bpr(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...]) -> list:
+    def _process_bpr(self, tasks: Sequence[BatchTask], wanted: tuple[str, ...], report_features: bool) -> list:
         if len(tasks) == 1:
             payloads = tasks[0].payload[0][0]
         else:
@@ -484,10 +500,15 @@ class ServedModel:
         pool = self._take_buffers(total)
         try:
             started = time.monotonic()
-            self.converter.convert_into(payloads, pool)
+            # the decoder counts the reported features' values as it converts
+            counting = report_features and self._feature_series is not None
+            counts = self.converter.new_feature_counts() if counting else None
+            self.converter.convert_into(payloads, pool, feature_counts=counts)
             if self._metrics is not None and total:
                 micros = (time.monotonic() - started) * 1e6 / total
                 self._series()[1].observe(micros)
+            if counts is not None:
+                self._observe_features(*counts)
             feeds = {}
             for model_input, (tensor_name, dtype) in self._feed.items():
                 array = pool[tensor_name][:total]
@@ -513,6 +534,24 @@ class ServedModel:
         if self._metrics is not None:
             self._series()[0].observe(time.monotonic() - started)
         return outputs
+
+    def _observe_features(self, counts: np.ndarray, sums: np.ndarray) -> None:
+        """Add one batch's counts of the reported features to their histograms.
+
+        A feature's series appears once a value of it was seen, as the
+        original's (it observes, creating the series, only then).
+        """
+        series = self._feature_series
+        for row in np.flatnonzero(counts.any(axis=1)).tolist():
+            child = series[row]
+            if child is None:
+                continuous_ids, discrete_ids = self.converter.reported_feature_ids
+                if row < len(continuous_ids):
+                    child = self._metrics.feature_id_continuous.labels(continuous_ids[row])
+                else:
+                    child = self._metrics.feature_id_discrete.labels(discrete_ids[row - len(continuous_ids)])
+                series[row] = child
+            child.add(counts[row].tolist(), float(sums[row]))
 
     def _series(self) -> tuple:
         """(inference time, converter time) series of this model, looked up once."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class _Frozen(BaseModel):
@@ -43,6 +43,38 @@ class BatchingSettings(_Frozen):
     )
 
 
+def parse_feature_ids(value: Any) -> tuple[int, ...]:
+    """Feature ids from ``"1,-2"``, ``["1,2", "3"]`` (repeated flags) or ``[1, 2]``: int64, in order.
+
+    The original's ``--onnx-report-*-feature-ids`` are comma-separated and
+    repeatable; empty items are skipped, as there. ValueError names a bad item.
+    """
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, (str, int)) else list(value)
+    ids = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"feature id {item!r} is not an integer")
+        parts = [item] if isinstance(item, int) else str(item).split(",")
+        for part in parts:
+            if isinstance(part, str):
+                part = part.strip()
+                if not part:
+                    continue
+                try:
+                    part = int(part)
+                except ValueError:
+                    raise ValueError(f"feature id {part!r} is not an integer") from None
+            if not -(2**63) <= part < 2**63:
+                raise ValueError(f"feature id {part} is not an int64")
+            ids.append(part)
+    return tuple(ids)
+
+
+FeatureIds = Annotated[tuple[int, ...], BeforeValidator(parse_feature_ids)]
+
+
 class ModelSettings(_Frozen):
     """One served model: a directory of versions and how to run it."""
 
@@ -65,6 +97,14 @@ class ModelSettings(_Frozen):
     )
     runtime_options: dict[str, str] = Field(
         default_factory=dict, description="runtime-specific options, e.g. onnx EP settings"
+    )
+    report_continuous_feature_ids: FeatureIds = Field(
+        (), description="BPR models: feature ids whose values in continuousFeatures go to the "
+        ":navi:feature_id:continuous histogram"
+    )
+    report_discrete_feature_ids: FeatureIds = Field(
+        (), description="BPR models: feature ids whose values in discreteFeatures (and, as the "
+        "original, in continuousFeatures) go to the :navi:feature_id:discrete histogram"
     )
 
 

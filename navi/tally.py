@@ -108,6 +108,22 @@ class HistogramChild(_Child):
         cell[bisect.bisect_left(self._bounds, value)] += 1
         cell[-1] += value
 
+    def add(self, bucket_counts: Sequence[int], total: float) -> None:
+        """Add many observations at once: a count per bucket (each bound, then +Inf) and their sum.
+
+        For counts gathered elsewhere (the BPR decoder counts feature values
+        per batch): one add instead of an ``observe`` per value.
+        """
+        if len(bucket_counts) != len(self._bounds) + 1:
+            raise ValueError(f"expected {len(self._bounds) + 1} bucket counts, got {len(bucket_counts)}")
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        for index, count in enumerate(bucket_counts):
+            cell[index] += count
+        cell[-1] += total
+
 
 class _Family(Collector):
     """A metric family: children by label values, collected into prometheus-client families."""

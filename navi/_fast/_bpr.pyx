@@ -79,6 +79,8 @@ from navi._fast._bpr_ref import ERROR_REASONS
 # threads 1.13x; outputs the size of one request stay in place (building them
 # in a staging row cost 13%).
 from navi._fast._bpr_ref import DEFAULT_STREAM_MIN_BYTES
+# and one rule for which reported feature ids are counted where, and in which bucket
+from navi._fast._bpr_ref import ReportPlan, bucket_of, report_plan
 
 cdef extern from *:
     """
@@ -294,6 +296,64 @@ cdef extern from *:
     NAVI_DEFINE_SCATTER(navi_scatter_i64, int64_t, 16, NAVI_I64_VALUE)
     NAVI_DEFINE_SCATTER(navi_scatter_present, int64_t, 8, NAVI_PRESENT_VALUE)
 
+    /* Reported features (--onnx-report-*-feature-ids): their values are
+       counted into histogram buckets as the scatter passes them. A decoder
+       with reported ids keeps a second table of the same ids plus the
+       reported ones, where a reported id's slot holds NAVI_REPORTED + its
+       index here instead of a column; only a call that counts uses it, with
+       the scatter variants below, so a call that does not count runs the
+       loops above unchanged. Columns stay below NAVI_REPORTED (checked when
+       the layout loads). */
+    #define NAVI_REPORTED 0x40000000
+    typedef struct {
+        const int32_t* cols;   /* reported index -> its column in this tensor, -1 = none */
+        const int32_t* rows;   /* reported index -> its row of counts */
+        const double* bounds;  /* bucket upper bounds, ascending, finite */
+        int32_t n_bounds;
+        int64_t* counts;       /* [rows][n_bounds + 1]: a count per bucket, the last +Inf */
+        double* sums;          /* [rows]: sum of the values counted */
+    } navi_report;
+
+    /* Count one value in the first bucket whose upper bound is >= it, as a
+       Prometheus histogram's observe does: a value above every bound, +Inf
+       and NaN (no bound is >= NaN) land in the +Inf bucket, and a NaN makes
+       the sum NaN (as the Go and Rust clients; prometheus-client would count
+       no bucket). Returns the id's column (-1 = none). Kept out of the loop:
+       it runs only for a reported id. */
+    static __attribute__((noinline, cold)) int32_t navi_observe(const navi_report* rep, int32_t j, double v) {
+        int32_t lo = 0, hi = rep->n_bounds, row = rep->rows[j];
+        while (lo < hi) {
+            int32_t mid = (lo + hi) >> 1;
+            if (v <= rep->bounds[mid]) hi = mid; else lo = mid + 1;
+        }
+        rep->counts[(int64_t)row * (rep->n_bounds + 1) + lo] += 1;
+        rep->sums[row] += v;
+        return rep->cols[j];
+    }
+
+    /* The scatter loop of NAVI_DEFINE_SCATTER plus one compare: a slot of a
+       reported id (>= NAVI_REPORTED) is counted and then stored like any
+       other. The branch is almost never taken and predicted so. */
+    #define NAVI_DEFINE_SCATTER_REPORT(NAME, T, STRIDE, VALUE, OBSERVED)                                \
+        static void NAME(const navi_table* t, const uint8_t* p, int32_t n, T* dst,                    \
+                         const navi_report* rep) {                                                    \
+            T dummy;                                                                                  \
+            const navi_table table = *t;                                                              \
+            for (int32_t i = 0; i < n; i++) {                                                         \
+                const uint8_t* entry = p + (STRIDE) * i;                                              \
+                __builtin_prefetch((const void*)((uintptr_t)entry + 512));                            \
+                int32_t col = navi_lookup(&table, navi_i64(entry));                                   \
+                if (__builtin_expect(col >= NAVI_REPORTED, 0))                                        \
+                    col = navi_observe(rep, col - NAVI_REPORTED, OBSERVED(entry));                    \
+                T* target = col >= 0 ? dst + col : &dummy;                                            \
+                *target = VALUE(entry);                                                               \
+            }                                                                                         \
+        }
+    #define NAVI_F64_OBSERVED(entry) navi_f64((entry) + 8)
+    #define NAVI_I64_OBSERVED(entry) ((double)navi_i64((entry) + 8))
+    NAVI_DEFINE_SCATTER_REPORT(navi_scatter_f32_report, float, 16, NAVI_F64_VALUE, NAVI_F64_OBSERVED)
+    NAVI_DEFINE_SCATTER_REPORT(navi_scatter_i64_report, int64_t, 16, NAVI_I64_VALUE, NAVI_I64_OBSERVED)
+
     #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
     #include <emmintrin.h>
     #define NAVI_HAVE_SSE2 1
@@ -369,6 +429,18 @@ cdef extern from *:
     void navi_scatter_f32(const navi_table* t, const uint8_t* p, int32_t n, float* dst) nogil
     void navi_scatter_i64(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) nogil
     void navi_scatter_present(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst) nogil
+    ctypedef struct navi_report:
+        const int32_t* cols
+        const int32_t* rows
+        const double* bounds
+        int32_t n_bounds
+        int64_t* counts
+        double* sums
+    void navi_scatter_f32_report(const navi_table* t, const uint8_t* p, int32_t n, float* dst,
+                                 const navi_report* rep) nogil
+    void navi_scatter_i64_report(const navi_table* t, const uint8_t* p, int32_t n, int64_t* dst,
+                                 const navi_report* rep) nogil
+    int32_t NAVI_REPORTED
     void navi_copy_row(void* dst, const void* src, size_t nbytes) nogil
     Py_ssize_t navi_sparse_f32(const float* row, Py_ssize_t width, float fill, int32_t* cols, float* vals) nogil
     void navi_fill_f32(float* dst, Py_ssize_t width, float fill) nogil
@@ -570,6 +642,17 @@ cdef int index_bpr(Reader* r, BprIndex* out, int64_t max_rows) noexcept nogil:
 
 
 
+cdef _build_table(navi_table* table, placed):
+    """Build ``table`` from a dict id -> slot value (a column, or a reported index)."""
+    cdef int64_t[::1] keys = np.fromiter(placed.keys(), dtype=np.int64, count=len(placed))
+    cdef int32_t[::1] columns = np.fromiter(placed.values(), dtype=np.int32, count=len(placed))
+    cdef int64_t dummy_key = 0
+    cdef int32_t dummy_col = 0
+    if navi_table_build(table, &keys[0] if len(placed) else &dummy_key,
+                        &columns[0] if len(placed) else &dummy_col, len(placed)):
+        raise MemoryError()
+
+
 cdef class BprDecoder:
     """Decodes serialized BPRs into the dense tensors of a DenseLayout.
 
@@ -591,6 +674,18 @@ cdef class BprDecoder:
     """
 
     cdef navi_table tables[3]  # continuous, binary, discrete
+    # reported features, for the continuous maps [0] and the discrete maps [1]:
+    # the id table with reported slots (block NULL: nothing reported there),
+    # each reported index's column and counts row; the bucket bounds
+    cdef navi_table report_tables[2]
+    cdef int32_t* report_cols[2]
+    cdef int32_t* report_rows[2]
+    cdef double* report_bounds
+    cdef int32_t n_report_bounds
+    cdef Py_ssize_t n_reported
+    cdef readonly tuple reported_continuous_ids
+    cdef readonly tuple reported_discrete_ids
+    cdef readonly tuple report_bounds_tuple
     cdef int64_t emb_ids[MAX_EMBEDDINGS]
     cdef int n_emb
     cdef float cont_default
@@ -599,12 +694,19 @@ cdef class BprDecoder:
     cdef public object layout
     cdef public Py_ssize_t stream_min_bytes
 
-    def __cinit__(self):
+    def __cinit__(self, *args, **kwargs):
         cdef int i
         for i in range(3):
             self.tables[i].block = NULL
+        for i in range(2):
+            self.report_tables[i].block = NULL
+            self.report_cols[i] = NULL
+            self.report_rows[i] = NULL
+        self.report_bounds = NULL
+        self.n_report_bounds = 0
+        self.n_reported = 0
 
-    def __init__(self, layout):
+    def __init__(self, layout, report_continuous_ids=(), report_discrete_ids=(), report_bounds=()):
         self.layout = layout
         self.stream_min_bytes = DEFAULT_STREAM_MIN_BYTES
         names = [t.name for t in layout.tensors]
@@ -615,6 +717,8 @@ cdef class BprDecoder:
         self.n_emb = len(layout.embedding_ids)
         self.cont_default = layout.tensors[0].default
         for i, tensor in enumerate(layout.tensors):
+            if tensor.width >= NAVI_REPORTED:
+                raise ValueError(f"tensor {tensor.name} is {tensor.width} wide; at most {NAVI_REPORTED - 1}")
             self.widths[i] = tensor.width
         # the decoder's own row: float32 continuous and embeddings, int64 binary and discrete
         self.row_bytes = self.widths[0] * 4 + (self.widths[1] + self.widths[2]) * 8
@@ -627,26 +731,65 @@ cdef class BprDecoder:
             (layout.binary_ids, layout.binary_cols),
             (layout.discrete_ids, layout.discrete_cols),
         )
+        placed = []
         for i, (ids, cols) in enumerate(pairs):
-            self._build_table(i, np.asarray(ids, dtype=np.int64).tolist(), np.asarray(cols, dtype=np.int64).tolist(), self.widths[i])
+            # a column outside the tensor is ignored, as the spec notes say; a
+            # repeated id keeps its last column, as the reference's dict does
+            placed.append({int(fid): int(c) for fid, c in zip(np.asarray(ids, dtype=np.int64).tolist(),
+                                                               np.asarray(cols, dtype=np.int64).tolist())
+                           if 0 <= c < self.widths[i]})
+            _build_table(&self.tables[i], placed[i])
+        self._init_report(placed, report_continuous_ids, report_discrete_ids, report_bounds)
 
-    cdef _build_table(self, int which, ids, cols, Py_ssize_t width):
-        # a column outside the tensor is ignored, as the spec notes say; a
-        # repeated id keeps its last column, as the reference's dict does
-        placed = {int(i): int(c) for i, c in zip(ids, cols) if 0 <= c < width}
-        cdef int64_t[::1] keys = np.fromiter(placed.keys(), dtype=np.int64, count=len(placed))
-        cdef int32_t[::1] columns = np.fromiter(placed.values(), dtype=np.int32, count=len(placed))
-        cdef int64_t dummy_key = 0
-        cdef int32_t dummy_col = 0
-        if navi_table_build(&self.tables[which], &keys[0] if len(placed) else &dummy_key,
-                            &columns[0] if len(placed) else &dummy_col, len(placed)):
+    cdef _init_report(self, placed, report_continuous_ids, report_discrete_ids, report_bounds):
+        plan = report_plan(report_continuous_ids, report_discrete_ids, report_bounds)
+        self.reported_continuous_ids = plan.continuous_ids
+        self.reported_discrete_ids = plan.discrete_ids
+        self.report_bounds_tuple = plan.bounds
+        self.n_reported = len(plan.continuous_ids) + len(plan.discrete_ids)
+        if self.n_reported == 0:
+            return
+        cdef int i, j, which
+        self.n_report_bounds = len(plan.bounds)
+        self.report_bounds = <double*>malloc(max(1, self.n_report_bounds) * sizeof(double))
+        if self.report_bounds == NULL:
             raise MemoryError()
+        for i, bound in enumerate(plan.bounds):
+            self.report_bounds[i] = bound
+        # (counted map, tensor its ids are placed in): continuous maps, discrete maps
+        for i, (entries, which) in enumerate(((plan.in_continuous_maps, 0), (plan.in_discrete_maps, 2))):
+            if not entries:
+                continue
+            self.report_cols[i] = <int32_t*>malloc(len(entries) * sizeof(int32_t))
+            self.report_rows[i] = <int32_t*>malloc(len(entries) * sizeof(int32_t))
+            if self.report_cols[i] == NULL or self.report_rows[i] == NULL:
+                raise MemoryError()
+            slots = dict(placed[which])
+            for j, (fid, row) in enumerate(entries):
+                self.report_cols[i][j] = slots.get(fid, -1)
+                self.report_rows[i][j] = row
+                slots[fid] = NAVI_REPORTED + j
+            _build_table(&self.report_tables[i], slots)
 
     def __dealloc__(self):
         cdef int i
         for i in range(3):
             free(self.tables[i].block)
             self.tables[i].block = NULL
+        for i in range(2):
+            free(self.report_tables[i].block)
+            free(self.report_cols[i])
+            free(self.report_rows[i])
+            self.report_tables[i].block = NULL
+            self.report_cols[i] = NULL
+            self.report_rows[i] = NULL
+        free(self.report_bounds)
+        self.report_bounds = NULL
+
+    @property
+    def n_report_rows(self):
+        """Rows of a ``feature_counts`` array: the continuous ids', then the discrete ids'."""
+        return self.n_reported
 
     def count_rows(self, payloads, int64_t max_rows=1 << 30):
         """Validate every payload and return its number of candidates.
@@ -690,7 +833,8 @@ cdef class BprDecoder:
         return rows
 
     def decode_into(self, payloads, float[:, ::1] continuous, int64_t[:, ::1] binary,
-                    int64_t[:, ::1] discrete, embeddings, Py_ssize_t row_start=0):
+                    int64_t[:, ::1] discrete, embeddings, Py_ssize_t row_start=0,
+                    int64_t[:, ::1] feature_counts=None, double[::1] feature_sums=None):
         """Decode ``payloads`` into rows ``row_start...`` of the given arrays.
 
         Every cell of those rows is written (defaults where a feature is
@@ -705,6 +849,14 @@ cdef class BprDecoder:
         binary, discrete : int64 [rows, width] C-contiguous
         embeddings : sequence of float32 [rows, width] arrays, one per layout embedding
         row_start : first row to write
+        feature_counts, feature_sums : int64 [n_report_rows, len(report_bounds) + 1]
+            and float64 [n_report_rows], or None (nothing counted)
+            Counts of the reported features' values are added into these,
+            a row per reported id (the continuous ids', then the discrete
+            ids', as ``reported_*_ids``) and a column per bucket (the last
+            +Inf), with the sum of the values counted: a common feature's
+            value once per BPR, a candidate's once per candidate. After an
+            error they are partly added to: discard them.
 
         Returns
         -------
@@ -737,6 +889,25 @@ cdef class BprDecoder:
         cdef char* scratch = NULL
         cdef Py_ssize_t scratch_bytes
         cdef bint stream
+        cdef navi_report reports[2]
+        cdef navi_report* report_cont = NULL
+        cdef navi_report* report_disc = NULL
+        if feature_counts is not None and self.n_reported:
+            if feature_sums is None:
+                raise ValueError("feature_counts needs feature_sums")
+            if feature_counts.shape[0] != self.n_reported or feature_counts.shape[1] != self.n_report_bounds + 1 \
+                    or feature_sums.shape[0] != self.n_reported:
+                raise ValueError(f"feature counts must be ({self.n_reported}, {self.n_report_bounds + 1}) "
+                                 f"and sums ({self.n_reported},)")
+            for k in range(2):
+                reports[k].cols = self.report_cols[k]
+                reports[k].rows = self.report_rows[k]
+                reports[k].bounds = self.report_bounds
+                reports[k].n_bounds = self.n_report_bounds
+                reports[k].counts = &feature_counts[0, 0]
+                reports[k].sums = &feature_sums[0]
+            report_cont = &reports[0] if self.report_tables[0].block != NULL else NULL
+            report_disc = &reports[1] if self.report_tables[1].block != NULL else NULL
         try:
             if index == NULL or data == NULL or sizes == NULL:
                 raise MemoryError()
@@ -760,7 +931,7 @@ cdef class BprDecoder:
                 self._scatter_all(n, data, sizes, index, &tmpl, &continuous[0, 0] if n_rows else NULL,
                                   &binary[0, 0] if n_rows and self.widths[1] else NULL,
                                   &discrete[0, 0] if n_rows and self.widths[2] else NULL,
-                                  emb_base, row_start, stream, &r)
+                                  emb_base, row_start, stream, report_cont, report_disc, &r)
                 if stream:
                     # whatever _scatter_all returned with, no streamed row is
                     # left unordered behind the caller's next read
@@ -776,7 +947,9 @@ cdef class BprDecoder:
 
     cdef void _scatter_all(self, Py_ssize_t n, const uint8_t** data, Py_ssize_t* sizes,
                            BprIndex* index, Rows* tmpl, float* cont, int64_t* binary,
-                           int64_t* disc, float** emb_base, Py_ssize_t row, bint stream, Reader* r) noexcept nogil:
+                           int64_t* disc, float** emb_base, Py_ssize_t row, bint stream,
+                           const navi_report* report_cont, const navi_report* report_disc,
+                           Reader* r) noexcept nogil:
         cdef Py_ssize_t i, c, k, j
         cdef Py_ssize_t wc = self.widths[0], wb = self.widths[1], wd = self.widths[2]
         cdef Rows out, dest, stage
@@ -810,7 +983,7 @@ cdef class BprDecoder:
                 memset(tmpl.emb[k], 0, self.widths[3 + k] * 4)
             if index[i].common_pos >= 0:
                 r.pos = index[i].common_pos
-                if self._scatter_record(r, tmpl):
+                if self._scatter_record(r, tmpl, report_cont, report_disc):
                     return
             n_common = navi_sparse_f32(tmpl.cont, wc, nan, common_cols, common_vals)
             r.pos = index[i].list_pos
@@ -825,7 +998,7 @@ cdef class BprDecoder:
                 navi_fill_f32(out.cont, wc, nan)
                 navi_put_f32(out.cont, common_cols, common_vals, n_common)
                 self._copy_rows(&out, tmpl, False)
-                if self._scatter_record(r, &out):
+                if self._scatter_record(r, &out, report_cont, report_disc):
                     return
                 if stream:
                     navi_stream_row(dest.cont, out.cont, wc * 4)
@@ -852,8 +1025,13 @@ cdef class BprDecoder:
             if dst.emb[k] != NULL:
                 _copy_row(dst.emb[k], src.emb[k], self.widths[3 + k] * 4, stream)
 
-    cdef int _scatter_record(self, Reader* r, Rows* out) noexcept nogil:
-        """Write one DataRecord's known features into ``out``; skip the rest."""
+    cdef int _scatter_record(self, Reader* r, Rows* out, const navi_report* report_cont,
+                             const navi_report* report_disc) noexcept nogil:
+        """Write one DataRecord's known features into ``out``; skip the rest.
+
+        With a report (not NULL) for a kind of map, the reported ids met in
+        it are counted as they pass (the original counts them in the same walk).
+        """
         cdef int ft, kt, vt, et, k, got
         cdef int16_t fid
         cdef int32_t n, i, col
@@ -881,9 +1059,14 @@ cdef class BprDecoder:
                     return fail(r, E_TRUNCATED, r.pos, "feature map")
                 p = r.data + r.pos + 6
                 if fid == 2:
-                    navi_scatter_f32(&self.tables[0], p, n, out.cont)
-                else:
+                    if report_cont == NULL:
+                        navi_scatter_f32(&self.tables[0], p, n, out.cont)
+                    else:
+                        navi_scatter_f32_report(&self.report_tables[0], p, n, out.cont, report_cont)
+                elif report_disc == NULL:
                     navi_scatter_i64(&self.tables[2], p, n, out.disc)
+                else:
+                    navi_scatter_i64_report(&self.report_tables[1], p, n, out.disc, report_disc)
                 r.pos += 6 + <Py_ssize_t>n * 16
             elif fid == 8 and ft == T_MAP and r.end - r.pos >= 6 and r.data[r.pos] == T_I64 \
                     and r.data[r.pos + 1] == T_STRUCT:

@@ -7,7 +7,9 @@ same first error at the same byte offset.
 """
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -184,6 +186,62 @@ def _as_bytes(i: int, item) -> bytes:
 # the compiled twin's default: outputs this large are streamed past the cache
 DEFAULT_STREAM_MIN_BYTES = 16 << 20
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """Which reported feature ids are counted where (one rule for both twins).
+
+    The original's converter (dr_transform converter.rs) observes, while it
+    walks each record's continuousFeatures map, an id of the continuous set
+    into the continuous histogram, *else* an id of the discrete set into the
+    discrete one. Its discrete-map walk (get_discrete), which observes the
+    discrete set's values from discreteFeatures, is never called (its call
+    is commented out with the discrete tensor it builds, and it indexes a
+    second BPR's candidates wrongly), which leaves discrete features, the
+    ones the flag names, unreported: we take the evident intent and count
+    the discrete set in the discrete maps too.
+
+    ``in_continuous_maps`` / ``in_discrete_maps``: (id, counts row) of the
+    ids counted where they appear in those maps. Rows: the continuous ids'
+    (sorted, as the original's BTreeSet), then the discrete ids'.
+    """
+
+    continuous_ids: tuple[int, ...]
+    discrete_ids: tuple[int, ...]
+    bounds: tuple[float, ...]
+    in_continuous_maps: tuple[tuple[int, int], ...]
+    in_discrete_maps: tuple[tuple[int, int], ...]
+
+
+def report_plan(continuous_ids=(), discrete_ids=(), bounds=()) -> ReportPlan:
+    """The ReportPlan of these ids and bucket upper bounds (finite, ascending); ValueError if bad."""
+    sets = []
+    for ids in (continuous_ids, discrete_ids):
+        unique = sorted({int(fid) for fid in ids})
+        if unique and not (_INT64[0] <= unique[0] and unique[-1] <= _INT64[1]):
+            raise ValueError(f"feature ids must be int64, got {unique[0]} ... {unique[-1]}")
+        sets.append(tuple(unique))
+    cont, disc = sets
+    bounds = tuple(float(b) for b in bounds)
+    if (cont or disc) and not bounds:
+        raise ValueError("reported features need bucket bounds")
+    if any(not math.isfinite(b) for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"bucket bounds must be finite and ascending, got {bounds}")
+    cont_row = {fid: row for row, fid in enumerate(cont)}
+    disc_row = {fid: len(cont) + row for row, fid in enumerate(disc)}
+    in_cont = tuple(cont_row.items()) + tuple((fid, row) for fid, row in disc_row.items() if fid not in cont_row)
+    return ReportPlan(cont, disc, bounds, in_cont, tuple(disc_row.items()))
+
+
+def bucket_of(value: float, bounds: tuple[float, ...]) -> int:
+    """Prometheus' bucket of ``value``: the first bound >= it; past them all (and NaN) the +Inf bucket."""
+    for index, bound in enumerate(bounds):
+        if value <= bound:
+            return index
+    return len(bounds)
+
 
 class BprDecoder:
     """Decodes serialized BPRs into the dense tensors of a DenseLayout (reference).
@@ -193,7 +251,7 @@ class BprDecoder:
     values written are the same either way.
     """
 
-    def __init__(self, layout):
+    def __init__(self, layout, report_continuous_ids=(), report_discrete_ids=(), report_bounds=()):
         self.layout = layout
         self.stream_min_bytes = DEFAULT_STREAM_MIN_BYTES
         names = [t.name for t in layout.tensors]
@@ -212,6 +270,13 @@ class BprDecoder:
                 if 0 <= col < self.widths[which]:
                     table[fid] = col
             self.maps.append(table)
+        plan = report_plan(report_continuous_ids, report_discrete_ids, report_bounds)
+        self.reported_continuous_ids = plan.continuous_ids
+        self.reported_discrete_ids = plan.discrete_ids
+        self.report_bounds_tuple = plan.bounds
+        self.n_report_rows = len(plan.continuous_ids) + len(plan.discrete_ids)
+        # id -> counts row, for the continuous maps and the discrete maps
+        self._report_rows = (dict(plan.in_continuous_maps), dict(plan.in_discrete_maps))
 
     def _index_all(self, payloads, max_rows: int):
         out = []
@@ -228,8 +293,23 @@ class BprDecoder:
         """Validate every payload and return its number of candidates."""
         return np.asarray([rows for _, _, _, rows in self._index_all(payloads, max_rows)], dtype=np.int64)
 
-    def decode_into(self, payloads, continuous, binary, discrete, embeddings, row_start: int = 0) -> int:
-        """Decode ``payloads`` into rows ``row_start...`` of the given arrays; returns rows written."""
+    def decode_into(self, payloads, continuous, binary, discrete, embeddings, row_start: int = 0,
+                    feature_counts=None, feature_sums=None) -> int:
+        """Decode ``payloads`` into rows ``row_start...`` of the given arrays; returns rows written.
+
+        ``feature_counts`` / ``feature_sums``: as the compiled twin's.
+        """
+        counts = None
+        if feature_counts is not None and self.n_report_rows:
+            if feature_sums is None:
+                raise ValueError("feature_counts needs feature_sums")
+            shape = (self.n_report_rows, len(self.report_bounds_tuple) + 1)
+            if feature_counts.shape != shape or feature_sums.shape != (self.n_report_rows,):
+                raise ValueError(f"feature counts must be {shape} and sums ({self.n_report_rows},)")
+            counts = (feature_counts, feature_sums)
+        return self._decode_into(payloads, continuous, binary, discrete, embeddings, row_start, counts)
+
+    def _decode_into(self, payloads, continuous, binary, discrete, embeddings, row_start: int, counts) -> int:
         if len(embeddings) != len(self.emb_ids):
             raise ValueError(f"expected {len(self.emb_ids)} embedding arrays, got {len(embeddings)}")
         n_rows = continuous.shape[0]
@@ -251,11 +331,11 @@ class BprDecoder:
             try:
                 if common_pos >= 0:
                     r.pos = common_pos
-                    self._scatter_record(r, template)
+                    self._scatter_record(r, template, counts)
                 r.pos = list_pos
                 for _ in range(rows):
                     out = [template[0].copy(), template[1].copy(), template[2].copy(), [e.copy() for e in template[3]]]
-                    self._scatter_record(r, out)
+                    self._scatter_record(r, out, counts)
                     continuous[row], binary[row], discrete[row] = out[0], out[1], out[2]
                     for k, emb in enumerate(out[3]):
                         embeddings[k][row] = emb
@@ -264,7 +344,8 @@ class BprDecoder:
                 raise _error(-1, fail) from None
         return total
 
-    def _scatter_record(self, r: _Reader, out) -> None:
+    def _scatter_record(self, r: _Reader, out, counts) -> None:
+        """Write one DataRecord's known features into ``out``; count reported ones into ``counts``."""
         cont, binary, disc, embs = out
         while (field := _next_field(r)) is not None:
             ft, fid = field
@@ -283,8 +364,14 @@ class BprDecoder:
                 if n < 0 or n > (r.end - r.pos - 6) // 16:
                     raise _Fail(E_TRUNCATED, r.pos, "feature map")
                 base = r.pos + 6
+                report = self._report_rows[0 if fid == 2 else 1] if counts is not None else {}
                 for i in range(n):
                     key = r.i64(base + 16 * i)
+                    row = report.get(key)
+                    if row is not None:
+                        value = r.f64(base + 16 * i + 8) if fid == 2 else float(r.i64(base + 16 * i + 8))
+                        counts[0][row, bucket_of(value, self.report_bounds_tuple)] += 1
+                        counts[1][row] += value
                     if fid == 2:
                         col = self.maps[0].get(key, -1)
                         if col >= 0:

@@ -12,7 +12,13 @@ Methods, timed side by side and interleaved in every round:
 - ``thriftpy2``: thriftpy2's Cython binary protocol decoding each BPR into
   Python objects, with no scatter at all (the original's design does this
   before it scatters, so it bounds that design from above);
-- ``reference``: the plain-Python twin (on a few BPRs: it is slow).
+- ``reference``: the plain-Python twin (on a few BPRs: it is slow);
+- ``cython_report10`` / ``cython_per_request_report10``: ``cython`` /
+  ``cython_per_request`` with ten reported features counted as the server
+  counts them (``report_feature_ids`` picks them); the rounds alternate them
+  with the methods without, and ``report10_vs_none_*`` is their throughput
+  ratio per round (min, median) and best against best (the cost of feature
+  monitoring; >= 0.97x wanted).
 Throughput is reported as the median and the best over rounds.
 
 Every round also times a control with no memory traffic and no shared state
@@ -36,7 +42,10 @@ from typing import Callable, Sequence
 
 
 METHODS = ("cython", "cython_per_request", "cython_2threads", "cython_per_request_2threads", "thriftpy2",
-           "reference")
+           "reference", "cython_report10", "cython_per_request_report10")
+
+#: features the report A/B methods count
+REPORTED_FEATURES = 10
 
 
 def _machine() -> dict:
@@ -92,7 +101,33 @@ def in_two_threads(pool: ThreadPoolExecutor, halves: Sequence[Callable[[int], No
 def convert_per_request(converter, payloads: Sequence[bytes], buffer) -> None:
     """Convert ``payloads`` one BPR per call into ``buffer``, as the server converts one-request batches."""
     for payload in payloads:
-        converter.convert_into([payload], buffer)
+        converter.convert_into([payload], buffer, feature_counts=converter.new_feature_counts())
+
+
+def convert_counting(converter, payloads: Sequence[bytes], out) -> None:
+    """One ``convert_into`` of every payload, counting the reported features as the server does per batch."""
+    converter.convert_into(payloads, out, feature_counts=converter.new_feature_counts())
+
+
+def report_feature_ids(layout, payloads: Sequence[bytes], count: int = REPORTED_FEATURES):
+    """(continuous ids, discrete ids): the ``count`` layout features met most often in the first BPR's
+    candidates, about 70% continuous, so the report methods count as many values as ten ids can give."""
+    from collections import Counter
+
+    import numpy as np
+
+    from navi.idl import decode_bpr
+
+    continuous, discrete = Counter(), Counter()
+    known_continuous = set(np.asarray(layout.continuous_ids).tolist())
+    known_discrete = set(np.asarray(layout.discrete_ids).tolist())
+    for record in decode_bpr(payloads[0]).individualFeaturesList:
+        continuous.update(fid for fid in (record.continuousFeatures or {}) if fid in known_continuous)
+        discrete.update(fid for fid in (record.discreteFeatures or {}) if fid in known_discrete)
+    n_discrete = min(len(discrete), count - (count * 7 + 9) // 10)
+    n_continuous = count - n_discrete
+    return ([fid for fid, _ in continuous.most_common(n_continuous)],
+            [fid for fid, _ in discrete.most_common(n_discrete)])
 
 
 def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: ThreadPoolExecutor):
@@ -109,6 +144,11 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: 
     from navi.idl import bpr_thrift
 
     converter = BprConverter(layout)
+    from navi.metrics import FEATURE_VALUE_BUCKETS
+
+    report_continuous, report_discrete = report_feature_ids(layout, payloads)
+    reporting = BprConverter(layout, report_continuous_ids=report_continuous, report_discrete_ids=report_discrete,
+                             report_bounds=FEATURE_VALUE_BUCKETS)
     rows = converter.count_rows(payloads)
     total_rows = int(rows.sum())
     total_bytes = sum(len(p) for p in payloads)
@@ -150,6 +190,9 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: 
                                                               for part, buffer in zip(halves, request_buffers)]),
                                         total_rows, total_bytes),
         "thriftpy2": (repeated(thriftpy2_decode), total_rows, total_bytes),
+        "cython_report10": (repeated(convert_counting, reporting, payloads, out), total_rows, total_bytes),
+        "cython_per_request_report10": (repeated(convert_per_request, reporting, payloads, request_buffers[2]),
+                                        total_rows, total_bytes),
     }
     if reference_bprs > 0:
         methods["reference"] = (repeated(reference), ref_rows, sum(len(p) for p in ref_payloads))
@@ -230,6 +273,14 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
             ratios[f"{prefix}_vs_one_best"] = max(per_round)
             ratios[f"{prefix}_vs_one_of_machine_median"] = statistics.median(
                 [r / m for r, m in zip(per_round, machine_ratios)])
+    for prefix, none, report in (("report10_vs_none", "cython", "cython_report10"),
+                                 ("per_request_report10_vs_none", "cython_per_request", "cython_per_request_report10")):
+        if none in results and report in results:
+            per_round = [t_none / t_report for t_none, t_report in zip(samples[none], samples[report])]
+            ratios[f"{prefix}_per_round_min"] = min(per_round)
+            ratios[f"{prefix}_per_round_median"] = statistics.median(per_round)
+            # best against best: on a shared machine the least disturbed timing of each
+            ratios[f"{prefix}_best"] = min(samples[none]) / min(samples[report])
     if "cython" in results and "reference" in results:
         ratios["cython_vs_reference_median"] = results["cython"]["candidates_per_s"] / results["reference"]["candidates_per_s"]
     return {

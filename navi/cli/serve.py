@@ -97,11 +97,15 @@ OPTIONS = [
     click.option("--onnx-global-thread-pool-options", multiple=True, type=str,
                  help="intra_op_num_threads=N,inter_op_num_threads=M: one ORT thread pool for all models."),
     click.option("--profiling", type=str, help="ONNX Runtime profiling output prefix."),
+    click.option("--onnx-report-discrete-feature-ids", multiple=True, type=str,
+                 help="Comma-separated feature ids, repeatable, every BPR model: their values (from "
+                      "discreteFeatures and continuousFeatures) go to the :navi:feature_id:discrete histogram."),
+    click.option("--onnx-report-continuous-feature-ids", multiple=True, type=str,
+                 help="Comma-separated feature ids, repeatable, every BPR model: their values go to "
+                      "the :navi:feature_id:continuous histogram."),
     # Accepted so the original's launch scripts start; they have no effect here
     # (a warning says so): navi sizes its pools with --grpc-threads and
-    # --num-batch-threads, and does not produce the feature-id histograms.
-    click.option("--onnx-report-discrete-feature-ids", multiple=True, type=str, hidden=True),
-    click.option("--onnx-report-continuous-feature-ids", multiple=True, type=str, hidden=True),
+    # --num-batch-threads.
     click.option("--num-worker-threads", "-n", type=int, hidden=True),
     click.option("--max-blocking-threads", type=int, hidden=True),
     click.option("--customops-lib", "-c", type=str, hidden=True),
@@ -111,8 +115,7 @@ OPTIONS = [
 JOINED_FLAGS = ("--onnx-ep-options", "--onnx-global-thread-pool-options")
 
 #: accepted for compatibility, ignored with a warning
-IGNORED_FLAGS = ("onnx_report_discrete_feature_ids", "onnx_report_continuous_feature_ids",
-                 "num_worker_threads", "max_blocking_threads", "customops_lib")
+IGNORED_FLAGS = ("num_worker_threads", "max_blocking_threads", "customops_lib")
 
 
 def _given_flags(ctx: click.Context, params: dict) -> dict:

@@ -3,8 +3,10 @@
 The file maps a model name to an object whose keys may be ``version`` (pin
 one version; an integer or a version directory name), ``intra_op_parallelism``,
 ``inter_op_parallelism``, ``labels`` (label -> version, e.g.
-``{"stable": 1, "canary": 2}``), any ``BatchingSettings`` field either at the
-top level or under ``batching``, and the original's flag spellings
+``{"stable": 1, "canary": 2}``), ``report_continuous_feature_ids`` /
+``report_discrete_feature_ids`` (a list of ids or a comma-separated string;
+they replace the flags' for that model), any ``BatchingSettings`` field either
+at the top level or under ``batching``, and the original's flag spellings
 ``batch_time_out_millis`` / ``batch_drop_millis``. Values may be strings, as
 the original wrote them.
 """
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 
 from navi.errors import ConfigError
 from navi.repository.layout import parse_version
-from navi.settings import BatchingSettings, ModelSettings
+from navi.settings import BatchingSettings, ModelSettings, parse_feature_ids
 
 META_FILENAME = "META.json"
 _BATCHING_FIELDS = set(BatchingSettings.model_fields)
@@ -28,6 +30,7 @@ _BATCHING_ALIASES = {
     "batch_drop_millis": "batch_drop_ms",
 }
 _MODEL_FIELDS = ("intra_op_parallelism", "inter_op_parallelism")
+_FEATURE_ID_FIELDS = ("report_continuous_feature_ids", "report_discrete_feature_ids")
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,16 @@ class ModelMeta:
     version: int | None = None
     labels: dict[str, int] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    feature_id_overrides: dict[str, tuple[int, ...]] = field(default_factory=dict)
     batching_overrides: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, settings: ModelSettings) -> ModelSettings:
         """``settings`` with these overrides, validated (raises ConfigError)."""
-        if not self.model_overrides and not self.batching_overrides:
+        if not self.model_overrides and not self.batching_overrides and not self.feature_id_overrides:
             return settings
         data = settings.model_dump()
         data.update(self.model_overrides)
+        data.update(self.feature_id_overrides)
         data["batching"] = {**data["batching"], **self.batching_overrides}
         try:
             return ModelSettings.model_validate(data)
@@ -70,6 +75,7 @@ def parse_meta(data: Any) -> dict[str, ModelMeta]:
         version = None
         labels: dict[str, int] = {}
         model_overrides: dict[str, Any] = {}
+        feature_ids: dict[str, tuple[int, ...]] = {}
         batching: dict[str, Any] = {}
         for key, value in entry.items():
             where = f"{name}.{key}"
@@ -81,6 +87,11 @@ def parse_meta(data: Any) -> dict[str, ModelMeta]:
                 labels = {str(k): _as_version(v, f"{where}.{k}") for k, v in value.items()}
             elif key in _MODEL_FIELDS:
                 model_overrides[key] = value
+            elif key in _FEATURE_ID_FIELDS:
+                try:
+                    feature_ids[key] = parse_feature_ids(value)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(str(exc), META_FILENAME, where) from None
             elif key == "batching":
                 if not isinstance(value, dict):
                     raise ConfigError("must be an object", META_FILENAME, where)
@@ -95,7 +106,8 @@ def parse_meta(data: Any) -> dict[str, ModelMeta]:
             else:
                 raise ConfigError(
                     "unknown key (expected version, labels, intra_op_parallelism, "
-                    "inter_op_parallelism, batching or a batching setting)",
+                    "inter_op_parallelism, report_continuous_feature_ids, "
+                    "report_discrete_feature_ids, batching or a batching setting)",
                     META_FILENAME, where,
                 )
         # validate values now, so a bad file is refused whole and the last good stays
@@ -111,7 +123,7 @@ def parse_meta(data: Any) -> dict[str, ModelMeta]:
             if number < 0:
                 raise ConfigError("must be an integer >= 0", META_FILENAME, f"{name}.{key}")
             model_overrides[key] = number
-        metas[name] = ModelMeta(version, labels, model_overrides, batching)
+        metas[name] = ModelMeta(version, labels, model_overrides, feature_ids, batching)
     return metas
 
 

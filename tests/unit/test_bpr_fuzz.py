@@ -2,7 +2,10 @@
 
 Every mutated input must either decode or raise DecodeError; never crash,
 hang or raise anything else. Every 200th input is also checked against the
-reference twin (same arrays, or the same error).
+reference twin (same arrays, or the same error). Half of the inputs go through
+a decoder that also counts reported features (layout ids and unknown ones,
+continuous and discrete); every 200th of those is checked against the
+reference's counts too.
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from navi._fast import _bpr_ref
 from navi._fast._bpr import BprDecoder
 from navi.errors import DecodeError
 from navi.idl import encode
+from navi.metrics import FEATURE_VALUE_BUCKETS
 from navi.segdense import parse_layout
 from navi.workload import make_bprs
 
-from .bpr_helpers import BPR, EMB, assert_same, decode_all, small_layout, small_spec
+from .bpr_helpers import BPR, CONT, DISC, EMB, assert_same, decode_all, small_layout, small_spec
 from .test_bpr_decoder import sample_payload
 
 FUZZ_INPUTS = int(os.environ.get("NAVI_FUZZ_INPUTS", "1000000"))
@@ -62,32 +66,60 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(buf)
 
 
+REPORTED = (sorted(CONT)[:3] + [7, 2**62], sorted(DISC)[:2] + [sorted(CONT)[0], -9])
+
+
+def decode_counting(decoder, layout, payloads):
+    """``decode_all`` that also counts the decoder's reported features: (arrays, counts, sums)."""
+    counts = np.zeros((decoder.n_report_rows, len(FEATURE_VALUE_BUCKETS) + 1), dtype=np.int64)
+    sums = np.zeros(decoder.n_report_rows)
+    rows = int(decoder.count_rows(payloads).sum())
+    out = layout.allocate(rows)
+    decoder.decode_into(payloads, out["continuous"], out["binary"], out["discrete"],
+                        [out[t.name] for t in layout.tensors[3:]], 0, counts, sums)
+    return out, counts, sums
+
+
 def run_fuzz(layout, seeds: list[bytes], inputs: int, seed: int) -> tuple[int, int]:
     """Decode ``inputs`` mutations of ``seeds``; (decoded, DecodeError) counts.
 
     Every other input goes through the staging row and streaming stores;
-    every 200th is also decoded by the reference, which must agree.
+    inputs 2 and 3 of every 4 also count reported features; every 200th
+    input (and every 200th counting one) is also decoded by the reference,
+    which must agree.
     """
     cy, ref = BprDecoder(layout), _bpr_ref.BprDecoder(layout)
     cy_streaming = BprDecoder(layout)
     cy_streaming.stream_min_bytes = 0
+    counting = [BprDecoder(layout, *REPORTED, FEATURE_VALUE_BUCKETS) for _ in range(2)]
+    counting[1].stream_min_bytes = 0
+    ref_counting = _bpr_ref.BprDecoder(layout, *REPORTED, FEATURE_VALUE_BUCKETS)
     rng = np.random.default_rng(seed)
     decoded = errors = 0
     for i in range(inputs):
         payload = mutate(seeds[i % len(seeds)], rng)
+        count = i % 4 >= 2
         try:
-            result = decode_all(cy_streaming if i % 2 else cy, layout, [payload])
+            if count:
+                result = decode_counting(counting[i % 2], layout, [payload])
+            else:
+                result = decode_all(cy_streaming if i % 2 else cy, layout, [payload])
             decoded += 1
         except DecodeError as exc:
             result = str(exc)
             errors += 1
-        if i % 200 == 0:
+        if i % 200 in (0, 2):
             try:
-                expected = decode_all(ref, layout, [payload])
+                expected = (decode_counting(ref_counting, layout, [payload]) if count
+                            else decode_all(ref, layout, [payload]))
             except DecodeError as exc:
                 expected = str(exc)
             if isinstance(result, str) or isinstance(expected, str):
                 assert result == expected, (payload, result, expected)
+            elif count:
+                assert_same(result[0], expected[0])
+                np.testing.assert_array_equal(result[1], expected[1])
+                np.testing.assert_array_equal(result[2], expected[2])
             else:
                 assert_same(result, expected)
     return decoded, errors
