@@ -53,6 +53,11 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def _paths(value: Any) -> tuple[str, ...]:
+    """``--customops-lib a.so,b.so`` -> ("a.so", "b.so") (comma-separated, as the original)."""
+    return tuple(part.strip() for part in str(value).split(",") if part.strip())
+
+
 #: per-model flag -> (path inside a model section, value conversion)
 PER_MODEL_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--runtime": (("runtime",), str),
@@ -75,6 +80,7 @@ ALL_MODELS_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--batch-drop-millis": (("batching", "batch_drop_ms"), float),
     "--max-batch-rows": (("batching", "max_batch_rows"), int),
     "--max-queued-requests": (("batching", "max_queued_requests"), int),
+    "--customops-lib": (("customops_libs",), _paths),
 }
 
 #: ONNX Runtime flags -> key in ModelSettings.runtime_options (strings, parsed by the plugin)
@@ -101,6 +107,12 @@ SERVER_FLAGS: dict[str, str] = {
     "--grpc-threads": "grpc_threads",
     "--grpc-max-threads": "grpc_max_threads",
     "--shutdown-grace-secs": "shutdown_grace_s",
+}
+
+#: the original's flag -> navi's flag of the same meaning; navi's own wins when both are given
+SERVER_FLAG_ALIASES: dict[str, str] = {
+    # the original's tokio workers handle the requests: navi's handler threads do
+    "--num-worker-threads": "--grpc-threads",
 }
 
 
@@ -273,6 +285,11 @@ def build_settings(
         if flag in flags and flags[flag] is not None:
             data[field] = flags[flag]
             origin[(field,)] = flag
+    for alias, flag in SERVER_FLAG_ALIASES.items():
+        if flags.get(alias) is not None and flags.get(flag) is None:
+            field = SERVER_FLAGS[flag]
+            data[field] = flags[alias]
+            origin[(field,)] = alias
 
     names = [section.get("name") for section in models]
     for index, name in enumerate(names):

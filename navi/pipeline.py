@@ -480,6 +480,7 @@ class ServedModel:
             started = time.monotonic()
             self.converter.convert_into(payloads, pool)
             if self._metrics is not None and total:
+                # the original's unit: microseconds per row of the batch
                 micros = (time.monotonic() - started) * 1e6 / total
                 self._series()[1].observe(micros)
             feeds = {}
@@ -505,7 +506,7 @@ class ServedModel:
         outputs = self.model.run(feeds, wanted)
         # rows predicted are counted by the server per answered request (warmup excluded)
         if self._metrics is not None:
-            self._series()[0].observe(time.monotonic() - started)
+            self._series()[0].observe((time.monotonic() - started) * 1e3)  # milliseconds
         return outputs
 
     def _series(self) -> tuple:

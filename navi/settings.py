@@ -66,6 +66,10 @@ class ModelSettings(_Frozen):
     runtime_options: dict[str, str] = Field(
         default_factory=dict, description="runtime-specific options, e.g. onnx EP settings"
     )
+    customops_libs: tuple[Path, ...] = Field(
+        (), description="shared libraries of custom ops, loaded into the model's runtime "
+        "(ONNX Runtime or TensorFlow) before it loads"
+    )
 
 
 class ServerSettings(_Frozen):
