@@ -116,6 +116,38 @@ SERVER_FLAG_ALIASES: dict[str, str] = {
 }
 
 
+#: a file that names its version directory's runtime when neither a flag nor the
+#: config file does: the original picks the runtime by binary (navi for
+#: TensorFlow, navi_onnx, navi_torch), so its launch scripts never say it.
+#: Each name is its plugin's ``model_filename`` (tests/unit/test_compat_flags.py).
+RUNTIME_MARKERS: tuple[tuple[str, str], ...] = (
+    ("model.onnx", "onnx"),
+    ("saved_model.pb", "tf"),
+    ("saved_model.pbtxt", "tf"),
+    ("model.pt", "torch"),
+)
+
+
+def _version_order(name: str) -> tuple[int, Any]:
+    return (1, int(name)) if name.isdigit() else (0, name)
+
+
+def detect_runtime(model_dir: Path) -> str | None:
+    """The runtime of the newest version directory under ``model_dir`` that holds a
+    marker file (``RUNTIME_MARKERS``); None when there is none yet (e.g. before
+    ``--modelsync-cli`` fetched it: the default runtime then applies)."""
+    try:
+        versions = sorted((d for d in Path(model_dir).iterdir() if d.is_dir()),
+                          key=lambda d: _version_order(d.name), reverse=True)
+    except OSError:
+        return None
+    for version_dir in versions:
+        for filename, runtime in RUNTIME_MARKERS:
+            if (version_dir / filename).exists():
+                return runtime
+    return None
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Parse a YAML or TOML (``.toml``) config file into a dict; ``ConfigError`` if unreadable."""
     path = Path(path)
@@ -266,6 +298,12 @@ def build_settings(
             for index, section in enumerate(models):
                 _set_path(section, path, value)
                 origin[("models", index, *path)] = flag
+
+    for section in models:
+        if "runtime" not in section:
+            detected = detect_runtime(section["model_dir"])
+            if detected is not None:
+                section["runtime"] = detected
 
     onnx_options = {key: str(flags[flag]) for flag, key in ONNX_OPTION_FLAGS.items()
                     if flags.get(flag) not in (None, "")}

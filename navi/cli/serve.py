@@ -54,7 +54,7 @@ OPTIONS = [
     click.option("--model-dir", "-m", multiple=True, type=str,
                  help="A model's directory of versions; repeat for several models. The model's name "
                       "is its last path component. [default: the demo model models/home]"),
-    _per_model("--runtime", click.STRING, "Runtime plugin: onnx, tf, torch or an installed one [default: onnx]."),
+    _per_model("--runtime", click.STRING, "Runtime plugin: onnx, tf, torch or an installed one [default: from the newest version's files: model.onnx, saved_model.pb, model.pt; else onnx]."),
     _per_model("--max-batch-size", click.INT, "Requests per server-side batch [default: 16]."),
     _per_model("--batch-time-out-millis", click.FLOAT, "Longest wait to fill a batch [default: 2].", "-b"),
     _per_model("--num-batch-threads", click.INT, "Batches in flight at once per model [default: 2]."),

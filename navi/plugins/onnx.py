@@ -307,6 +307,23 @@ def _synthetic(spec: TensorSpec) -> np.ndarray:
     return np.zeros(shape, dtype=spec.dtype)
 
 
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A string tensor as ONNX Runtime's Python API takes it: ``str`` elements.
+
+    Given ``bytes`` it would store their ``repr`` (``b'abc'`` becomes the text
+    "b'abc'"); ONNX strings are UTF-8, so bytes are decoded as such.
+    """
+    flat = array.ravel()
+    if flat.size and isinstance(flat[0], str) and all(isinstance(v, str) for v in flat):
+        return array
+    try:
+        text = [bytes(v).decode("utf-8") if isinstance(v, (bytes, bytearray, memoryview)) else str(v)
+                for v in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input {name!r}: ONNX string tensors hold UTF-8 text ({exc})") from None
+    return np.array(text, dtype=object).reshape(array.shape)
+
+
 class OnnxModel(LoadedModel):
     """One ONNX model version loaded into an ``InferenceSession``."""
 
@@ -328,6 +345,8 @@ class OnnxModel(LoadedModel):
         )
         self._output_names = tuple(spec.name for spec in self._signature.outputs)
         self._input_names = frozenset(spec.name for spec in self._signature.inputs)
+        self._string_inputs = tuple(spec.name for spec in self._signature.inputs
+                                    if spec.dtype == np.dtype(object))
         # The Python wrapper's run() re-validates names and OrtValue ownership
         # and, for GPU providers, falls back to CPU after a provider failure.
         # With the CPU provider alone only the name check matters (done below,
@@ -362,6 +381,10 @@ class OnnxModel(LoadedModel):
             missing = sorted(self._input_names - inputs.keys())
             raise InvalidInput(f"model {self.path} needs input(s) {', '.join(missing)}")
         feeds = inputs if type(inputs) is dict else dict(inputs)
+        if self._string_inputs:
+            feeds = dict(feeds)
+            for name in self._string_inputs:
+                feeds[name] = _as_text(name, feeds[name])
         try:
             direct = self._direct_run
             if direct is not None:
