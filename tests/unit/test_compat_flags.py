@@ -156,3 +156,23 @@ def test_request_metrics_in_milliseconds_and_score_sum():
     assert value(":navi:predicted_rows_total", {"model_name": "m"}) == 4
     assert value(":navi:prediction_score_sum", {"model_name": "m"}) == 0.25
     assert value(":navi:num_requests") == 1
+
+
+def test_tensorflow_custom_op_library_that_does_not_load_is_a_config_error(tmp_path):
+    from navi.plugins.tensorflow import TensorFlowRuntime
+
+    not_a_library = tmp_path / "ops.so"
+    not_a_library.write_bytes(b"not an ELF file")
+    settings = build_settings({"--model-dir": [str(tmp_path / "m")], "--runtime": ["tf"],
+                               "--customops-lib": str(not_a_library)}, None).models[0]
+    with pytest.raises(ConfigError, match="TensorFlow cannot load custom-op library .*ops.so"):
+        TensorFlowRuntime().check_options(settings)
+
+
+def test_torch_models_refuse_custom_op_libraries_at_start_up(tmp_path):
+    from navi.cli.serve import _check_runtimes
+
+    settings = build_settings({"--model-dir": [str(tmp_path / "m")], "--runtime": ["torch"],
+                               "--customops-lib": "/x/ops.so"}, None)
+    with pytest.raises(ConfigError, match="does not load custom-op libraries"):
+        _check_runtimes(settings)
