@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import subprocess
@@ -26,7 +27,6 @@ import numpy as np
 import pytest
 from onnx import TensorProto as T
 from onnx import helper
-from onnxruntime_extensions import get_library_path
 from prometheus_client.parser import text_string_to_metric_families
 
 from navi import __version__, codec
@@ -48,6 +48,16 @@ from navi.workload import full_bpr
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 30.0
+
+
+@functools.lru_cache(maxsize=None)
+def get_library_path() -> str:
+    """onnxruntime-extensions' custom-op library, asked in a subprocess: importing the
+    package here would import torch into the test process, whose protobuf registrations
+    break the official tensorflow-serving-api client of later test modules."""
+    code = "from onnxruntime_extensions import get_library_path; print(get_library_path())"
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                          timeout=120).stdout.strip()
 
 
 def free_port() -> int:
