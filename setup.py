@@ -113,6 +113,7 @@ EXTRAS = {
         "hypothesis>=6.100",
         "tensorflow-serving-api>=2.15",
         "import-linter>=2.0",
+        "onnxruntime-extensions>=0.10",  # a real custom-op library for the --customops-lib tests
     ],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["onnx"] + EXTRAS["tf"] + EXTRAS["torch"]))

@@ -185,7 +185,7 @@ def main() -> None:
         try:
             # the baseline starts once B's first version is loaded, so no load overlaps it
             deadline = time.monotonic() + 300
-            while server.metric(":navi:new_model_snapshot_total", 'model_name="b"') < 1:
+            while server.metric(":navi:new_model_snapshot", 'model_name="b"') < 1:
                 if time.monotonic() > deadline:
                     raise SystemExit("model B never loaded")
                 time.sleep(0.2)
@@ -200,19 +200,19 @@ def main() -> None:
                 base += latencies
                 base_failures += failed
                 # reload window: a new version of B appears as the window opens
-                loaded = server.metric(":navi:model_load_time_count", 'model_name="b"')
+                loaded = server.metric(":navi:model_load_seconds_count", 'model_name="b"')
                 new_b_version()
                 latencies, failed = stream(server.port, args.rate, args.seconds)
                 during += latencies
                 during_failures += failed
                 give_up = time.monotonic() + 300
-                while server.metric(":navi:model_load_time_count", 'model_name="b"') <= loaded:
+                while server.metric(":navi:model_load_seconds_count", 'model_name="b"') <= loaded:
                     if time.monotonic() > give_up:
                         raise SystemExit("model B's new version never finished loading")
                     time.sleep(0.1)  # the next quiet window starts after this load
                 loads += 1
-            load_time = server.metric(":navi:model_load_time_sum", 'model_name="b"')
-            load_count = server.metric(":navi:model_load_time_count", 'model_name="b"')
+            load_time = server.metric(":navi:model_load_seconds_sum", 'model_name="b"')
+            load_count = server.metric(":navi:model_load_seconds_count", 'model_name="b"')
         finally:
             server.close()
 

@@ -53,6 +53,11 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def _paths(value: Any) -> tuple[str, ...]:
+    """``--customops-lib a.so,b.so`` -> ("a.so", "b.so") (comma-separated, as the original)."""
+    return tuple(part.strip() for part in str(value).split(",") if part.strip())
+
+
 #: per-model flag -> (path inside a model section, value conversion)
 PER_MODEL_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--runtime": (("runtime",), str),
@@ -78,6 +83,7 @@ ALL_MODELS_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     # the original's are process-wide too (every model's converter gets them all)
     "--onnx-report-discrete-feature-ids": (("report_discrete_feature_ids",), parse_feature_ids),
     "--onnx-report-continuous-feature-ids": (("report_continuous_feature_ids",), parse_feature_ids),
+    "--customops-lib": (("customops_libs",), _paths),
 }
 
 #: ONNX Runtime flags -> key in ModelSettings.runtime_options (strings, parsed by the plugin)
@@ -105,6 +111,44 @@ SERVER_FLAGS: dict[str, str] = {
     "--grpc-max-threads": "grpc_max_threads",
     "--shutdown-grace-secs": "shutdown_grace_s",
 }
+
+#: the original's flag -> navi's flag of the same meaning; navi's own wins when both are given
+SERVER_FLAG_ALIASES: dict[str, str] = {
+    # the original's tokio workers handle the requests: navi's handler threads do
+    "--num-worker-threads": "--grpc-threads",
+}
+
+
+#: a file that names its version directory's runtime when neither a flag nor the
+#: config file does: the original picks the runtime by binary (navi for
+#: TensorFlow, navi_onnx, navi_torch), so its launch scripts never say it.
+#: Each name is its plugin's ``model_filename`` (tests/unit/test_compat_flags.py).
+RUNTIME_MARKERS: tuple[tuple[str, str], ...] = (
+    ("model.onnx", "onnx"),
+    ("saved_model.pb", "tf"),
+    ("saved_model.pbtxt", "tf"),
+    ("model.pt", "torch"),
+)
+
+
+def _version_order(name: str) -> tuple[int, Any]:
+    return (1, int(name)) if name.isdigit() else (0, name)
+
+
+def detect_runtime(model_dir: Path) -> str | None:
+    """The runtime of the newest version directory under ``model_dir`` that holds a
+    marker file (``RUNTIME_MARKERS``); None when there is none yet (e.g. before
+    ``--modelsync-cli`` fetched it: the default runtime then applies)."""
+    try:
+        versions = sorted((d for d in Path(model_dir).iterdir() if d.is_dir()),
+                          key=lambda d: _version_order(d.name), reverse=True)
+    except OSError:
+        return None
+    for version_dir in versions:
+        for filename, runtime in RUNTIME_MARKERS:
+            if (version_dir / filename).exists():
+                return runtime
+    return None
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -258,6 +302,12 @@ def build_settings(
                 _set_path(section, path, value)
                 origin[("models", index, *path)] = flag
 
+    for section in models:
+        if "runtime" not in section:
+            detected = detect_runtime(section["model_dir"])
+            if detected is not None:
+                section["runtime"] = detected
+
     onnx_options = {key: str(flags[flag]) for flag, key in ONNX_OPTION_FLAGS.items()
                     if flags.get(flag) not in (None, "")}
     if onnx_options:
@@ -276,6 +326,11 @@ def build_settings(
         if flag in flags and flags[flag] is not None:
             data[field] = flags[flag]
             origin[(field,)] = flag
+    for alias, flag in SERVER_FLAG_ALIASES.items():
+        if flags.get(alias) is not None and flags.get(flag) is None:
+            field = SERVER_FLAGS[flag]
+            data[field] = flags[alias]
+            origin[(field,)] = alias
 
     names = [section.get("name") for section in models]
     for index, name in enumerate(names):

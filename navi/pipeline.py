@@ -505,6 +505,7 @@ class ServedModel:
             counts = self.converter.new_feature_counts() if counting else None
             self.converter.convert_into(payloads, pool, feature_counts=counts)
             if self._metrics is not None and total:
+                # the original's unit: microseconds per row of the batch
                 micros = (time.monotonic() - started) * 1e6 / total
                 self._series()[1].observe(micros)
             if counts is not None:
@@ -532,7 +533,7 @@ class ServedModel:
         outputs = self.model.run(feeds, wanted)
         # rows predicted are counted by the server per answered request (warmup excluded)
         if self._metrics is not None:
-            self._series()[0].observe(time.monotonic() - started)
+            self._series()[0].observe((time.monotonic() - started) * 1e3)  # milliseconds
         return outputs
 
     def _observe_features(self, counts: np.ndarray, sums: np.ndarray) -> None:

@@ -4,10 +4,21 @@ A model version ships ``segdense_transform_spec_home_recap_2022.json`` (the
 spec) and ``all_config.json``. This module is their only reader. Unlike the
 original, widths come from the spec (``fixed_length``, else the largest index
 + 1) and embedding ids from ``renamed_features``, never from constants.
+
+Every file the original accepts is accepted with its meaning. Its structs
+ignore unknown keys and never read ``default_value``, ``fixed_length`` or
+``tensor_shape``; an embedding named in ``all_config.json`` but absent from
+the spec gets id -1 (an all-zero tensor). Where navi reads more than the
+original (``default_value.value`` as the continuous fill, ``fixed_length``
+and ``tensor_shape`` as widths), a value it cannot use falls back to the
+original's behaviour (NaN fill, largest index + 1, 200 columns) with one
+warning naming the file and key.
 """
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +27,13 @@ import numpy as np
 
 from navi.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 SPEC_FILENAME = "segdense_transform_spec_home_recap_2022.json"
+#: the original's width of every embedding tensor (it never reads tensor_shape)
+ORIGINAL_EMBEDDING_WIDTH = 200
+#: the original's feature id of an embedding it cannot find in the spec
+MISSING_EMBEDDING_ID = -1
 ALL_CONFIG_FILENAME = "all_config.json"
 
 # feature_type codes of InputFeature (FeatureType in the BPR IDL)
@@ -127,10 +144,24 @@ def _input_feature(obj: Any, source: str, where: str) -> tuple[int, int, int, bo
     return feature_id, feature_type, index, maybe_exclude
 
 
+_warned_lock = threading.Lock()
+_warned: set[tuple[str, str]] = set()
+
+
+def _fall_back(source: str, key: str, message: str) -> None:
+    """Warn once per (file, key) that a value navi cannot use falls back to the original's meaning."""
+    with _warned_lock:
+        if (source, key) in _warned:
+            return
+        _warned.add((source, key))
+    log.warning("%s: %s: %s", source, key, message)
+
+
 def _continuous_default(block: dict | None, source: str, where: str) -> float:
     """The fill value of missing continuous features: NaN as the original, unless
     the section's ``default_value.value`` names a number (a model trained with
-    another imputation then needs no NaN handling in its graph)."""
+    another imputation then needs no NaN handling in its graph). Anything else
+    there (an empty or unknown string: the original never reads it) means NaN."""
     default_value = (block or {}).get("default_value")
     if default_value is None:
         return float("nan")
@@ -142,8 +173,9 @@ def _continuous_default(block: dict | None, source: str, where: str) -> float:
             raise ValueError(value)
         return float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"expected a number or \"nan\", got {value!r}", source,
-                          f"{where}.default_value.value") from None
+        _fall_back(source, f"{where}.default_value.value",
+                   f"{value!r} is not a number; missing continuous features are NaN, as in the original")
+        return float("nan")
 
 
 def parse_layout(spec: Any, all_config: Any, spec_source: str = "spec", config_source: str = "all_config") -> DenseLayout:
@@ -175,10 +207,13 @@ def parse_layout(spec: Any, all_config: Any, spec_source: str = "spec", config_s
             if not isinstance(block, dict):
                 raise ConfigError("expected an object", spec_source, where)
             fixed_length = block.get("fixed_length")
-            if fixed_length is not None and (
-                isinstance(fixed_length, bool) or not isinstance(fixed_length, int) or fixed_length < 0
-            ):
-                raise ConfigError("expected a non-negative integer", spec_source, f"{where}.fixed_length")
+            if fixed_length is not None and (isinstance(fixed_length, bool) or not isinstance(fixed_length, int)):
+                raise ConfigError("expected an integer", spec_source, f"{where}.fixed_length")
+            if fixed_length is not None and fixed_length < 0:
+                # the original never reads it; navi's width rule without it applies
+                _fall_back(spec_source, f"{where}.fixed_length",
+                           f"{fixed_length} is negative; the width is the largest index + 1")
+                fixed_length = None
         cols = columns[feature_type][1]
         width = fixed_length if fixed_length is not None else (max(cols) + 1 if cols else 0)
         dtype = np.dtype(np.float32) if feature_type == FEATURE_TYPE_CONTINUOUS else np.dtype(np.int64)
@@ -201,15 +236,24 @@ def parse_layout(spec: Any, all_config: Any, spec_source: str = "spec", config_s
         full_name = _get(renamed, emb, str, config_source, key)
         entry = by_name.get(full_name)
         if entry is None:
-            raise ConfigError(
-                f"{full_name!r} is not in complex_feature_type_transform_spec", config_source, f"{key}.{emb}"
-            )
+            # as the original: no such feature, so the tensor stays all zeros
+            _fall_back(config_source, f"{key}.{emb}",
+                       f"{full_name!r} is not in {Path(spec_source).name}'s "
+                       "complex_feature_type_transform_spec; the tensor is all zeros, as in the original")
+            embedding_ids.append(MISSING_EMBEDDING_ID)
+            tensors.append(DenseTensor(emb, np.dtype(np.float32), ORIGINAL_EMBEDDING_WIDTH, 0.0))
+            continue
         idx = list(complex_specs).index(entry)
         where = f"complex_feature_type_transform_spec[{idx}]"
         feature_id = _get(entry, "feature_id", int, spec_source, where)
-        shape = entry.get("tensor_shape") or [200]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise ConfigError("expected a list of positive integers", spec_source, f"{where}.tensor_shape")
+        shape = entry.get("tensor_shape") or [ORIGINAL_EMBEDDING_WIDTH]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise ConfigError("expected a list of integers", spec_source, f"{where}.tensor_shape")
+        if not all(d > 0 for d in shape):
+            _fall_back(spec_source, f"{where}.tensor_shape",
+                       f"{shape} has a dimension below 1; the tensor has "
+                       f"{ORIGINAL_EMBEDDING_WIDTH} columns, as in the original")
+            shape = [ORIGINAL_EMBEDDING_WIDTH]
         width = int(np.prod(shape))
         embedding_ids.append(feature_id)
         tensors.append(DenseTensor(emb, np.dtype(np.float32), width, 0.0))

@@ -106,6 +106,10 @@ class ModelSettings(_Frozen):
         (), description="BPR models: feature ids whose values in discreteFeatures (and, as the "
         "original, in continuousFeatures) go to the :navi:feature_id:discrete histogram"
     )
+    customops_libs: tuple[Path, ...] = Field(
+        (), description="shared libraries of custom ops, loaded into the model's runtime "
+        "(ONNX Runtime or TensorFlow) before it loads"
+    )
 
 
 class ServerSettings(_Frozen):

@@ -7,8 +7,15 @@ us per ``observe``. A request touches about fifteen series, which came to
 demo model). Here each thread adds into a list of its own, so an update is a
 thread-local lookup and a list add, no lock and never a lost update; a scrape
 sums the lists. The families register with a prometheus-client
-``CollectorRegistry`` as custom collectors, so exposition, ``/metrics`` and
-``get_sample_value`` are prometheus-client's.
+``CollectorRegistry`` as custom collectors, so ``get_sample_value`` is
+prometheus-client's; the text exposition is ``render_text`` below.
+
+A ``TallyCounter`` is exposed under exactly the name it is declared with, as
+the original Navi's counters are (``:navi:num_requests``, no ``_total``
+suffix, which dashboards query); a counter of navi's own is declared with the
+``_total`` suffix Prometheus' naming asks for. prometheus-client's own writer
+always appends ``_total`` to a counter, so ``render_text`` writes these
+families itself and hands everything else to prometheus-client.
 
 Updates a scrape sees are at most as old as the scrape (a thread's add is
 visible once its bytecode ran); a counter never goes backwards.
@@ -20,9 +27,13 @@ import math
 import threading
 from typing import Iterable, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
+
+#: Content-Type of the Prometheus text format ``render_text`` writes
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Child:
@@ -165,10 +176,22 @@ class _Family(Collector):
         return [self._family()]
 
 
+class ExactNameCounter(Metric):
+    """A counter family whose samples carry the family's own name (no ``_total`` added)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()):
+        super().__init__(name, documentation, "counter")
+        self._labelnames = tuple(labels)
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None:
+        """One series: its label values and its total."""
+        self.add_sample(self.name, dict(zip(self._labelnames, labels)), value)
+
+
 class _ScalarFamily(_Family):
     """A family of one number per series (counter or gauge)."""
 
-    _metric_family_type: type = CounterMetricFamily
+    _metric_family_type: type = ExactNameCounter
 
     def _family(self):
         return self._metric_family_type(self.name, self.documentation, labels=self.labelnames)
@@ -186,10 +209,10 @@ class _ScalarFamily(_Family):
 
 
 class TallyCounter(_ScalarFamily):
-    """A counter family (exposed as ``<name>_total``)."""
+    """A counter family, exposed under exactly its declared name (see the module notes)."""
 
     _child_type = CounterChild
-    _metric_family_type = CounterMetricFamily
+    _metric_family_type = ExactNameCounter
 
 
 class TallyGauge(_ScalarFamily):
@@ -237,4 +260,36 @@ class TallyHistogram(_Family):
         yield family
 
 
-__all__ = ["TallyCounter", "TallyGauge", "TallyHistogram"]
+class _One:
+    """A collector of one already-collected family (to reuse prometheus-client's writer)."""
+
+    def __init__(self, family: Metric):
+        self._family = family
+
+    def collect(self):
+        return [self._family]
+
+
+def render_text(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of every family in ``registry``.
+
+    As prometheus-client's ``generate_latest``, except that an
+    ``ExactNameCounter`` keeps its name: ``# TYPE :navi:num_requests counter``
+    followed by ``:navi:num_requests 12``.
+    """
+    parts = []
+    for family in registry.collect():
+        if isinstance(family, ExactNameCounter):
+            # written as a gauge (samples keep their names), then typed counter
+            as_gauge = Metric(family.name, family.documentation, "gauge")
+            as_gauge.samples = family.samples
+            text = generate_latest(_One(as_gauge)).decode()
+            text = text.replace(f"# TYPE {family.name} gauge\n", f"# TYPE {family.name} counter\n", 1)
+            parts.append(text.encode())
+        else:
+            parts.append(generate_latest(_One(family)))
+    return b"".join(parts)
+
+
+__all__ = ["ExactNameCounter", "TEXT_CONTENT_TYPE", "TallyCounter", "TallyGauge", "TallyHistogram",
+           "render_text"]

@@ -394,9 +394,11 @@ class BatchScheduler:
         """Run a taken batch, answer each of its tasks and free its slot."""
         outcomes = None
         started_s = self._clock.monotonic()
+        self._batches_running(+1)
         try:
             outcomes = self._outcomes(batch, now_s)
         finally:
+            self._batches_running(-1)
             with self._lock:
                 run_s = self._clock.monotonic() - started_s
                 self._batch_s = run_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * run_s
@@ -435,16 +437,22 @@ class BatchScheduler:
                     f"{self._name}: batch of {len(live)} requests produced {len(results)} results"
                 )
         except NaviError as exc:
+            self._count_inference_failed(len(live))
             return outcomes + [(task, None, exc) for task in live]
         except Exception as exc:  # noqa: BLE001 - every caller must get an answer
             log.exception("%s: batch of %d requests failed", self._name, len(live))
+            self._count_inference_failed(len(live))
             error = RuntimeFailure(f"{self._name}: {type(exc).__name__}: {exc}")
             return outcomes + [(task, None, error) for task in live]
+        failed = 0
         for task, result in zip(live, results):
             if isinstance(result, BaseException):
                 outcomes.append((task, None, result))
+                failed += 1
             else:
                 outcomes.append((task, result, None))
+        if failed:
+            self._count_inference_failed(failed)
         return outcomes
 
     def _stale(self, waited_s: float, where: str) -> Overloaded:
@@ -454,8 +462,15 @@ class BatchScheduler:
     # metrics are optional so the scheduler can be used (and tested) alone
     def _gauge(self, delta: int) -> None:
         if self._metrics is not None:
+            self._metrics.mpsc_channel_size.inc(delta)
+
+    def _batches_running(self, delta: int) -> None:
+        if self._metrics is not None:
             self._metrics.blocking_request_num.inc(delta)
-            self._metrics.mpsc_channel_size.labels(self._model_name).inc(delta)
+
+    def _count_inference_failed(self, n: int) -> None:
+        if self._metrics is not None:
+            self._metrics.inference_failed_requests_by_model.labels(self._model_name).inc(n)
 
     def _count_shed(self, n: int, whole_batch: bool = False) -> None:
         if self._metrics is None:
@@ -476,14 +491,20 @@ class BatchScheduler:
             m, model = self._metrics, self._model_name
             series = self._series = (
                 m.num_batch_prediction, m.num_batch_prediction_by_model.labels(model),
-                m.batch_size, m.batch_size_by_model.labels(model), m.batch_rows.labels(model),
-                m.queue_wait_time.labels(model),
+                m.batch_size, m.batch_size_by_model.labels(model),
+                m.num_prediction_by_model.labels(model), m.batch_requests.labels(model),
+                m.batch_rows.labels(model), m.queue_wait_seconds.labels(model),
             )
-        batches, batches_by_model, size, size_by_model, batch_rows, wait = series
+        (batches, batches_by_model, size, size_by_model, predictions_by_model, batch_requests,
+         batch_rows, wait) = series
+        requests = len(live)
         batches.inc()
         batches_by_model.inc()
-        size.observe(len(live))
-        size_by_model.observe(len(live))
+        # the original's batch_size gauges grow by each batch's size (see navi.metrics)
+        size.inc(requests)
+        size_by_model.inc(requests)
+        predictions_by_model.inc(requests)
+        batch_requests.observe(requests)
         batch_rows.observe(sum(task.rows for task in live))
         for task in live:
             wait.observe(max(0.0, now_s - task.arrival_s))

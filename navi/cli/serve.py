@@ -54,7 +54,7 @@ OPTIONS = [
     click.option("--model-dir", "-m", multiple=True, type=str,
                  help="A model's directory of versions; repeat for several models. The model's name "
                       "is its last path component. [default: the demo model models/home]"),
-    _per_model("--runtime", click.STRING, "Runtime plugin: onnx, tf, torch or an installed one [default: onnx]."),
+    _per_model("--runtime", click.STRING, "Runtime plugin: onnx, tf, torch or an installed one [default: from the newest version's files: model.onnx, saved_model.pb, model.pt; else onnx]."),
     _per_model("--max-batch-size", click.INT, "Requests per server-side batch [default: 16]."),
     _per_model("--batch-time-out-millis", click.FLOAT, "Longest wait to fill a batch [default: 2].", "-b"),
     _per_model("--num-batch-threads", click.INT, "Batches in flight at once per model [default: 2]."),
@@ -84,13 +84,26 @@ OPTIONS = [
     click.option("--grpc-threads", type=int,
                  help="gRPC handler threads running at once [default: usable cores, 2 to 8]; a thread "
                       "asleep while its request waits in a batch does not count."),
+    click.option("--num-worker-threads", "-n", type=int,
+                 help="The original's request worker threads: the same as --grpc-threads (which wins "
+                      "when both are given)."),
+    click.option("--max-blocking-threads", type=int,
+                 help="The original's cap on batches running at once, process-wide. navi runs each "
+                      "model's batches on its own --num-batch-threads threads instead, so this is "
+                      "accepted and has no effect (a warning says so)."),
+    click.option("--customops-lib", "-c", type=str,
+                 help="Comma-separated shared libraries of custom ops, loaded into every model's "
+                      "runtime (ONNX Runtime or TensorFlow) before it loads; :navi:customop_version "
+                      "reports the last one. A library that does not load stops start-up."),
     click.option("--grpc-max-threads", type=int,
                  help="Handler threads holding requests, asleep in a batch or running, i.e. requests "
                       "in flight [default: 64; at least --grpc-threads]."),
     click.option("--shutdown-grace-secs", type=float,
                  help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
     # repeatable and comma-separated, as the original's clap Vec<(k, v)> options
-    click.option("--onnx-ep-options", multiple=True, type=str, help="k=v,... options of the GPU execution provider."),
+    click.option("--onnx-ep-options", multiple=True, type=str,
+                 help="k=v,... options of --onnx-gpu-ep's execution provider; without it, of the CPU "
+                      "provider (use_arena=true/false)."),
     click.option("--onnx-gpu-ep", type=str, help="GPU execution provider: cuda, tensorrt or onednn."),
     click.option("--onnx-use-parallel-mode", type=str, help="true/false: ORT parallel execution mode."),
     click.option("--onnx-use-memory-pattern", type=str, help="true/false: ORT memory pattern."),
@@ -103,19 +116,16 @@ OPTIONS = [
     click.option("--onnx-report-continuous-feature-ids", multiple=True, type=str,
                  help="Comma-separated feature ids, repeatable, every BPR model: their values go to "
                       "the :navi:feature_id:continuous histogram."),
-    # Accepted so the original's launch scripts start; they have no effect here
-    # (a warning says so): navi sizes its pools with --grpc-threads and
-    # --num-batch-threads.
-    click.option("--num-worker-threads", "-n", type=int, hidden=True),
-    click.option("--max-blocking-threads", type=int, hidden=True),
-    click.option("--customops-lib", "-c", type=str, hidden=True),
 ]
+
+#: runtimes that load --customops-lib libraries
+CUSTOM_OPS_RUNTIMES = ("onnx", "tf")
 
 #: process-wide options the original lets repeat; their values are joined by commas
 JOINED_FLAGS = ("--onnx-ep-options", "--onnx-global-thread-pool-options")
 
 #: accepted for compatibility, ignored with a warning
-IGNORED_FLAGS = ("num_worker_threads", "max_blocking_threads", "customops_lib")
+IGNORED_FLAGS = ("max_blocking_threads",)
 
 
 def _given_flags(ctx: click.Context, params: dict) -> dict:
@@ -152,6 +162,10 @@ def _check_runtimes(settings) -> None:
     for index, model in enumerate(settings.models):
         try:
             runtime = resolve_runtime(model.runtime)
+            if model.customops_libs and runtime.name not in CUSTOM_OPS_RUNTIMES:
+                raise ConfigError(
+                    f"runtime {runtime.name!r} does not load custom-op libraries (only "
+                    f"{', '.join(CUSTOM_OPS_RUNTIMES)} do)", key="customops_libs")
             check = getattr(runtime, "check_options", None)
             if check is not None:
                 check(model)

@@ -37,7 +37,8 @@ OPTION_KEYS: dict[str, str] = {
     "(ONNX Runtime's default is true)",
     "onnx_gpu_ep": "execution provider: cuda, tensorrt or onednn (falls back to CPU with a "
     "log line when this onnxruntime build lacks it)",
-    "onnx_ep_options": "k=v,k=v provider options for onnx_gpu_ep",
+    "onnx_ep_options": "k=v,k=v options of the execution provider: onnx_gpu_ep's when one is "
+    "named, else the CPU provider's (use_arena=true/false, as the original)",
     "onnx_global_thread_pool_options": "intra_op_num_threads=N,inter_op_num_threads=M: "
     "one thread pool shared by every session of the process (set once per process)",
     "onnx_allow_spinning": "true/false: let idle intra-op threads spin-wait (default false: "
@@ -50,6 +51,14 @@ GPU_PROVIDERS: dict[str, tuple[str, ...]] = {
     "cuda": ("CUDAExecutionProvider",),
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
     "onednn": ("DnnlExecutionProvider",),
+}
+
+#: options of the CPU execution provider (--onnx-ep-options without --onnx-gpu-ep)
+#: -> what each means. ONNX Runtime's Python API takes no CPU provider
+#: options (it silently ignores any), so each is applied here as the session
+#: setting it stands for in the C API the original calls.
+CPU_EP_OPTIONS: dict[str, str] = {
+    "use_arena": "true/false: the CPU memory arena (SessionOptions.enable_cpu_mem_arena)",
 }
 
 #: ONNX type strings (as NodeArg.type reports them) -> numpy dtypes
@@ -119,6 +128,8 @@ class OnnxOptions:
     ep_options: dict[str, str] = field(default_factory=dict)
     global_pool: tuple[int, int] | None = None  # (intra, inter)
     profiling_prefix: str | None = None
+    cpu_mem_arena: bool | None = None  # None = ONNX Runtime's default (on)
+    customops_libs: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> "OnnxOptions":
@@ -143,9 +154,17 @@ class OnnxOptions:
                     key="onnx_gpu_ep",
                 )
         ep_options = _parse_pairs("onnx_ep_options", given.get("onnx_ep_options", ""))
+        cpu_mem_arena = None
         if ep_options and gpu_ep is None:
-            raise ConfigError("given without onnx_gpu_ep; the options belong to a provider",
-                              key="onnx_ep_options")
+            # as the original: without a GPU provider the options are the CPU provider's
+            unknown_cpu = sorted(set(ep_options) - set(CPU_EP_OPTIONS))
+            if unknown_cpu:
+                raise ConfigError(
+                    f"{unknown_cpu[0]!r} is not an option of the CPU execution provider (known: "
+                    f"{', '.join(CPU_EP_OPTIONS)}); options of a GPU provider need onnx_gpu_ep",
+                    key="onnx_ep_options",
+                )
+            cpu_mem_arena = _parse_bool("onnx_ep_options", ep_options.pop("use_arena"))
 
         global_pool = None
         if "onnx_global_thread_pool_options" in given:
@@ -184,7 +203,19 @@ class OnnxOptions:
             ep_options=ep_options,
             global_pool=global_pool,
             profiling_prefix=given.get("profiling"),
+            cpu_mem_arena=cpu_mem_arena,
+            customops_libs=tuple(str(path) for path in settings.customops_libs),
         )
+
+
+def register_custom_ops(so: ort.SessionOptions, libraries: tuple[str, ...]) -> None:
+    """Load each custom-op library into ``so``; ``ConfigError`` naming the one that fails."""
+    for library in libraries:
+        try:
+            so.register_custom_ops_library(library)
+        except Exception as exc:  # ONNX Runtime raises a bare RuntimeError/Fail
+            raise ConfigError(f"ONNX Runtime cannot load custom-op library {library}: {exc}",
+                              key="customops_libs") from None
 
 
 def _use_global_pool(sizes: tuple[int, int]) -> None:
@@ -234,6 +265,9 @@ def session_options(options: OnnxOptions) -> tuple[ort.SessionOptions, list]:
     if options.profiling_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = options.profiling_prefix
+    if options.cpu_mem_arena is not None:
+        so.enable_cpu_mem_arena = options.cpu_mem_arena
+    register_custom_ops(so, options.customops_libs)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
     providers: list = []
@@ -265,6 +299,23 @@ def _tensor_spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, dtype, shape)
 
 
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A string tensor as ONNX Runtime's Python API takes it: ``str`` elements.
+
+    Given ``bytes`` it would store their ``repr`` (``b'abc'`` becomes the text
+    "b'abc'"); ONNX strings are UTF-8, so bytes are decoded as such.
+    """
+    flat = array.ravel()
+    if flat.size and isinstance(flat[0], str) and all(isinstance(v, str) for v in flat):
+        return array
+    try:
+        text = [bytes(v).decode("utf-8") if isinstance(v, (bytes, bytearray, memoryview)) else str(v)
+                for v in flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input {name!r}: ONNX string tensors hold UTF-8 text ({exc})") from None
+    return np.array(text, dtype=object).reshape(array.shape)
+
+
 class OnnxModel(LoadedModel):
     """One ONNX model version loaded into an ``InferenceSession``."""
 
@@ -286,6 +337,8 @@ class OnnxModel(LoadedModel):
         )
         self._output_names = tuple(spec.name for spec in self._signature.outputs)
         self._input_names = frozenset(spec.name for spec in self._signature.inputs)
+        self._string_inputs = tuple(spec.name for spec in self._signature.inputs
+                                    if spec.dtype == np.dtype(object))
         # The Python wrapper's run() re-validates names and OrtValue ownership
         # and, for GPU providers, falls back to CPU after a provider failure.
         # With the CPU provider alone only the name check matters (done below,
@@ -320,6 +373,10 @@ class OnnxModel(LoadedModel):
             missing = sorted(self._input_names - inputs.keys())
             raise InvalidInput(f"model {self.path} needs input(s) {', '.join(missing)}")
         feeds = inputs if type(inputs) is dict else dict(inputs)
+        if self._string_inputs:
+            feeds = dict(feeds)
+            for name in self._string_inputs:
+                feeds[name] = _as_text(name, feeds[name])
         try:
             direct = self._direct_run
             if direct is not None:
@@ -350,8 +407,15 @@ class OnnxRuntime(Runtime):
     model_filename = "model.onnx"
 
     def check_options(self, settings: ModelSettings) -> OnnxOptions:
-        """Parse the model's ONNX options now (start-up), raising ``ConfigError`` if bad."""
-        return OnnxOptions.from_settings(settings)
+        """Parse the model's ONNX options now (start-up), raising ``ConfigError`` if bad.
+
+        Custom-op libraries are loaded once into a throwaway ``SessionOptions``
+        so that a wrong path or a library built for another ONNX Runtime stops
+        start-up, not each version's load.
+        """
+        options = OnnxOptions.from_settings(settings)
+        register_custom_ops(ort.SessionOptions(), options.customops_libs)
+        return options
 
     def load(self, version_dir: Path, settings: ModelSettings) -> OnnxModel:
         """Create an ``InferenceSession`` for ``version_dir/model.onnx`` with the model's options."""
@@ -378,5 +442,5 @@ class OnnxRuntime(Runtime):
         return model
 
 
-__all__ = ["GPU_PROVIDERS", "ONNX_DTYPES", "OPTION_KEYS", "OnnxModel", "OnnxOptions", "OnnxRuntime",
-           "session_options"]
+__all__ = ["CPU_EP_OPTIONS", "GPU_PROVIDERS", "ONNX_DTYPES", "OPTION_KEYS", "OnnxModel", "OnnxOptions", "OnnxRuntime",
+           "register_custom_ops", "session_options"]

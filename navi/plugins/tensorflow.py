@@ -113,6 +113,27 @@ def configure_threads(intra_op: int, inter_op: int, model_name: str = "") -> tup
         return _threads_applied
 
 
+# Custom-op libraries register their ops in the process (as the original's
+# TF binary loads them at start-up); each path is loaded once.
+_custom_ops_lock = threading.Lock()
+_custom_ops_loaded: set[str] = set()
+
+
+def load_custom_ops(libraries) -> None:
+    """``tf.load_op_library`` each path not loaded yet; ``ConfigError`` naming one that fails."""
+    with _custom_ops_lock:
+        for library in (str(path) for path in libraries):
+            if library in _custom_ops_loaded:
+                continue
+            try:
+                tf.load_op_library(library)
+            except Exception as exc:  # tf.errors.NotFoundError for a bad path or symbol
+                raise ConfigError(f"TensorFlow cannot load custom-op library {library}: {exc}",
+                                  key="customops_libs") from None
+            _custom_ops_loaded.add(library)
+            logger.info("loaded TensorFlow custom-op library %s", library)
+
+
 def _numpy_dtype(tf_dtype: "tf.DType") -> np.dtype:
     """numpy dtype used for a TensorFlow dtype (object for strings)."""
     if tf_dtype == tf.string:
@@ -476,10 +497,15 @@ class TensorFlowRuntime(Runtime):
         variables = version_dir / "variables"
         return has_graph and (not variables.is_dir() or (variables / "variables.index").exists())
 
+    def check_options(self, settings: ModelSettings) -> None:
+        """At start-up: load the model's custom-op libraries (a bad one stops start-up)."""
+        load_custom_ops(settings.customops_libs)
+
     def load(self, version_dir: Path, settings: ModelSettings) -> TensorFlowModel:
         """Load the ``serve`` meta graph and pick the serving signature and tensors."""
         version_dir = Path(version_dir)
         source = str(version_dir)
+        load_custom_ops(settings.customops_libs)
         configure_threads(settings.intra_op_parallelism, settings.inter_op_parallelism, settings.name)
         meta_graph = read_meta_graph(version_dir)
         sig_defs = {name: sd for name, sd in meta_graph.signature_def.items() if not name.startswith("__")}

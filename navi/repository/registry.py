@@ -386,7 +386,7 @@ class ModelRegistry:
         log.info("%s version %d loaded in %.2f s (%s, %s mode)", model.name, entry.version,
                  elapsed_s, how, served.mode)
         self.metrics.new_model_snapshot.labels(model.name).inc()
-        self.metrics.model_load_time.labels(model.name).observe(elapsed_s)
+        self.metrics.model_load_seconds.labels(model.name).observe(elapsed_s)
         with self._lock:
             entry.loading = False
             if self._stopping.is_set():

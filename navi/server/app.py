@@ -32,7 +32,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from navi._proto import POOL, add_file_of
 from navi._proto.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
@@ -42,7 +41,9 @@ from navi._proto.tensorflow_serving.apis import (
     prediction_service_pb2,
 )
 from navi.errors import ConfigError
+from navi.metrics import customop_version
 from navi.server.kserve import InferenceServicer
+from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
 from navi.server.threads import CONTROL_THREADS, HandlerPool, on_pool
 from navi.settings import ServerSettings
@@ -61,24 +62,38 @@ SERVICE_NAMES = (
 )
 
 
+def _pem_join(*pems: bytes) -> bytes:
+    """PEM blocks one after the other (a file without a final newline must not glue
+    its END line to the next BEGIN line)."""
+    return b"".join(pem if pem.endswith(b"\n") else pem + b"\n" for pem in pems if pem.strip())
+
+
 def load_tls(ssl_dir: Path) -> tuple[grpc.ServerCredentials, float]:
     """Server credentials from ``ssl_dir`` (server.crt, server.key, server.chain).
 
-    As the original: the chain is also the CA that client certificates must
-    chain to, so clients authenticate too (mutual TLS). Returns the
-    credentials and the server certificate's expiry (epoch seconds).
+    As the original: the server presents ``server.crt`` followed by
+    ``server.chain`` (its intermediates), so a client that trusts only the
+    root CA can verify it; and the same bundle is the CA that client
+    certificates must chain to, so clients authenticate too (mutual TLS).
+    Returns the credentials and the server certificate's expiry (epoch seconds).
     """
     paths = {name: Path(ssl_dir) / name for name in ("server.crt", "server.key", "server.chain")}
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)}", source="--ssl-dir", key=str(ssl_dir))
     cert = paths["server.crt"].read_bytes()
+    bundle = _pem_join(cert, paths["server.chain"].read_bytes())
+    try:
+        expiry_s = certificate_expiry_epoch_s(cert)
+    except ValueError as error:
+        raise ConfigError(f"not a PEM certificate: {error}", source="--ssl-dir",
+                          key=str(paths["server.crt"])) from None
     credentials = grpc.ssl_server_credentials(
-        [(paths["server.key"].read_bytes(), cert)],
-        root_certificates=paths["server.chain"].read_bytes(),
+        [(paths["server.key"].read_bytes(), bundle)],
+        root_certificates=bundle,
         require_client_auth=True,
     )
-    return credentials, certificate_expiry_epoch_s(cert)
+    return credentials, expiry_s
 
 
 def certificate_expiry_epoch_s(pem: bytes) -> float:
@@ -151,6 +166,11 @@ class NaviServer:
         add_file_of(reflection_pb2)
         reflection.enable_server_reflection(SERVICE_NAMES, server, pool=POOL)
 
+        libraries = [path for model in settings.models for path in model.customops_libs]
+        if libraries:
+            # as the original: the number of the last library loaded
+            self.metrics.customop_version.set(customop_version(libraries[-1]))
+
         address = f"{settings.host}:{settings.port}"
         try:
             if settings.ssl_dir is not None:
@@ -171,11 +191,11 @@ class NaviServer:
         self.port = port
 
         try:
-            self._http, _ = start_http_server(settings.prometheus_port, registry=self.metrics.registry)
+            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port).start()
         except OSError as error:
             raise ConfigError(f"cannot serve metrics on port {settings.prometheus_port}: {error}",
                               source="--prometheus-port") from None
-        self.prometheus_port = self._http.server_address[1]
+        self.prometheus_port = self._http.port
         log.info(
             "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",
             settings.host, port, "mutual TLS" if settings.ssl_dir else "plaintext",
@@ -197,8 +217,7 @@ class NaviServer:
         for pool in self._pools:
             pool.shutdown(wait=False)
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
         log.info("navi gRPC server stopped")
 
     def wait(self, timeout_s: float | None = None) -> bool:

@@ -119,5 +119,5 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
         codec.fill_kserve_outputs(response, ((name, outputs[name]) for name in order))
         rows = next((len(a) for a in outputs.values() if np.ndim(a) > 0), 0)
         compress_if_large(context, response)
-        counts.answered(model_name, rows, started_s)
+        counts.answered(model_name, rows, started_s, outputs)
         return response

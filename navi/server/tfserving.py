@@ -77,8 +77,10 @@ class RequestMetrics:
             children = (
                 m.num_requests_by_model.labels(model_name),
                 m.num_requests_failed_by_model.labels(model_name),
-                m.num_prediction_by_model.labels(model_name),
+                m.num_predictions.labels(model_name),
                 m.response_time.labels(model_name),
+                m.predicted_rows.labels(model_name),
+                m.prediction_score_sum.labels(model_name),
             )
             self._children[model_name] = children
         return children
@@ -97,13 +99,29 @@ class RequestMetrics:
         if children is not None:
             children[1].inc()
 
-    def answered(self, model_name: str, rows: int, started_s: float) -> None:
-        """The request was answered with ``rows`` predictions."""
-        self._metrics.num_predictions.inc(rows)
+    def answered(self, model_name: str, rows: int, started_s: float, outputs=None) -> None:
+        """The request was answered with ``rows`` predictions, ``outputs`` by name."""
         children = self._of(model_name)
         if children is not None:
-            children[2].inc(rows)
-            children[3].observe(time.monotonic() - started_s)
+            children[2].inc()
+            children[3].observe((time.monotonic() - started_s) * 1e3)  # milliseconds, as the original
+            children[4].inc(rows)
+            score = first_score(outputs)
+            if score is not None:
+                children[5].inc(score)
+
+
+def first_score(outputs) -> float | None:
+    """The first value of the first output, for :navi:prediction_score_sum; None when
+    there is none, it is not a number, or it is negative or not finite (a counter
+    only goes up)."""
+    if not outputs:
+        return None
+    array = next(iter(outputs.values()))
+    if getattr(array, "size", 0) == 0 or array.dtype.kind not in "fiub":
+        return None
+    score = float(array.flat[0])
+    return score if 0.0 <= score < float("inf") else None
 
 
 def resolve_model(registry, model_spec) -> Any:
@@ -217,7 +235,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = codec.encode_predict_response(
             outputs, codec.model_spec_bytes(served.name, served.version, signature_name))
         compress_if_large(context, response)
-        counts.answered(model_name, rows, started_s)
+        counts.answered(model_name, rows, started_s, outputs)
         return response
 
     @grpc_errors

@@ -130,3 +130,49 @@ def test_cert_expiry_metric(tls_navi):
     families = {f.name: f for f in text_string_to_metric_families(text.decode())}
     (sample,) = families[":navi:cert_expiry_epoch"].samples
     assert sample.value == NOT_AFTER.timestamp()
+
+
+# ---- server.crt signed by an intermediate CA that only server.chain holds
+
+@pytest.fixture(scope="module")
+def intermediate_pki(tmp_path_factory):
+    """root CA -> intermediate CA -> server; server.chain = intermediate + root (as a CA hands them
+    out); the client trusts the root alone and has a certificate the root signed."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _certificate("navi root CA", "navi root CA", root_key.public_key(), root_key, ca=True)
+    mid_key = ec.generate_private_key(ec.SECP256R1())
+    mid = _certificate("navi intermediate CA", "navi root CA", mid_key.public_key(), root_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _certificate("localhost", "navi intermediate CA", server_key.public_key(), mid_key,
+                          dns="localhost")
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _certificate("client", "navi root CA", client_key.public_key(), root_key)
+    ssl_dir = tmp_path_factory.mktemp("ssl-chain")
+    (ssl_dir / "server.crt").write_bytes(_pem(server).rstrip(b"\n"))  # no final newline: still joined right
+    (ssl_dir / "server.key").write_bytes(_pem(server_key))
+    (ssl_dir / "server.chain").write_bytes(_pem(mid) + _pem(root))
+    return {"dir": ssl_dir, "ca": _pem(root), "client": _pem(client), "client_key": _pem(client_key)}
+
+
+@pytest.fixture(scope="module")
+def chain_navi(start_navi, intermediate_pki, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls-chain-repo")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["out"])], "add",
+        [helper.make_tensor_value_info(n, T.FLOAT, ["N", 2]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("out", T.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (root / "adder" / "1").mkdir(parents=True)
+    (root / "adder" / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    return start_navi("--model-dir", root / "adder", "--input", "", "--output", "",
+                      "--ssl-dir", intermediate_pki["dir"])
+
+
+def test_server_presents_its_chain(chain_navi, intermediate_pki):
+    """As the original: server.crt then server.chain, so a client trusting only the root verifies it."""
+    with _secure_channel(chain_navi, intermediate_pki, with_client_cert=True) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=30)
+    out = codec.tensor_proto_to_ndarray(response.outputs["out"])
+    np.testing.assert_array_equal(out, np.full((1, 2), 3, np.float32))

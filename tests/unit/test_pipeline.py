@@ -75,7 +75,7 @@ def test_dense_requests_batched_and_split_with_dtype_conversion(tmp_path):
         np.testing.assert_array_equal(result["output_0"], expected)
         np.testing.assert_array_equal(result["count"], request["k"].astype(np.int64) + 1)
     assert result["count"].dtype == np.int64
-    batches = metrics.registry.get_sample_value(":navi:num_batch_prediction_total")
+    batches = metrics.registry.get_sample_value(":navi:num_batch_prediction")
     assert batches is not None and batches < 4  # at least two requests shared a batch
     served.close()
 

@@ -9,14 +9,18 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from navi.tally import TallyCounter, TallyGauge, TallyHistogram
+from navi.tally import TallyCounter, TallyGauge, TallyHistogram, render_text
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
-def _samples(registry: CollectorRegistry) -> dict:
-    """{(sample name, sorted labels): value}, without prometheus-client's *_created samples."""
-    text = generate_latest(registry).decode()
+def _samples(registry: CollectorRegistry, render=generate_latest) -> dict:
+    """{(sample name, sorted labels): value}, without prometheus-client's *_created samples.
+
+    The parser names a counter's sample ``<name>_total`` whether or not the
+    text had the suffix, so ours (no suffix) and prometheus-client's compare.
+    """
+    text = render(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -45,7 +49,7 @@ def test_exposition_equals_prometheus_clients_own(updates):
             gauge.labels(model).dec(1)
             histogram.labels(model).observe(value)
             plain.observe(value)
-    ours_samples, theirs_samples = _samples(ours), _samples(theirs)
+    ours_samples, theirs_samples = _samples(ours, render_text), _samples(theirs)
     assert ours_samples.keys() == theirs_samples.keys()
     for key, value in theirs_samples.items():
         assert ours_samples[key] == pytest.approx(value), key
@@ -70,7 +74,7 @@ def test_no_update_is_lost_across_threads():
         worker.start()
     for worker in workers:
         worker.join()
-    assert registry.get_sample_value("c_total") == per_thread * threads
+    assert registry.get_sample_value("c") == per_thread * threads
     assert registry.get_sample_value("h_bucket", {"m": "x", "le": "0.1"}) == per_thread * threads
     assert registry.get_sample_value("h_bucket", {"m": "x", "le": "0.01"}) == 0
     assert registry.get_sample_value("h_count", {"m": "x"}) == per_thread * threads
@@ -87,3 +91,27 @@ def test_misuse_is_refused():
         TallyHistogram("h", "doc", buckets=(float("inf"),))
     with pytest.raises(ValueError, match="Duplicated"):
         TallyCounter("c", "doc", registry=registry)
+
+
+def test_counters_keep_their_declared_name_in_the_text():
+    """As the original Navi: ``# TYPE :navi:num_requests counter`` then ``:navi:num_requests N``."""
+    registry = CollectorRegistry()
+    bare = TallyCounter(":navi:num_requests", "doc", registry=registry)
+    by_model = TallyCounter(":navi:num_requests_by_model", "doc", ("model_name",), registry=registry)
+    own = TallyCounter(":navi:rows_total", "doc", registry=registry)
+    client = Counter(":navi:loads", "doc", registry=registry)
+    bare.inc(3)
+    by_model.labels("m").inc()
+    own.inc(2)
+    client.inc()
+    lines = render_text(registry).decode().splitlines()
+    assert "# TYPE :navi:num_requests counter" in lines
+    assert ":navi:num_requests 3.0" in lines
+    assert "# TYPE :navi:num_requests_by_model counter" in lines
+    assert ':navi:num_requests_by_model{model_name="m"} 1.0' in lines
+    assert "# TYPE :navi:rows_total counter" in lines and ":navi:rows_total 2.0" in lines
+    # prometheus-client's own counters are written as prometheus-client writes them
+    assert "# TYPE :navi:loads_total counter" in lines and ":navi:loads_total 1.0" in lines
+    families = {f.name: f for f in text_string_to_metric_families("\n".join(lines) + "\n")}
+    assert families[":navi:num_requests"].type == "counter"
+    assert families[":navi:rows"].type == "counter"
