@@ -207,6 +207,8 @@ def test_meta_json_pin_and_label(tmp_path, start):
     daemon.wait_for(lambda: daemon.predict()[0] == 3, "newest version")
     (tmp_path / "META.json").write_text(json.dumps({"m": {"version": 1, "labels": {"canary": 2}}}))
     daemon.wait_for(lambda: daemon.predict()[0] == 1, "the pinned version")
+    # the labelled version was not loaded before META.json named it: it loads after the pin
+    daemon.wait_for(lambda: daemon.predict(label="canary")[0] == 2, "the labelled version")
     assert daemon.predict(0.5) == (1, 1.5)
     assert daemon.predict(label="canary") == (2, 2.0)
     with pytest.raises(grpc.RpcError) as err:
