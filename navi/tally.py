@@ -111,12 +111,15 @@ class HistogramChild(_Child):
         self._bounds = tuple(bounds)
 
     def observe(self, value: float) -> None:
-        """Count ``value`` in the first bucket whose upper bound is >= it."""
+        """Count ``value`` in the first bucket whose upper bound is >= it (NaN: in +Inf, as Prometheus' clients)."""
         try:
             cell = self._local.cell
         except AttributeError:
             cell = self._new_cell()
-        cell[bisect.bisect_left(self._bounds, value)] += 1
+        index = bisect.bisect_left(self._bounds, value)
+        if index == 0 and value != value:  # NaN compares false with every bound: bisect says 0
+            index = len(self._bounds)
+        cell[index] += 1
         cell[-1] += value
 
     def add(self, bucket_counts: Sequence[int], total: float) -> None:

@@ -115,3 +115,14 @@ def test_counters_keep_their_declared_name_in_the_text():
     families = {f.name: f for f in text_string_to_metric_families("\n".join(lines) + "\n")}
     assert families[":navi:num_requests"].type == "counter"
     assert families[":navi:rows"].type == "counter"
+
+
+def test_nan_is_counted_in_the_inf_bucket():
+    """As Prometheus' Go client (and the original's Rust one): NaN goes to +Inf, not to the first bucket."""
+    registry = CollectorRegistry()
+    histogram = TallyHistogram("h", "help", buckets=(0, 10), registry=registry)
+    for value in (float("nan"), -1.0, 5.0):
+        histogram.observe(value)
+    buckets = {sample.labels["le"]: sample.value for family in text_string_to_metric_families(render_text(registry).decode())
+               for sample in family.samples if sample.name == "h_bucket"}
+    assert buckets == {"0.0": 1, "10.0": 2, "+Inf": 3}
