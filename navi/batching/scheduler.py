@@ -12,6 +12,7 @@ from navi.batching.clock import Clock, SystemClock
 from navi.batching.task import DONE, QUEUED, TAKEN, BatchTask
 from navi.errors import (
     DeadlineExceeded,
+    LogLimiter,
     ModelNotReady,
     NaviError,
     Overloaded,
@@ -20,6 +21,8 @@ from navi.errors import (
 from navi.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
+#: a failing model logs its traceback at most once per 10 s per error type
+_tracebacks = LogLimiter(10.0)
 
 #: process_batch(tasks) -> one result per task, in order
 ProcessBatch = Callable[[Sequence[BatchTask]], Sequence[Any]]
@@ -163,6 +166,14 @@ class BatchScheduler:
         """Whether ``close`` has been called."""
         return self._closing
 
+    def admit(self) -> None:
+        """Raise now what ``submit`` would raise for a new task: ``SchedulerClosed`` or ``Overloaded``.
+
+        Lets a server refuse a request before paying for its parse and decode.
+        """
+        with self._lock:
+            self._check_room()
+
     def submit(self, payload: Any, rows: int, deadline_s: float | None = None) -> BatchTask:
         """Queue one request of ``rows`` rows; the returned task is its future.
 
@@ -275,14 +286,7 @@ class BatchScheduler:
                  owned: bool, arrival_s: float | None = None) -> tuple[BatchTask, bool]:
         """Accept a task: (task, whether the caller runs it inline now)."""
         with self._lock:
-            if self._closing:
-                raise SchedulerClosed(f"{self._name} is unloading")
-            if len(self._queue) >= self._options.max_queued_requests:
-                self._count_shed(1)
-                raise Overloaded(
-                    f"{self._name}: {len(self._queue)} requests queued "
-                    f"(max_queued_requests={self._options.max_queued_requests})"
-                )
+            self._check_room()
             now_s = self._clock.monotonic()
             if arrival_s is not None and self._drop_s > 0 and now_s - arrival_s > self._drop_s:
                 # it waited for a handler thread past the limit: shed it before it queues
@@ -302,6 +306,17 @@ class BatchScheduler:
                 # an owner looks at the queue before it sleeps; nobody will for this one
                 self._wake_leader()
             return task, False
+
+    def _check_room(self) -> None:
+        """Raise if a new task cannot be queued now. Caller holds the lock."""
+        if self._closing:
+            raise SchedulerClosed(f"{self._name} is unloading")
+        if len(self._queue) >= self._options.max_queued_requests:
+            self._count_shed(1)
+            raise Overloaded(
+                f"{self._name}: {len(self._queue)} requests queued "
+                f"(max_queued_requests={self._options.max_queued_requests}, --max-queued-requests)"
+            )
 
     def _wait_s(self, now_s: float) -> float:
         """Seconds until the head batch may be taken (<= 0: now). Caller holds the lock."""
@@ -437,7 +452,8 @@ class BatchScheduler:
         except NaviError as exc:
             return outcomes + [(task, None, exc) for task in live]
         except Exception as exc:  # noqa: BLE001 - every caller must get an answer
-            log.exception("%s: batch of %d requests failed", self._name, len(live))
+            _tracebacks.log(log, f"{self._name}:{type(exc).__name__}", "%s: batch of %d requests failed",
+                            self._name, len(live), exc_info=exc)
             error = RuntimeFailure(f"{self._name}: {type(exc).__name__}: {exc}")
             return outcomes + [(task, None, error) for task in live]
         for task, result in zip(live, results):

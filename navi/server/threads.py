@@ -14,30 +14,12 @@ import collections
 import threading
 import time
 from concurrent import futures
-from typing import Callable
 
 from navi.batching.sleep import set_sleep_hooks
 
 #: threads for the RPCs that do not run a model; their work is short, and the
 #: health service's Watch does not hold a thread (it is non-blocking)
 CONTROL_THREADS = 4
-
-
-def on_pool(behavior: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
-    """``behavior`` as an RPC handler that grpcio runs on ``pool``.
-
-    grpcio runs a handler on the pool named by its ``experimental_thread_pool``
-    attribute (how grpcio-health-checking's non-blocking Watch gets a pool of
-    its own); a bound method cannot carry attributes, so a thin function does.
-    """
-
-    def handler(request, context):
-        return behavior(request, context)
-
-    handler.__name__ = getattr(behavior, "__name__", "handler")
-    handler.__doc__ = getattr(behavior, "__doc__", None)
-    handler.experimental_thread_pool = pool
-    return handler
 
 
 #: sleeps expected shorter than this keep their running place (see HandlerPool)
