@@ -109,7 +109,7 @@ class ServerSettings(_Frozen):
         "at its expanded size); past it RESOURCE_EXHAUSTED",
     )
     grpc_max_waiting_requests: int = Field(
-        256, ge=0,
+        256, ge=1,
         description="requests waiting for a handler thread before new ones are refused "
         "RESOURCE_EXHAUSTED without being parsed",
     )

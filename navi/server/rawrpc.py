@@ -13,7 +13,8 @@ request that will be refused can be refused before it is parsed). Answers may
 be messages or their serialized bytes.
 
 A call whose gRPC deadline has already passed when a thread picks it up is
-answered DEADLINE_EXCEEDED without being parsed or run.
+answered DEADLINE_EXCEEDED, and one its pool refused (too many waiting for a
+handler thread: ``threads.refusal``) RESOURCE_EXHAUSTED, without being parsed.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from navi.errors import DeadlineExceeded, InvalidInput
+from navi.errors import DeadlineExceeded, InvalidInput, Overloaded
 from navi.server.status import status_of
+from navi.server.threads import refusal
 
 
 def parse_request(request_type, raw: bytes):
@@ -63,6 +65,9 @@ def raw_handler(behavior: Callable, request_type, name: str,
 
     def handler(raw, context, *args, **kwargs):
         try:
+            refused = refusal()
+            if refused is not None:
+                raise Overloaded(refused)
             check_deadline(context)
             request = raw if request_type is None else parse_request(request_type, raw)
         except Exception as error:  # noqa: BLE001 - the edge: every error gets a status

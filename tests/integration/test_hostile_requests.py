@@ -269,3 +269,28 @@ def test_daemon_still_serves_after_hostile_requests(navi):
         response = _predict(channel, request)
     assert [d.size for d in response.outputs["y"].tensor_shape.dim] == [2, 4]
     assert "Exception deserializing" not in navi.log_text()
+
+
+def test_128_requests_in_flight_with_the_defaults_all_succeed(navi):
+    """No request is refused for having waited for a handler thread (the defaults: as many
+    running threads as cores, 64 holding requests, batch_drop_ms 90)."""
+    bpr = _home_bpr(10)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "home"
+    tensor = request.inputs["examples"]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.string_val.append(bpr)
+    with navi.channel() as channel:
+        stub = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                   request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                   response_deserializer=predict_pb2.PredictResponse.FromString)
+        calls = [stub.future(request, timeout=120) for _ in range(128)]
+        codes = []
+        for call in calls:
+            try:
+                rows = call.result().outputs["output_0"].tensor_shape.dim[0].size
+                codes.append("OK" if rows == 10 else f"rows {rows}")
+            except grpc.RpcError as error:
+                codes.append(f"{error.code().name}: {error.details()}")
+    assert codes == ["OK"] * 128, [code for code in codes if code != "OK"][:3]
