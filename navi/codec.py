@@ -25,7 +25,7 @@ from navi._fast import split_string_values
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
 from navi._proto.tensorflow_serving.apis import predict_pb2
-from navi.errors import InvalidInput
+from navi.errors import InvalidInput, RequestTooLarge, quote
 
 # ---------------------------------------------------------------------------
 # dtype tables
@@ -232,31 +232,86 @@ def _packed_array(message, field_number: int, kind: str, dtype: np.dtype) -> np.
 # TF Serving TensorProto
 
 
-def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[int, ...]:
+#: largest element count of one tensor: numpy's (and every runtime's) int64 sizes
+MAX_ELEMENTS = 2**63 - 1
+#: bytes counted per element of a string tensor (its object array's pointer)
+_STRING_ELEMENT_BYTES = 8
+
+
+class RequestBudget:
+    """What one request may still decode, in bytes: every tensor is charged before it is allocated.
+
+    ``max_decoded_bytes`` (``ServerSettings.max_request_decoded_bytes``; None
+    = no bound) counts each tensor at its decoded size, a value broadcast to a
+    shape at the expanded size: one 155 KB string sent with shape [2000] costs
+    310 MB once the model's inputs are built from it.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, max_decoded_bytes: int | None = None):
+        self.limit = max_decoded_bytes
+        self.used = 0
+
+    def charge(self, nbytes: int, name: str) -> None:
+        """Count ``nbytes`` for input ``name``; ``RequestTooLarge`` past the bound."""
+        self.used += nbytes
+        if self.limit is not None and self.used > self.limit:
+            raise RequestTooLarge(
+                f"input {quote(name)}: the request decodes to {self.used} bytes or more, over "
+                f"max_request_decoded_bytes={self.limit} (raise it with --max-request-decoded-bytes)"
+            )
+
+
+def element_count(shape: Sequence[int], name: str) -> int:
+    """The number of elements of ``shape``; ``InvalidInput`` for a negative dim or an int64 overflow.
+
+    Checked before anything of that shape is allocated or broadcast (numpy
+    itself fails with "iterator is too large" or MemoryError: INTERNAL).
+    """
+    count = 1
+    for size in shape:
+        if size < 0:
+            raise InvalidInput(f"input {quote(name)}: shape {list(shape)[:8]} has a negative dimension")
+        count *= size
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input {quote(name)}: shape {list(shape)[:8]} has {count} elements, more than an int64 holds"
+        )
+    return count
+
+
+def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[tuple[int, ...], int]:
+    """(shape, element count) of a TensorProto, checked."""
     if proto.tensor_shape.unknown_rank:
-        raise InvalidInput(f"input {name!r}: tensor_shape has unknown rank")
+        raise InvalidInput(f"input {quote(name)}: tensor_shape has unknown rank")
     shape = tuple([dim.size for dim in proto.tensor_shape.dim])
-    if shape and min(shape) < 0:
-        raise InvalidInput(f"input {name!r}: tensor_shape {list(shape)} has a negative dimension")
-    return shape
+    return shape, element_count(shape, name)
+
+
+def _check_fill(given: int, count: int, shape: tuple[int, ...], name: str, what: str) -> None:
+    """``given`` values may fill ``count`` elements: as many, or one broadcast (TensorFlow's fill)."""
+    if given == count or (given == 1 and count > 1):
+        return
+    raise InvalidInput(
+        f"input {quote(name)}: {what} holds {given} values but tensor_shape "
+        f"{list(shape)[:8]} needs {count}"
+    )
 
 
 def _fit_values(values: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> np.ndarray:
     count = math.prod(shape)
+    _check_fill(values.size, count, shape, name, what)
     if values.size == count:
         return values.reshape(shape)
     # TensorFlow fills a tensor from one value (tf.make_tensor_proto of a scalar
-    # with a shape); accept the same.
-    if values.size == 1 and count > 1:
-        return np.broadcast_to(values, shape)
-    raise InvalidInput(
-        f"input {name!r}: {what} holds {values.size} values but tensor_shape "
-        f"{list(shape)} needs {count}"
-    )
+    # with a shape); accept the same, counted at its expanded size (RequestBudget).
+    return np.broadcast_to(values, shape)
 
 
 def tensor_proto_to_ndarray(
-    proto: tensor_pb2.TensorProto, name: str = "", strings: Sequence | None = None
+    proto: tensor_pb2.TensorProto, name: str = "", strings: Sequence | None = None,
+    budget: RequestBudget | None = None,
 ) -> np.ndarray:
     """Decode a TF ``TensorProto`` into a numpy array.
 
@@ -264,32 +319,42 @@ def tensor_proto_to_ndarray(
     bytes) or from the typed ``*_val`` field of the dtype; DT_STRING gives an
     object array of ``bytes``, or of the given ``strings`` when the values were
     lifted out of the message before parsing (``parse_predict_request``).
-    Raises ``InvalidInput`` on an unsupported dtype, a negative dimension or a
-    value count that does not match the shape.
+    The shape is checked before anything is allocated: ``InvalidInput`` on an
+    unsupported dtype, a negative dimension, an element count past int64 or a
+    value count that does not match the shape; ``RequestTooLarge`` when
+    ``budget`` has no room for the decoded (broadcast: expanded) tensor.
     """
     dtype = TF_TO_NUMPY.get(proto.dtype)
     if dtype is None:
         raise InvalidInput(
-            f"input {name!r}: dtype {tf_dtype_name(proto.dtype)} is not supported "
+            f"input {quote(name)}: dtype {tf_dtype_name(proto.dtype)} is not supported "
             "(float, double, int8/16/32/64, uint8/16/32/64, half, bool, string)"
         )
-    shape = _shape_of(proto, name)
+    shape, count = _shape_of(proto, name)
+    if budget is None:
+        budget = RequestBudget()
     if proto.dtype == types_pb2.DT_STRING:
         values = list(proto.string_val) if strings is None else strings
+        _check_fill(len(values), count, shape, name, "string_val")
+        value_bytes = sum(map(len, values)) if len(values) == count else len(values[0]) * count
+        budget.charge(count * _STRING_ELEMENT_BYTES + value_bytes, name)
         array = np.empty(len(values), dtype=object)
         array[:] = values
         return _fit_values(array, shape, name, "string_val")
     content = proto.tensor_content
     if content:
-        expected = math.prod(shape) * dtype.itemsize
+        expected = count * dtype.itemsize
         if len(content) != expected:
             raise InvalidInput(
-                f"input {name!r}: tensor_content has {len(content)} bytes but "
-                f"{tf_dtype_name(proto.dtype)}{list(shape)} needs {expected}"
+                f"input {quote(name)}: tensor_content has {len(content)} bytes but "
+                f"{tf_dtype_name(proto.dtype)}{list(shape)[:8]} needs {expected}"
             )
+        budget.charge(expected, name)
         return np.frombuffer(content, dtype=_TF_WIRE_DTYPE[proto.dtype]).reshape(shape)
     field_name, number, kind = _TF_TYPED_FIELD[proto.dtype]
     values = _packed_array(proto, number, kind, dtype)
+    _check_fill(values.size, count, shape, name, field_name)
+    budget.charge(count * dtype.itemsize, name)
     return _fit_values(values, shape, name, field_name)
 
 
@@ -308,13 +373,74 @@ def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[
             return predict_pb2.PredictRequest.FromString(raw), {}
         stripped, spans = split
         request = predict_pb2.PredictRequest.FromString(stripped)
-    except DecodeProtoError as exc:
-        raise InvalidInput(f"malformed PredictRequest: {exc}") from None
+    except (DecodeProtoError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"malformed PredictRequest ({len(raw)} bytes): {exc}") from None
     if not spans:
         return request, {}
     view = memoryview(raw)
     return request, {name: [view[start:start + length] for start, length in where]
                      for name, where in spans.items()}
+
+
+def _top_level_fields(raw, wanted: frozenset[int], what: str) -> dict[int, memoryview]:
+    """The last occurrence of each length-delimited top-level field in ``wanted`` (a peek, no parse).
+
+    Walks only the message's top-level records (a handful per request, each
+    skipped by its length), so finding the model a request names costs
+    microseconds whatever the size of its tensors. ``InvalidInput`` when the
+    records do not add up to the message.
+    """
+    view = memoryview(raw)
+    found: dict[int, memoryview] = {}
+    pos, end = 0, len(view)
+    try:
+        while pos < end:
+            tag, pos = _read_varint(view, pos)
+            number, wire_type = tag >> 3, tag & 7
+            if wire_type == 0:
+                _, pos = _read_varint(view, pos)
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            elif wire_type == 2:
+                length, pos = _read_varint(view, pos)
+                if length > end - pos:
+                    raise InvalidInput(f"field {number} runs past the message's end")
+                if number in wanted:
+                    found[number] = view[pos:pos + length]
+                pos += length
+            else:
+                raise InvalidInput(f"wire type {wire_type} at the top level")
+        if pos > end:
+            raise InvalidInput("the last field runs past the message's end")
+    except InvalidInput as error:
+        raise InvalidInput(f"malformed {what} ({end} bytes): {error.message} (at byte {min(pos, end)})") from None
+    return found
+
+
+def _utf8(view: memoryview | None, what: str) -> str:
+    if view is None:
+        return ""
+    try:
+        return bytes(view).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"malformed ModelInferRequest: {what} is not UTF-8") from None
+
+
+def peek_kserve_model(raw) -> tuple[str, str]:
+    """(model_name, model_version) of a serialized ``ModelInferRequest``, without parsing its tensors."""
+    fields = _top_level_fields(raw, frozenset((1, 2)), "ModelInferRequest")
+    return _utf8(fields.get(1), "model_name"), _utf8(fields.get(2), "model_version")
+
+
+def peek_predict_model_spec(raw):
+    """The ``ModelSpec`` of a serialized ``PredictRequest``, without parsing its tensors."""
+    from navi._proto.tensorflow_serving.apis import model_pb2
+
+    spec = _top_level_fields(raw, frozenset((1,)), "PredictRequest").get(1)
+    try:
+        return model_pb2.ModelSpec.FromString(bytes(spec) if spec is not None else b"")
+    except (DecodeProtoError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"malformed PredictRequest.model_spec: {exc}") from None
 
 
 def _as_bytes_list(array: np.ndarray) -> list[bytes]:
@@ -431,23 +557,27 @@ def encode_predict_response(outputs: dict, model_spec: bytes) -> bytes:
 
 def _bytes_from_raw(raw: bytes, count: int, name: str) -> np.ndarray:
     """Split KServe raw BYTES contents: each element has a 4-byte LE length prefix."""
-    out = np.empty(count, dtype=object)
+    # a list grown per element read: the count comes from the client, so nothing
+    # of its size is allocated before the bytes are seen to hold that many
+    items: list[bytes] = []
     view = memoryview(raw)
     pos = 0
     end = len(raw)
     for index in range(count):
         if pos + 4 > end:
-            raise InvalidInput(f"input {name!r}: raw BYTES contents end after {index} of {count} elements")
+            raise InvalidInput(f"input {quote(name)}: raw BYTES contents end after {index} of {count} elements")
         (length,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if length > end - pos:
             raise InvalidInput(
-                f"input {name!r}: element {index} claims {length} bytes, only {end - pos} left"
+                f"input {quote(name)}: element {index} claims {length} bytes, only {end - pos} left"
             )
-        out[index] = bytes(view[pos : pos + length])
+        items.append(bytes(view[pos : pos + length]))
         pos += length
     if pos != end:
-        raise InvalidInput(f"input {name!r}: {end - pos} trailing bytes after {count} BYTES elements")
+        raise InvalidInput(f"input {quote(name)}: {end - pos} trailing bytes after {count} BYTES elements")
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out
 
 
@@ -462,59 +592,79 @@ def bytes_to_raw(array: np.ndarray) -> bytes:
 
 
 def kserve_input_to_ndarray(
-    tensor: kserve_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None = None
+    tensor: kserve_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None = None,
+    budget: RequestBudget | None = None,
 ) -> np.ndarray:
-    """Decode one KServe V2 input tensor, from ``raw`` when given else from ``contents``."""
+    """Decode one KServe V2 input tensor, from ``raw`` when given else from ``contents``.
+
+    The shape is checked (and ``budget`` charged) before anything is allocated.
+    """
     name = tensor.name
     dtype = KSERVE_TO_NUMPY.get(tensor.datatype)
     if dtype is None:
         raise InvalidInput(
-            f"input {name!r}: datatype {tensor.datatype!r} is not supported "
+            f"input {quote(name)}: datatype {quote(tensor.datatype)} is not supported "
             f"({', '.join(KSERVE_TO_NUMPY)})"
         )
     shape = tuple(int(size) for size in tensor.shape)
-    if any(size < 0 for size in shape):
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
+    count = element_count(shape, name)
+    if budget is None:
+        budget = RequestBudget()
     if raw is not None:
         if dtype == object:
+            budget.charge(count * _STRING_ELEMENT_BYTES + len(raw), name)
             return _bytes_from_raw(raw, count, name).reshape(shape)
         if len(raw) != count * dtype.itemsize:
             raise InvalidInput(
-                f"input {name!r}: raw contents have {len(raw)} bytes but "
-                f"{tensor.datatype}{list(shape)} needs {count * dtype.itemsize}"
+                f"input {quote(name)}: raw contents have {len(raw)} bytes but "
+                f"{tensor.datatype}{list(shape)[:8]} needs {count * dtype.itemsize}"
             )
+        budget.charge(len(raw), name)
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
     if dtype == object:
-        values = np.empty(len(tensor.contents.bytes_contents), dtype=object)
-        values[:] = list(tensor.contents.bytes_contents)
         field = "bytes_contents"
+        given = len(tensor.contents.bytes_contents)
     elif tensor.datatype == "FP16":
-        raise InvalidInput(f"input {name!r}: FP16 must be sent in raw_input_contents")
+        raise InvalidInput(f"input {quote(name)}: FP16 must be sent in raw_input_contents")
     else:
         field, number, kind = _KSERVE_CONTENTS_FIELD[tensor.datatype]
-        values = _packed_array(tensor.contents, number, kind, dtype)
+        given = None
+    if given is not None and given != count:
+        raise InvalidInput(
+            f"input {quote(name)}: contents.{field} holds {given} values but shape "
+            f"{list(shape)[:8]} needs {count}"
+        )
+    if dtype == object:
+        budget.charge(count * _STRING_ELEMENT_BYTES + sum(map(len, tensor.contents.bytes_contents)), name)
+        values = np.empty(count, dtype=object)
+        values[:] = list(tensor.contents.bytes_contents)
+        return values.reshape(shape)
+    values = _packed_array(tensor.contents, number, kind, dtype)
     if values.size != count:
         raise InvalidInput(
-            f"input {name!r}: contents.{field} holds {values.size} values but shape "
-            f"{list(shape)} needs {count}"
+            f"input {quote(name)}: contents.{field} holds {values.size} values but shape "
+            f"{list(shape)[:8]} needs {count}"
         )
+    budget.charge(values.nbytes, name)
     return values.reshape(shape)
 
 
-def kserve_request_inputs(request: kserve_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+def kserve_request_inputs(request: kserve_pb2.ModelInferRequest,
+                          budget: RequestBudget | None = None) -> dict[str, np.ndarray]:
     """All inputs of a ModelInferRequest by name (raw or typed contents)."""
     raw_contents = request.raw_input_contents
     if raw_contents and len(raw_contents) != len(request.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw_contents)} entries for {len(request.inputs)} inputs"
         )
+    if budget is None:
+        budget = RequestBudget()
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in inputs:
-            raise InvalidInput(f"input {tensor.name!r} given twice")
+            raise InvalidInput(f"input {quote(tensor.name)} given twice")
         raw = raw_contents[index] if raw_contents else None
-        inputs[tensor.name] = kserve_input_to_ndarray(tensor, raw)
+        inputs[tensor.name] = kserve_input_to_ndarray(tensor, raw, budget)
     return inputs
 
 

@@ -109,6 +109,9 @@ SERVER_FLAGS: dict[str, str] = {
     "--max-message-bytes": "max_message_bytes",
     "--grpc-threads": "grpc_threads",
     "--grpc-max-threads": "grpc_max_threads",
+    "--grpc-max-waiting-requests": "grpc_max_waiting_requests",
+    "--max-request-rows": "max_request_rows",
+    "--max-request-decoded-bytes": "max_request_decoded_bytes",
     "--shutdown-grace-secs": "shutdown_grace_s",
 }
 

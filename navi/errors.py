@@ -6,6 +6,12 @@ The gRPC edge (``navi.server.status``) is the only place these codes become
 from __future__ import annotations
 
 import enum
+import logging
+import threading
+import time
+
+#: longest client-supplied string echoed whole in an error message (characters)
+ECHO_MAX_CHARS = 80
 
 
 class Code(enum.Enum):
@@ -19,6 +25,20 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
+
+
+def quote(value: object, max_chars: int = ECHO_MAX_CHARS) -> str:
+    """``repr`` of a client-supplied value for an error message, at most about ``max_chars`` long.
+
+    Every string a client sends (a model name, a label, an input name) is
+    echoed through this: a 4,000-character name must not make a status
+    message past gRPC's metadata limit (the client would then see
+    RESOURCE_EXHAUSTED "Stream removed" instead of the error).
+    """
+    text = value if isinstance(value, (str, bytes)) else str(value)
+    if len(text) <= max_chars:
+        return repr(text)
+    return f"{text[:max_chars]!r}... ({len(text)} characters)"
 
 
 class NaviError(Exception):
@@ -82,6 +102,12 @@ class Overloaded(NaviError):
     code = Code.RESOURCE_EXHAUSTED
 
 
+class RequestTooLarge(NaviError):
+    """One request exceeds a per-request bound (rows, decoded bytes); the message names the flag."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
 class DeadlineExceeded(NaviError):
     """The caller's deadline passed before the request could run."""
 
@@ -109,3 +135,35 @@ class ConfigError(Exception):
         self.source = source
         self.key = key
         self.reason = message
+
+
+class LogLimiter:
+    """At most one log record per ``period_s`` per kind; the records held back are counted.
+
+    For tracebacks of unexpected errors: a client that can trigger one could
+    otherwise fill the disk with them. ``log(logger, kind, msg, *args,
+    exc_info=...)`` logs at ERROR the first of each kind, then one per
+    period, each saying how many of that kind were suppressed since the last.
+    """
+
+    def __init__(self, period_s: float = 10.0, clock=time.monotonic):
+        self._period_s = period_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, int]] = {}  # kind -> (last logged at, suppressed since)
+
+    def log(self, logger: logging.Logger, kind: str, msg: str, *args, exc_info=None) -> bool:
+        """Log ``msg`` for ``kind`` unless one was logged less than ``period_s`` ago; True if logged."""
+        now_s = self._clock()
+        with self._lock:
+            last_s, suppressed = self._state.get(kind, (None, 0))
+            if last_s is not None and now_s - last_s < self._period_s:
+                self._state[kind] = (last_s, suppressed + 1)
+                return False
+            if len(self._state) > 1000:  # kinds are code paths; bound them anyway
+                self._state.clear()
+            self._state[kind] = (now_s, 0)
+        if suppressed:
+            msg = f"{msg} ({suppressed} more like it in the last {self._period_s:g} s not logged)"
+        logger.error(msg, *args, exc_info=exc_info)
+        return True

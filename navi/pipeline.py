@@ -27,7 +27,7 @@ import numpy as np
 
 from navi.batching import BatchScheduler, BatchTask, Clock, split_rows
 from navi._fast.kernels import cast_into as _kernel_cast_into
-from navi.errors import ConfigError, InvalidInput
+from navi.errors import ConfigError, InvalidInput, RequestTooLarge, quote
 from navi.plugins.base import LoadedModel, Signature, TensorSpec
 from navi.segdense import find_spec_files, load_layout
 from navi.settings import ModelSettings
@@ -274,17 +274,28 @@ class ServedModel:
         output_names: tuple[str, ...] = (),
         deadline_s: float | None = None,
         arrival_s: float | None = None,
+        max_rows: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Validate, queue and wait for one request's outputs (what the servicers call).
+
+        ``max_rows`` bounds the request's rows (``RequestTooLarge`` past it,
+        before it is queued).
 
         As ``submit(...).result()``, but the calling thread may run its batch
         itself instead of waking a batch thread and being woken back.
         ``arrival_s`` (``time.monotonic()``) is when the request reached the
-        server: a request that waited for a handler thread is as stale as one
-        that waited in the batch queue.
+        server (the batch timeout counts from it).
         """
-        payload, rows = self._prepare(inputs, output_names)
+        payload, rows = self._prepare(inputs, output_names, max_rows)
         return self._scheduler.run(payload, rows, deadline_s, arrival_s)
+
+    def admit(self) -> None:
+        """Raise ``Overloaded`` (or ``SchedulerClosed``) now if a request would be refused at its queue.
+
+        For the servers, before a request's tensors are parsed: a request the
+        queue will refuse costs no more than finding its model.
+        """
+        self._scheduler.admit()
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = (),
@@ -318,13 +329,23 @@ class ServedModel:
 
     # ----------------------------------------------------------------- validation
 
-    def _prepare(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> tuple[tuple, int]:
-        """(batch payload, rows) of a valid request; raises ``InvalidInput`` otherwise."""
+    def _prepare(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str],
+                 max_rows: int | None = None) -> tuple[tuple, int]:
+        """(batch payload, rows) of a valid request; raises ``InvalidInput`` otherwise.
+
+        ``RequestTooLarge`` when it has more than ``max_rows`` rows (BPR: counted
+        without decoding the records, before anything of their size is allocated).
+        """
         names = self._check_outputs(output_names)
         if self.mode == "bpr":
             payload, rows = self._prepare_bpr(inputs)
         else:
             payload, rows = self._prepare_dense(inputs)
+        if max_rows is not None and rows > max_rows:
+            raise RequestTooLarge(
+                f"the request has {rows} rows for model {self.name}, over max_request_rows={max_rows} "
+                "(raise it with --max-request-rows)"
+            )
         return (payload, names), rows
 
     def _check_outputs(self, output_names: Sequence[str]) -> tuple[str, ...]:
@@ -334,7 +355,7 @@ class ServedModel:
         unknown = [n for n in output_names if model_sig.output(n) is None]
         if unknown:
             raise InvalidInput(
-                f"model {self.name} has no output {', '.join(map(repr, unknown))}; outputs: "
+                f"model {self.name} has no output {', '.join(map(quote, unknown[:5]))}; outputs: "
                 f"{', '.join(s.name for s in model_sig.outputs)}"
             )
         return tuple(output_names)
@@ -379,12 +400,12 @@ class ServedModel:
         if missing:
             raise InvalidInput(
                 f"model {self.name} needs input {', '.join(_describe(s) for s in missing)}; "
-                f"the request has {', '.join(sorted(inputs)) or 'none'}"
+                f"the request has {', '.join(map(quote, sorted(inputs)[:5])) or 'none'}"
             )
         extra = sorted(set(inputs) - self._input_names)
         if extra:
             raise InvalidInput(
-                f"model {self.name} has no input {', '.join(map(repr, extra))}; it takes "
+                f"model {self.name} has no input {', '.join(map(quote, extra[:5]))}; it takes "
                 f"{', '.join(_describe(s) for s in self._inputs)}"
             )
 
@@ -396,7 +417,7 @@ class ServedModel:
                 raise InvalidInput(
                     f"model {self.name} takes one string tensor {self._bpr_input!r} of "
                     f"serialized BatchPredictionRequests; the request has "
-                    f"{', '.join(sorted(inputs)) or 'no inputs'}"
+                    f"{', '.join(map(quote, sorted(inputs)[:5])) or 'no inputs'}"
                 )
             tensor = strings[0]
         array = np.asarray(tensor)

@@ -112,6 +112,18 @@ class ModelSettings(_Frozen):
     )
 
 
+class RequestLimits(_Frozen):
+    """What one request may cost, checked before anything of its size is allocated."""
+
+    max_request_rows: int = Field(
+        10_000, ge=1, description="rows one request may carry (BPR: records in its batch requests)"
+    )
+    max_request_decoded_bytes: int = Field(
+        128 * 1024 * 1024, ge=1,
+        description="bytes one request's tensors may decode to, a broadcast value at its expanded size",
+    )
+
+
 class ServerSettings(_Frozen):
     """Process-wide settings of `navi serve`."""
 
@@ -132,12 +144,32 @@ class ServerSettings(_Frozen):
         ge=1,
         description="gRPC handler threads running at once; default: usable cores, 2 to 8",
     )
+    max_request_rows: int = Field(
+        10_000, ge=1, description="rows one request may carry; past it RESOURCE_EXHAUSTED"
+    )
+    max_request_decoded_bytes: int = Field(
+        128 * 1024 * 1024, ge=1,
+        description="bytes one request's tensors may decode to (a value broadcast to a shape counts "
+        "at its expanded size); past it RESOURCE_EXHAUSTED",
+    )
+    grpc_max_waiting_requests: int = Field(
+        256, ge=1,
+        description="requests waiting for a handler thread before new ones are refused "
+        "RESOURCE_EXHAUSTED without being parsed",
+    )
     grpc_max_threads: int = Field(
         64,
         ge=1,
         description="handler threads holding requests, counting those asleep waiting for a batch "
         "(requests in flight; at least grpc_threads)",
     )
+
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """The per-request bounds, as the servicers take them."""
+        return RequestLimits(max_request_rows=self.max_request_rows,
+                             max_request_decoded_bytes=self.max_request_decoded_bytes)
 
 
 def default_grpc_threads() -> int:

@@ -12,6 +12,7 @@ from navi.batching.clock import Clock, SystemClock
 from navi.batching.task import DONE, QUEUED, TAKEN, BatchTask
 from navi.errors import (
     DeadlineExceeded,
+    LogLimiter,
     ModelNotReady,
     NaviError,
     Overloaded,
@@ -20,6 +21,8 @@ from navi.errors import (
 from navi.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
+#: a failing model logs its traceback at most once per 10 s per error type
+_tracebacks = LogLimiter(10.0)
 
 #: process_batch(tasks) -> one result per task, in order
 ProcessBatch = Callable[[Sequence[BatchTask]], Sequence[Any]]
@@ -81,14 +84,24 @@ class BatchScheduler:
     takes the fullest batch the limits allow, which is what raises throughput
     under load.
 
-    Shedding is per task, when its batch is taken: a task that has waited more
-    than ``batch_drop_ms`` (0 = never) fails with ``Overloaded``
-    (RESOURCE_EXHAUSTED), one whose ``deadline_s`` has passed fails with
-    ``DeadlineExceeded``; neither runs, and the rest of the batch runs. A
-    request's wait counts from its ``arrival_s`` when ``run`` is given one (the
-    server passes when the call reached its thread pool), and one that arrives
-    already older than ``batch_drop_ms`` is refused at once.
-    ``max_queued_requests`` bounds the queue: past it ``submit`` raises
+    Shedding is per task, when its batch is taken: a task that waited in this
+    queue more than ``batch_drop_ms`` (0 = never) *while a batch slot was
+    free* fails with ``Overloaded`` (RESOURCE_EXHAUSTED), one whose
+    ``deadline_s`` has passed fails with ``DeadlineExceeded``; neither runs,
+    and the rest of the batch runs. This is the original's rule (it drops a
+    batch whose oldest request waited longer than batch_drop_millis to be
+    batched; its batches then run at once, with no bound on how many run),
+    read for a bounded number of slots: time spent behind running batches
+    while every slot is busy is not counted, since that is the model working
+    at its capacity, not the request being neglected; shedding a request
+    there would throw away its parse and decode and give its slot's next batch
+    one request fewer (closed-loop goodput fell to 0 at 128 callers when every
+    wait counted). What the drop catches is a queue that is not being served
+    while it could be (a starved process). Time before the queue (a request
+    waiting for a server thread) is not counted either; ``arrival_s`` only
+    starts the batch timeout earlier. What bounds the wait behind busy slots
+    is the queue's length: ``max_queued_requests``; past it ``submit`` (and
+    ``admit``, which servers call before parsing a request) raises
     ``Overloaded`` at once.
 
     ``process_batch(tasks)`` returns one result per task; each task gets its
@@ -137,6 +150,9 @@ class BatchScheduler:
         self._local = threading.local()
         self._queue: collections.deque[BatchTask] = collections.deque()
         self._queued_rows = 0
+        # total time every slot was busy (scheduler clock), up to _busy_since when busy now
+        self._slots_busy_total_s = 0.0
+        self._busy_since: float | None = None
         self._closing = False
         self._workers = [
             threading.Thread(target=self._work, name=f"{name}-batch-{i}", daemon=True)
@@ -162,6 +178,14 @@ class BatchScheduler:
     def closed(self) -> bool:
         """Whether ``close`` has been called."""
         return self._closing
+
+    def admit(self) -> None:
+        """Raise now what ``submit`` would raise for a new task: ``SchedulerClosed`` or ``Overloaded``.
+
+        Lets a server refuse a request before paying for its parse and decode.
+        """
+        with self._lock:
+            self._check_room()
 
     def submit(self, payload: Any, rows: int, deadline_s: float | None = None) -> BatchTask:
         """Queue one request of ``rows`` rows; the returned task is its future.
@@ -275,24 +299,15 @@ class BatchScheduler:
                  owned: bool, arrival_s: float | None = None) -> tuple[BatchTask, bool]:
         """Accept a task: (task, whether the caller runs it inline now)."""
         with self._lock:
-            if self._closing:
-                raise SchedulerClosed(f"{self._name} is unloading")
-            if len(self._queue) >= self._options.max_queued_requests:
-                self._count_shed(1)
-                raise Overloaded(
-                    f"{self._name}: {len(self._queue)} requests queued "
-                    f"(max_queued_requests={self._options.max_queued_requests})"
-                )
+            self._check_room()
             now_s = self._clock.monotonic()
-            if arrival_s is not None and self._drop_s > 0 and now_s - arrival_s > self._drop_s:
-                # it waited for a handler thread past the limit: shed it before it queues
-                self._count_shed(1)
-                raise self._stale(now_s - arrival_s, "for a handler thread")
             task = BatchTask(payload, int(rows), now_s if arrival_s is None else min(arrival_s, now_s),
                              deadline_s, self)
+            task.queued_s = now_s
+            task.slots_busy_mark_s = self._slots_busy_s(now_s)
             if self._inline_when_idle and self._running == 0 and not self._queue:
                 task.state = TAKEN
-                self._running += 1
+                self._slot_taken(now_s)
                 return task, True
             task.owned = owned
             self._queue.append(task)
@@ -302,6 +317,36 @@ class BatchScheduler:
                 # an owner looks at the queue before it sleeps; nobody will for this one
                 self._wake_leader()
             return task, False
+
+    def _slots_busy_s(self, now_s: float) -> float:
+        """Total time every batch slot was busy, up to ``now_s``. Caller holds the lock."""
+        if self._busy_since is None:
+            return self._slots_busy_total_s
+        return self._slots_busy_total_s + max(0.0, now_s - self._busy_since)
+
+    def _slot_taken(self, now_s: float) -> None:
+        """One more batch runs. Caller holds the lock."""
+        self._running += 1
+        if self._running >= self._max_in_flight and self._busy_since is None:
+            self._busy_since = now_s
+
+    def _slot_freed(self, now_s: float) -> None:
+        """One batch finished. Caller holds the lock."""
+        self._running -= 1
+        if self._busy_since is not None and self._running < self._max_in_flight:
+            self._slots_busy_total_s += max(0.0, now_s - self._busy_since)
+            self._busy_since = None
+
+    def _check_room(self) -> None:
+        """Raise if a new task cannot be queued now. Caller holds the lock."""
+        if self._closing:
+            raise SchedulerClosed(f"{self._name} is unloading")
+        if len(self._queue) >= self._options.max_queued_requests:
+            self._count_shed(1)
+            raise Overloaded(
+                f"{self._name}: {len(self._queue)} requests queued "
+                f"(max_queued_requests={self._options.max_queued_requests}, --max-queued-requests)"
+            )
 
     def _wait_s(self, now_s: float) -> float:
         """Seconds until the head batch may be taken (<= 0: now). Caller holds the lock."""
@@ -314,17 +359,20 @@ class BatchScheduler:
             return 0.0
         return self._queue[0].arrival_s + self._timeout_s - now_s
 
-    def _take(self) -> list[BatchTask]:
+    def _take(self, now_s: float) -> list[BatchTask]:
         """Pop the next batch from the head. Caller holds the lock."""
         opts = self._options
         batch: list[BatchTask] = []
         rows = 0
+        busy_s = self._slots_busy_s(now_s)
         while self._queue and len(batch) < opts.max_batch_size:
             task = self._queue[0]
             if opts.max_batch_rows and batch and rows + task.rows > opts.max_batch_rows:
                 break
             self._queue.popleft()
             task.state = TAKEN
+            # what batch_drop_ms measures: queued time while some slot was free
+            task.slots_busy_mark_s = busy_s - task.slots_busy_mark_s
             batch.append(task)
             rows += task.rows
         self._queued_rows -= rows
@@ -334,9 +382,9 @@ class BatchScheduler:
         """Take the head batch if it is due and a slot is free. Caller holds the lock."""
         if not self._queue or self._running >= self._max_in_flight or self._wait_s(now_s) > 0:
             return None
-        batch = self._take()
+        batch = self._take(now_s)
         self._gauge(-len(batch))
-        self._running += 1
+        self._slot_taken(now_s)
         if self._queue:
             self._wake_leader()  # the next batch may be due too, with the other slot
         elif self._closing:
@@ -407,7 +455,7 @@ class BatchScheduler:
                     outcomes = [(task, None, error) for task in batch]
                 for task, value, error in outcomes:
                     task.settle(value, error)
-                self._running -= 1
+                self._slot_freed(self._clock.monotonic())
                 if self._queue:
                     self._wake_leader()
                 elif self._closing and self._running == 0:
@@ -418,9 +466,10 @@ class BatchScheduler:
         outcomes: list[tuple] = []
         live: list[BatchTask] = []
         for task in batch:
-            waited_s = now_s - task.arrival_s
+            # in the queue, less the time every slot was busy (set by _take)
+            waited_s = now_s - task.queued_s - task.slots_busy_mark_s
             if self._drop_s > 0 and waited_s > self._drop_s:
-                outcomes.append((task, None, self._stale(waited_s, "in the queue")))
+                outcomes.append((task, None, self._stale(waited_s, "in the queue with a batch slot free")))
             elif task.deadline_s is not None and now_s >= task.deadline_s:
                 outcomes.append((task, None, DeadlineExceeded(f"{self._name}: deadline passed while queued")))
             else:
@@ -430,6 +479,10 @@ class BatchScheduler:
         if not live:
             return outcomes
         self._observe(live, now_s)
+        # The run itself (the model, mostly outside the GIL) lets the caller's
+        # pool admit another request meanwhile, so requests keep being parsed
+        # and joining the queue while batches run (navi.batching.sleep).
+        sleep.sleeping(self._batch_s)
         try:
             results = self._process_batch(live)
             if len(results) != len(live):
@@ -440,10 +493,13 @@ class BatchScheduler:
             self._count_inference_failed(len(live))
             return outcomes + [(task, None, exc) for task in live]
         except Exception as exc:  # noqa: BLE001 - every caller must get an answer
-            log.exception("%s: batch of %d requests failed", self._name, len(live))
+            _tracebacks.log(log, f"{self._name}:{type(exc).__name__}", "%s: batch of %d requests failed",
+                            self._name, len(live), exc_info=exc)
             self._count_inference_failed(len(live))
             error = RuntimeFailure(f"{self._name}: {type(exc).__name__}: {exc}")
             return outcomes + [(task, None, error) for task in live]
+        finally:
+            sleep.awake()
         failed = 0
         for task, result in zip(live, results):
             if isinstance(result, BaseException):

@@ -23,7 +23,7 @@ class BatchTask:
     """
 
     __slots__ = ("payload", "rows", "arrival_s", "deadline_s", "state", "owned", "waiter",
-                 "_value", "_error", "_scheduler")
+                 "queued_s", "slots_busy_mark_s", "_value", "_error", "_scheduler")
 
     def __init__(self, payload: Any, rows: int, arrival_s: float, deadline_s: float | None = None,
                  scheduler: Any = None):
@@ -32,6 +32,10 @@ class BatchTask:
         self.arrival_s = arrival_s
         self.deadline_s = deadline_s
         self.state = QUEUED
+        # when it entered its queue, and the queue's all-slots-busy total then
+        # (scheduler clock): what batch_drop_ms measures (see BatchScheduler)
+        self.queued_s = arrival_s
+        self.slots_busy_mark_s = 0.0
         # whether a thread waits (or is about to wait) for this task's answer
         self.owned = False
         # the Condition of the thread blocked on this task, if any (scheduler-owned)

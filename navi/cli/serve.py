@@ -98,6 +98,14 @@ OPTIONS = [
     click.option("--grpc-max-threads", type=int,
                  help="Handler threads holding requests, asleep in a batch or running, i.e. requests "
                       "in flight [default: 64; at least --grpc-threads]."),
+    click.option("--grpc-max-waiting-requests", type=int,
+                 help="Requests waiting for a handler thread before new ones are refused "
+                      "RESOURCE_EXHAUSTED, unparsed [default: 256]."),
+    click.option("--max-request-rows", type=int,
+                 help="Rows one request may carry; past it RESOURCE_EXHAUSTED [default: 10000]."),
+    click.option("--max-request-decoded-bytes", type=int,
+                 help="Bytes one request's tensors may decode to, a value broadcast to a shape at its "
+                      "expanded size; past it RESOURCE_EXHAUSTED [default: 134217728 = 128 MiB]."),
     click.option("--shutdown-grace-secs", type=float,
                  help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
     # repeatable and comma-separated, as the original's clap Vec<(k, v)> options

@@ -30,6 +30,7 @@ from navi.errors import (
     ModelNotReady,
     ModelVersionNotFound,
     NaviError,
+    quote,
 )
 from navi.pipeline import ServedModel
 from navi.plugins.base import Runtime
@@ -205,13 +206,13 @@ class ModelRegistry:
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(
-                f"model {name!r} is not served (models: {', '.join(sorted(self._models))})"
+                f"model {quote(name)} is not served (models: {', '.join(sorted(self._models))})"
             )
         ready = model.ready
         if label:
             labelled = model.meta.labels.get(label)
             if labelled is None:
-                raise ModelVersionNotFound(f"model {name!r} has no version labelled {label!r}")
+                raise ModelVersionNotFound(f"model {name!r} has no version labelled {quote(label)}")
             version = labelled
         if version is not None:
             for ready_version, served in ready:
@@ -238,7 +239,7 @@ class ModelRegistry:
         """Every known version of ``name``, newest first."""
         model = self._models.get(name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} is not served")
+            raise ModelNotFound(f"model {quote(name)} is not served")
         with self._lock:
             return [
                 VersionStatus(e.version, e.state, e.error_code, e.error_message)

@@ -30,14 +30,13 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from navi._proto import POOL, add_file_of
-from navi._proto.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from navi._proto.kserve import grpc_predict_v2_pb2
 from navi._proto.tensorflow_serving.apis import (
     model_service_pb2,
-    model_service_pb2_grpc,
     prediction_service_pb2,
 )
 from navi.errors import ConfigError
@@ -45,7 +44,8 @@ from navi.metrics import customop_version
 from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
-from navi.server.threads import CONTROL_THREADS, HandlerPool, on_pool
+from navi.server.rawrpc import add_raw_service
+from navi.server.threads import CONTROL_THREADS, HandlerPool
 from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -142,21 +142,23 @@ class NaviServer:
         # model-running RPCs on the handler threads, the rest on a control
         # pool they cannot fill (see navi.server.threads)
         data_pool = HandlerPool(settings.grpc_threads, max(settings.grpc_threads, settings.grpc_max_threads),
-                                thread_name_prefix="grpc")
+                                thread_name_prefix="grpc", max_waiting=settings.grpc_max_waiting_requests)
         control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
         self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
         self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)
         self._pools = (data_pool, control_pool)
         server = grpc.server(control_pool, options=options)
-        prediction = PredictionServicer(self.registry, self.metrics)
-        for method in ("Predict", "Classify", "Regress", "MultiInference"):
-            setattr(prediction, method, on_pool(getattr(prediction, method), data_pool))
-        add_prediction_service(prediction, server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
-        inference = InferenceServicer(self.registry, self.metrics)
-        inference.ModelInfer = on_pool(inference.ModelInfer, data_pool)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # every service parses its own requests (navi.server.rawrpc): an
+        # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL
+        on_data_pool = {method: data_pool for method in ("Predict", "Classify", "Regress", "MultiInference")}
+        add_prediction_service(PredictionServicer(self.registry, self.metrics, settings.request_limits),
+                               server, pools=on_data_pool)
+        add_raw_service(server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+                        ModelServicer(self.registry))
+        add_raw_service(server, grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                        InferenceServicer(self.registry, self.metrics, settings.request_limits),
+                        pools={"ModelInfer": data_pool}, raw_methods=("ModelInfer",))
+        add_raw_service(server, health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
         # Our services are described in navi._proto.POOL, not the default
         # pool; reflection must answer from it, so health and reflection's own
         # files are added there too.

@@ -12,10 +12,12 @@ import numpy as np
 from navi import __version__
 from navi._proto.kserve import grpc_predict_v2_pb2 as pb2
 from navi._proto.kserve import grpc_predict_v2_pb2_grpc as pb2_grpc
-from navi.errors import InvalidInput, NaviError
+from navi.errors import InvalidInput, NaviError, quote
 from navi import codec
 from navi.server.status import grpc_errors
+from navi.server.rawrpc import parse_request
 from navi.server.threads import request_arrival_s
+from navi.settings import RequestLimits
 from navi.server.tfserving import RequestMetrics, compress_if_large, deadline_from
 
 SERVER_NAME = "navi"
@@ -30,15 +32,16 @@ def _version_of(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise InvalidInput(f"model version {text!r} is not an integer") from None
+        raise InvalidInput(f"model version {quote(text)} is not an integer") from None
 
 
 class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over a ``ModelRegistry``."""
 
-    def __init__(self, registry, metrics):
+    def __init__(self, registry, metrics, limits: RequestLimits | None = None):
         self._registry = registry
         self._counts = RequestMetrics(metrics, registry)
+        self._limits = limits if limits is not None else RequestLimits()
 
     def _served(self, name: str, version_text: str):
         if not name:
@@ -97,18 +100,34 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     def ModelInfer(self, request, context):
-        """Run one inference request, batched with other callers."""
-        # when the call reached its thread pool: waiting for a handler thread counts
+        """Run one inference request, batched with other callers.
+
+        ``request`` is a ``ModelInferRequest`` or its serialized bytes (as
+        ``NaviServer`` registers it): the model is then found, and the request
+        refused if its queue is full, before the tensors are parsed.
+        """
+        # when the call reached its thread pool (the response-time metric counts from it)
         arrival_s = request_arrival_s()
         started_s = arrival_s if arrival_s is not None else time.monotonic()
-        model_name = request.model_name
+        raw = None
+        if isinstance(request, (bytes, bytearray, memoryview)):
+            raw = request
+            model_name, version_text = codec.peek_kserve_model(raw)
+        else:
+            model_name, version_text = request.model_name, request.model_version
         counts = self._counts
         counts.received(model_name)
         try:
-            served = self._served(model_name, request.model_version)
-            inputs = codec.kserve_request_inputs(request)
+            served = self._served(model_name, version_text)
+            limits = self._limits
+            if raw is not None:
+                served.admit()  # refused (queue full, unloading) before its tensors are parsed
+                request = parse_request(pb2.ModelInferRequest, raw)
+                served = self._served(request.model_name, request.model_version)
+            inputs = codec.kserve_request_inputs(request, codec.RequestBudget(limits.max_request_decoded_bytes))
             output_names = tuple(output.name for output in request.outputs)
-            outputs = served.infer(inputs, output_names, deadline_from(context), arrival_s)
+            outputs = served.infer(inputs, output_names, deadline_from(context), arrival_s,
+                                   max_rows=limits.max_request_rows)
         except Exception:
             counts.failed(model_name)
             raise

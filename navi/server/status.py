@@ -2,7 +2,12 @@
 
 Servicer methods are wrapped with ``@grpc_errors``: a ``NaviError`` is answered
 with its code and message; anything else is a bug or a runtime crash and is
-answered INTERNAL, with the traceback logged here (never sent to the client).
+answered INTERNAL, with the traceback logged here (never sent to the client),
+at most one per ``TRACEBACK_PERIOD_S`` per method and error type (the rest are
+counted in the next one: a client able to trigger a crash must not be able to
+fill the log). Every status message is cut to ``MAX_DETAILS_CHARS``: gRPC
+carries it in a trailer, and one past the peer's metadata limit (8 KiB by
+default) reaches the client as RESOURCE_EXHAUSTED "Stream removed" instead.
 """
 from __future__ import annotations
 
@@ -13,9 +18,16 @@ from typing import Callable
 
 import grpc
 
-from navi.errors import Code, NaviError
+from navi.errors import Code, LogLimiter, NaviError
 
 log = logging.getLogger(__name__)
+
+#: longest status message sent (characters); client strings in it are cut shorter (``errors.quote``)
+MAX_DETAILS_CHARS = 1024
+#: at most one INTERNAL traceback per method and error type per this many seconds
+TRACEBACK_PERIOD_S = 10.0
+
+_tracebacks = LogLimiter(TRACEBACK_PERIOD_S)
 
 GRPC_CODE: dict[Code, grpc.StatusCode] = {
     Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -37,6 +49,28 @@ def grpc_code_of(error: NaviError) -> grpc.StatusCode:
     return GRPC_CODE.get(error.code, grpc.StatusCode.INTERNAL)
 
 
+def bounded_details(details: str) -> str:
+    """``details`` cut to ``MAX_DETAILS_CHARS``, saying how long it was."""
+    if len(details) <= MAX_DETAILS_CHARS:
+        return details
+    return f"{details[:MAX_DETAILS_CHARS]}... (message of {len(details)} characters cut)"
+
+
+def status_of(error: BaseException, method_name: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC (code, details) answering ``error`` raised by ``method_name``; logs crashes (rate-limited)."""
+    if isinstance(error, futures.CancelledError):
+        # the caller went away (or its deadline passed) while queued
+        return grpc.StatusCode.CANCELLED, "request cancelled"
+    if isinstance(error, NaviError):
+        code, details = grpc_code_of(error), error.message
+        if code is grpc.StatusCode.INTERNAL:
+            _tracebacks.log(log, f"{method_name}:{type(error).__name__}", "%s failed: %s",
+                            method_name, bounded_details(details), exc_info=error)
+        return code, bounded_details(details)
+    _tracebacks.log(log, f"{method_name}:{type(error).__name__}", "%s crashed", method_name, exc_info=error)
+    return grpc.StatusCode.INTERNAL, bounded_details(f"internal error: {type(error).__name__}: {error}")
+
+
 def grpc_errors(method: Callable) -> Callable:
     """Decorate a sync servicer method: map exceptions to a gRPC status.
 
@@ -48,16 +82,8 @@ def grpc_errors(method: Callable) -> Callable:
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except futures.CancelledError:
-            # the caller went away (or its deadline passed) while queued
-            code, details = grpc.StatusCode.CANCELLED, "request cancelled"
-        except NaviError as error:
-            code, details = grpc_code_of(error), error.message
-            if code is grpc.StatusCode.INTERNAL:
-                log.error("%s failed: %s", method.__name__, details, exc_info=error)
         except Exception as error:  # noqa: BLE001 - the edge: every error gets a status
-            log.exception("%s crashed", method.__name__)
-            code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+            code, details = status_of(error, method.__name__)
         context.abort(code, details)
 
     return wrapper

@@ -30,10 +30,12 @@ from navi._proto.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from navi.errors import InvalidInput, ModelVersionNotFound, Unimplemented
+from navi.errors import InvalidInput, ModelVersionNotFound, Unimplemented, quote
 from navi import codec
+from navi.server.rawrpc import add_raw_service
 from navi.server.status import TF_ERROR_CODE, grpc_errors
 from navi.server.threads import request_arrival_s
+from navi.settings import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def _check_signature_name(served, model_spec) -> str:
     configured = getattr(getattr(served, "settings", None), "serving_signature", DEFAULT_SIGNATURE)
     if wanted not in (DEFAULT_SIGNATURE, configured):
         raise InvalidInput(
-            f"model {served.name!r} has no signature {wanted!r}; it serves "
+            f"model {served.name!r} has no signature {quote(wanted)}; it serves "
             f"{DEFAULT_SIGNATURE!r}" + (f" and {configured!r}" if configured != DEFAULT_SIGNATURE else "")
         )
     return wanted
@@ -191,9 +193,10 @@ def signature_def(signature) -> meta_graph_pb2.SignatureDef:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService`` over a ``ModelRegistry``."""
 
-    def __init__(self, registry, metrics):
+    def __init__(self, registry, metrics, limits: RequestLimits | None = None):
         self._registry = registry
         self._counts = RequestMetrics(metrics, registry)
+        self._limits = limits if limits is not None else RequestLimits()
 
     @grpc_errors
     def Predict(self, request, context):
@@ -208,21 +211,32 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # when the call reached its thread pool: waiting for a handler thread counts
         arrival_s = request_arrival_s()
         started_s = arrival_s if arrival_s is not None else time.monotonic()
-        if isinstance(request, bytes):
-            request, strings = codec.parse_predict_request(request)
+        raw = None
+        if isinstance(request, (bytes, bytearray, memoryview)):
+            raw = request
+            model_spec = codec.peek_predict_model_spec(raw)
         else:
-            strings = {}
-        model_name = request.model_spec.name
+            model_spec = request.model_spec
+        model_name = model_spec.name
         counts = self._counts
         counts.received(model_name)
         try:
+            if raw is not None:
+                # refused (queue full, unloading) before its tensors are parsed
+                resolve_model(self._registry, model_spec).admit()
+                request, strings = codec.parse_predict_request(raw)
+            else:
+                strings = {}
             served = resolve_model(self._registry, request.model_spec)
             signature_name = _check_signature_name(served, request.model_spec)
+            limits = self._limits
+            budget = codec.RequestBudget(limits.max_request_decoded_bytes)
             inputs = {
-                name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name))
+                name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name), budget)
                 for name, tensor in request.inputs.items()
             }
-            outputs = served.infer(inputs, tuple(request.output_filter), deadline_from(context), arrival_s)
+            outputs = served.infer(inputs, tuple(request.output_filter), deadline_from(context), arrival_s,
+                                   max_rows=limits.max_request_rows)
         except Exception:
             counts.failed(model_name)
             raise
@@ -245,7 +259,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         unknown = [field for field in fields if field != SIGNATURE_DEF_FIELD]
         if unknown:
             raise InvalidInput(
-                f"metadata_field {unknown[0]!r} is not supported; only {SIGNATURE_DEF_FIELD!r}"
+                f"metadata_field {quote(unknown[0])} is not supported; only {SIGNATURE_DEF_FIELD!r}"
             )
         served = resolve_model(self._registry, request.model_spec)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
@@ -326,7 +340,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 method, result_type, field = "regress", regression_pb2.RegressionResult, "regression_result"
             else:
                 raise Unimplemented(
-                    f"MultiInference method {task.method_name!r} is not supported; "
+                    f"MultiInference method {quote(task.method_name)} is not supported; "
                     "navi answers tensorflow/serving/classify and tensorflow/serving/regress "
                     "for runtimes that implement them, and Predict for all"
                 )
@@ -339,38 +353,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def add_prediction_service(servicer: PredictionServicer, server) -> None:
+def add_prediction_service(servicer: PredictionServicer, server, pools=None) -> None:
     """Register ``servicer`` as ``tensorflow.serving.PredictionService`` on ``server``.
 
-    As the generated ``add_PredictionServiceServicer_to_server``, except that
-    Predict receives the serialized request and returns the serialized answer:
-    ``codec.parse_predict_request`` parses it without copying its string
-    values, a malformed message gets INVALID_ARGUMENT from the handler rather
-    than gRPC's INTERNAL, and ``codec.encode_predict_response`` writes the
-    answer without building a message.
+    Every method parses its own request (``navi.server.rawrpc``): a malformed
+    message gets INVALID_ARGUMENT, never grpcio's INTERNAL. Predict receives
+    the bytes unparsed and returns bytes: ``codec.parse_predict_request``
+    parses it without copying its string values and
+    ``codec.encode_predict_response`` writes the answer without building a
+    message. ``pools`` maps method names to the thread pool each runs on.
     """
     service = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
-    messages = {
-        "Classify": (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse),
-        "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse),
-        "Predict": (None, None),  # serialized both ways: see Predict
-        "MultiInference": (inference_pb2.MultiInferenceRequest, inference_pb2.MultiInferenceResponse),
-        "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
-                             get_model_metadata_pb2.GetModelMetadataResponse),
-    }
-    handlers = {
-        method: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method),
-            request_deserializer=request_type.FromString if request_type is not None else None,
-            response_serializer=response_type.SerializeToString if response_type is not None else None,
-        )
-        for method, (request_type, response_type) in messages.items()
-    }
-    missing = {m.name for m in service.methods} - set(handlers)
-    if missing:  # a method added to the .proto must get a handler here too
-        raise RuntimeError(f"PredictionService methods without a handler: {sorted(missing)}")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    add_raw_service(server, service, servicer, pools=pools, raw_methods=("Predict",))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

@@ -14,30 +14,12 @@ import collections
 import threading
 import time
 from concurrent import futures
-from typing import Callable
 
 from navi.batching.sleep import set_sleep_hooks
 
 #: threads for the RPCs that do not run a model; their work is short, and the
 #: health service's Watch does not hold a thread (it is non-blocking)
 CONTROL_THREADS = 4
-
-
-def on_pool(behavior: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
-    """``behavior`` as an RPC handler that grpcio runs on ``pool``.
-
-    grpcio runs a handler on the pool named by its ``experimental_thread_pool``
-    attribute (how grpcio-health-checking's non-blocking Watch gets a pool of
-    its own); a bound method cannot carry attributes, so a thin function does.
-    """
-
-    def handler(request, context):
-        return behavior(request, context)
-
-    handler.__name__ = getattr(behavior, "__name__", "handler")
-    handler.__doc__ = getattr(behavior, "__doc__", None)
-    handler.experimental_thread_pool = pool
-    return handler
 
 
 #: sleeps expected shorter than this keep their running place (see HandlerPool)
@@ -63,15 +45,18 @@ class HandlerPool(futures.ThreadPoolExecutor):
     back under the limit.
 
     It also stamps when each piece of work was handed to it: grpcio submits
-    an RPC the moment the call arrives, and a request can wait here longer
-    than in any batch queue, so ``--batch-drop-millis`` and the response-time
-    metric count that wait too (``request_arrival_s`` on the thread running
-    the RPC). A ``ThreadPoolExecutor`` by type only, as grpcio requires; the
-    threads and the queue are its own.
+    an RPC the moment the call arrives, and the response-time metric counts
+    from then (``request_arrival_s`` on the thread running the RPC); the
+    batch timeout starts then too, but ``--batch-drop-millis`` does not count
+    this wait (see ``BatchScheduler``). At most ``max_waiting`` pieces of work
+    wait here; past it, new work runs at once on a thread of its own with
+    ``refusal()`` set, so its RPC is refused RESOURCE_EXHAUSTED unparsed. A
+    ``ThreadPoolExecutor`` by type only, as grpcio requires; the threads and
+    the queue are its own.
     """
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
-                 min_sleep_s: float = MIN_SLEEP_S):
+                 min_sleep_s: float = MIN_SLEEP_S, max_waiting: int | None = None):
         if active_threads < 1 or max_threads < active_threads:
             raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
@@ -89,6 +74,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._idle: list[threading.Condition] = []
         self._waking = 0  # threads woken (or started) and not yet at the queue
         self._closed = False
+        self._max_waiting = max_waiting
+        self._refuser: futures.ThreadPoolExecutor | None = None
 
     @property
     def running(self) -> int:
@@ -111,9 +98,21 @@ class HandlerPool(futures.ThreadPoolExecutor):
         with self._pool_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
-            self._pending.append((future, fn, args, kwargs, time.monotonic()))
-            self._admit()
-        return future
+            waiting = len(self._pending)
+            if self._max_waiting is None or waiting < self._max_waiting:
+                self._pending.append((future, fn, args, kwargs, time.monotonic()))
+                self._admit()
+                return future
+            if self._refuser is None:
+                self._refuser = futures.ThreadPoolExecutor(1, thread_name_prefix=f"{self._name_prefix}-refuse")
+            refuser = self._refuser
+        # Past the bound the call still needs a thread (grpcio answers it from
+        # inside the work), but not one of ours: the refuser runs it at once
+        # with ``refusal()`` set, and the RPC handler answers RESOURCE_EXHAUSTED
+        # before parsing anything.
+        reason = (f"{waiting} requests are waiting for a handler thread "
+                  f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
+        return refuser.submit(_refusing, reason, fn, args, kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; queued work still runs unless ``cancel_futures``."""
@@ -125,6 +124,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
             for idle in self._idle:
                 idle.notify()
             threads = list(self._threads)
+            if self._refuser is not None:
+                self._refuser.shutdown(wait=False)
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():
@@ -207,3 +208,16 @@ class HandlerPool(futures.ThreadPoolExecutor):
 def request_arrival_s() -> float | None:
     """``time.monotonic()`` when the RPC running on this thread reached its pool, if known."""
     return getattr(_current, "arrival_s", None)
+
+
+def _refusing(reason: str, fn, args, kwargs):
+    _current.refusal = reason
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _current.refusal = None
+
+
+def refusal() -> str | None:
+    """Why the work running on this thread is to be refused unrun (its pool was full), or None."""
+    return getattr(_current, "refusal", None)

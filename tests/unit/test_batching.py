@@ -379,24 +379,62 @@ def test_many_callers_and_submitters_each_get_their_own_answer(max_batch_size, n
     assert most_in_flight[0] <= num_batch_threads
 
 
-def test_time_waited_before_the_queue_counts():
-    """A request that waited for a handler thread (arrival_s in the past) is as stale as one
-    that waited in the queue: shed past batch_drop_ms, and its batch timeout already ran."""
+def test_time_waited_before_the_queue_is_not_shed_but_starts_the_timeout():
+    """A request that waited for a handler thread (arrival_s in the past) is not shed for it:
+    batch_drop_ms measures the batch queue. Its batch timeout counts from arrival_s."""
     clock = FakeClock()
     process, threads, batches = _thread_recorder()
-    sched = BatchScheduler(process, BatchingSettings(batch_timeout_ms=10_000, batch_drop_ms=90,
+    sched = BatchScheduler(process, BatchingSettings(batch_timeout_ms=100, batch_drop_ms=90,
                                                      eager_when_idle=False),
                            clock=clock, name="m:1")
-    with pytest.raises(Overloaded, match="waited"):
-        sched.run("stale", 1, arrival_s=clock.monotonic() - 0.2)
-    # waited 0.05 s of a 10 s timeout elsewhere: not stale, but still waits out the rest
-    # (time stands still), so it is due only once the clock moves past arrival + 10 s
-    answer = []
-    caller = threading.Thread(target=lambda: answer.append(sched.run("fresh", 1, arrival_s=clock.monotonic() - 0.05)))
-    caller.start()
-    caller.join(0.2)
-    assert caller.is_alive() and batches == []
-    sched.close()  # the drain runs it (closing makes every batch due)
-    caller.join(WAIT_S)
-    assert answer == ["fresh"]
+    # waited 0.2 s before the queue: past both the drop and the timeout, runs at once
+    assert sched.run("waited", 1, arrival_s=clock.monotonic() - 0.2) == "waited"
+    assert batches == [["waited"]]
+    sched.close()
 
+
+def test_wait_behind_busy_slots_is_not_shed_wait_with_a_free_slot_is():
+    """batch_drop_ms counts queued time while a batch slot was free, not time behind running batches."""
+    clock = FakeClock()
+    started, release = threading.Event(), threading.Event()
+
+    def process(tasks):
+        if tasks[0].payload == "long":
+            started.set()
+            release.wait(WAIT_S)
+        return [t.payload for t in tasks]
+
+    sched = BatchScheduler(process, BatchingSettings(num_batch_threads=1, batch_timeout_ms=50,
+                                                     batch_drop_ms=90, eager_when_idle=False),
+                           clock=clock, name="m:1")
+    long = sched.submit("long", 1)
+    clock.advance(0.05)  # its timeout: a worker takes it, the only slot is busy
+    assert started.wait(WAIT_S)
+    behind = sched.submit("behind", 1)
+    clock.advance(0.5)  # 500 ms behind the running batch: not counted
+    release.set()
+    assert long.result(WAIT_S) == "long"
+    assert behind.result(WAIT_S) == "behind"
+    sched.close()
+    # a queue left alone with its slot free (a 200 ms timeout > the 90 ms drop) is shed
+    lonely_sched = BatchScheduler(process, BatchingSettings(num_batch_threads=1, batch_timeout_ms=200,
+                                                            batch_drop_ms=90, eager_when_idle=False),
+                                  clock=clock, name="m:2")
+    lonely = lonely_sched.submit("lonely", 1)
+    clock.advance(0.2)
+    with pytest.raises(Overloaded, match="slot free"):
+        lonely.result(WAIT_S)
+    lonely_sched.close()
+
+
+def test_admit_refuses_what_submit_would_refuse():
+    clock = FakeClock()
+    sched, _ = make(clock, max_queued_requests=1, batch_timeout_ms=1000)
+    sched.admit()
+    queued = sched.submit(payload(1), 1)
+    with pytest.raises(Overloaded, match="--max-queued-requests"):
+        sched.admit()
+    sched.close()
+    assert queued.result(WAIT_S)["y"].shape == (1, 2)
+    with pytest.raises(SchedulerClosed):
+        sched.admit()

@@ -224,3 +224,24 @@ def test_light_load_after_a_burst_stays_on_the_most_recently_idle_thread():
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_work_past_the_waiting_bound_runs_at_once_marked_refused():
+    """Past max_waiting, work does not queue: it runs on a thread of its own with refusal() set."""
+    from navi.server.threads import refusal
+
+    release = threading.Event()
+    pool = HandlerPool(1, 1, max_waiting=2)
+    try:
+        running = threading.Event()
+        held = pool.submit(lambda: (running.set(), release.wait(WAIT_S)))
+        assert running.wait(WAIT_S)  # taken off the queue: it no longer waits
+        waiting = [pool.submit(refusal) for _ in range(2)]  # wait for the one thread
+        refused = pool.submit(refusal)
+        reason = refused.result(WAIT_S)  # answered while the pool's thread is still held
+        assert "--grpc-max-waiting-requests" in reason and not held.done()
+        release.set()
+        assert [f.result(WAIT_S) for f in waiting] == [None, None]
+    finally:
+        release.set()
+        pool.shutdown()
