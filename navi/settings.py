@@ -96,6 +96,14 @@ class ServerSettings(_Frozen):
     )
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_grpc_threads() -> int:
     """Handler threads of ``navi serve`` when not configured: the usable cores, 2 to 8.
 
@@ -107,8 +115,4 @@ def default_grpc_threads() -> int:
     asleep while their request waits in a batch do not count: up to
     ``grpc_max_threads`` hold requests (``navi.server.threads.HandlerPool``).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 2
-    return max(2, min(8, cores))
+    return max(2, min(8, usable_cores()))
