@@ -106,6 +106,7 @@ EXTRAS = {
     "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     "tf": ["tensorflow>=2.15"],
     "torch": ["torch>=2.1"],
+    "ray": ["ray[data]>=2.9"],
     "test": [
         "pytest>=8",
         "pytest-asyncio>=0.23",
@@ -113,6 +114,8 @@ EXTRAS = {
         "hypothesis>=6.100",
         "tensorflow-serving-api>=2.15",
         "import-linter>=2.0",
+        "ray[data]>=2.9",
+        "kubernetes>=29",
     ],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["onnx"] + EXTRAS["tf"] + EXTRAS["torch"]))
