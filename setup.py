@@ -142,6 +142,7 @@ setup(
         "thriftpy2>=0.4.17",
         "click>=8.1",
         "prometheus-client>=0.19",
+        "pydantic>=2.5",
         "pyyaml>=6",
         "tqdm>=4.66",
         "matplotlib>=3.7",
