@@ -63,8 +63,9 @@ def parse_jobs(value: str) -> int:
               help="BPRs converted per block (bounds memory).")
 @click.option("--jobs", "-j", default="1", show_default=True, metavar="N|auto",
               help="Worker processes converting blocks (auto = the usable cores). Output is byte-identical "
-                   "to --jobs 1. Memory: up to 2N blocks in flight plus one per worker, so about "
-                   "N x (3 blocks + 4 MB + ~80 MB per process); reading and validating stay on one core.")
+                   "to --jobs 1. Memory: up to 2N blocks in flight plus one in each worker and one "
+                   "being read, about (3N + 1) blocks + ~85 MB per process (a block: --chunk-bprs BPRs "
+                   "or 64 MB). Reading and validating stay on one process.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def convert(input_path, out_dir, model_dir, spec, all_config, fmt, skip_invalid, chunk_bprs, jobs, progress):
     """Convert a file of BPRs (INPUT, - for stdin) into one .npy per tensor.
