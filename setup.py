@@ -106,6 +106,7 @@ EXTRAS = {
     "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     "tf": ["tensorflow>=2.15"],
     "torch": ["torch>=2.1"],
+    "ray": ["ray[data]>=2.9"],
     "test": [
         "pytest>=8",
         "pytest-asyncio>=0.23",
@@ -114,6 +115,9 @@ EXTRAS = {
         "tensorflow-serving-api>=2.15",
         "import-linter>=2.0",
         "onnxruntime-extensions>=0.10",  # a real custom-op library for the --customops-lib tests
+        "ray[data]>=2.9",
+        "kubernetes>=29",
+        "jsonschema>=4",
     ],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["onnx"] + EXTRAS["tf"] + EXTRAS["torch"]))
@@ -140,6 +144,7 @@ setup(
         "thriftpy2>=0.4.17",
         "click>=8.1",
         "prometheus-client>=0.19",
+        "pydantic>=2.5",
         "pyyaml>=6",
         "tqdm>=4.66",
         "matplotlib>=3.7",

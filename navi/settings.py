@@ -164,12 +164,19 @@ class ServerSettings(_Frozen):
         "(requests in flight; at least grpc_threads)",
     )
 
-
     @property
     def request_limits(self) -> RequestLimits:
         """The per-request bounds, as the servicers take them."""
         return RequestLimits(max_request_rows=self.max_request_rows,
                              max_request_decoded_bytes=self.max_request_decoded_bytes)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_grpc_threads() -> int:
@@ -183,8 +190,4 @@ def default_grpc_threads() -> int:
     asleep while their request waits in a batch do not count: up to
     ``grpc_max_threads`` hold requests (``navi.server.threads.HandlerPool``).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 2
-    return max(2, min(8, cores))
+    return max(2, min(8, usable_cores()))

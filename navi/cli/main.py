@@ -25,6 +25,7 @@ COMMANDS = {
     "inspect": "navi.cli.convert:inspect_command",
     "bench": "navi.cli.bench:bench",
     "demo": "navi.cli.demo:demo",
+    "health": "navi.cli.health:health",
 }
 
 

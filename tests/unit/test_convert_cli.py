@@ -97,7 +97,7 @@ def test_inspect_prints_one_bpr(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("convert", "inspect", "serve", "bench", "demo"):
+    for command in ("convert", "inspect", "serve", "bench", "demo", "health"):
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
 
