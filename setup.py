@@ -152,6 +152,7 @@ EXTRAS["test"] = sorted({
     "hypothesis>=6.100",
     "tensorflow-serving-api>=2.15",
     "import-linter>=2.0",
+    "jsonschema>=4",
     *EXTRAS["bench"],
 })
 

@@ -2,6 +2,7 @@
 import io
 import json
 
+import jsonschema
 import numpy as np
 import pytest
 from rich.console import Console
@@ -43,7 +44,6 @@ def test_json_output_follows_the_schema(tmp_path):
     path = tmp_path / "bench.json"
     report.write_json(_document(), path)
     data = json.loads(path.read_text())
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(data, report.SERVE_JSON_SCHEMA)
     run = data["runs"][0]
     assert run["target"] == "navi" and run["concurrency"] == 1

@@ -4,10 +4,9 @@ import struct
 import numpy as np
 import pytest
 
+from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
+from navi._proto.tensorflow_serving.apis import predict_pb2
 from navi.bench import serve
-
-predict_pb2 = pytest.importorskip("navi._proto.tensorflow_serving.apis.predict_pb2")
-kserve_pb2 = pytest.importorskip("navi._proto.kserve.grpc_predict_v2_pb2")
 
 
 def test_target_parse():
