@@ -68,10 +68,10 @@ def copy_idl() -> None:
 
 
 class BuildPyWithProtos(build_py):
-    """build_py that first generates the protobuf modules."""
+    """build_py that first copies the IDL in (the protobuf modules are generated when
+    this script loads: install_requires reads their protobuf version)."""
 
     def run(self):
-        generate_protos()
         copy_idl()
         super().run()
 

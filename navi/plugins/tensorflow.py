@@ -46,8 +46,8 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-# Without TensorFlow importing this module fails and navi.plugins.resolve_runtime says what to install.
 import numpy as np
+# Without TensorFlow importing this module fails and navi.plugins.resolve_runtime says what to install.
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2

@@ -55,8 +55,8 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-# Without PyTorch importing this module fails and navi.plugins.resolve_runtime says what to install.
 import numpy as np
+# Without PyTorch importing this module fails and navi.plugins.resolve_runtime says what to install.
 import torch
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure
