@@ -1,37 +1,51 @@
 # Two entry points, as the README says:
 #   make serve   install, then serve the embedded demo models on :8500 (metrics on :9000)
 #   make test    install, then run the test suite (what .ci/run runs)
+# Both install into their own virtual environment, .venv in the checkout, made without the
+# system's site-packages (and with PYTHONPATH and the user site ignored), so only what
+# setup.py declares can be imported: an undeclared dependency fails here as it would for a user.
 PYTHON ?= python3
-PIP := $(PYTHON) -m pip
+VENV ?= .venv
+VENV_PYTHON := $(VENV)/bin/python
+PIP := $(VENV_PYTHON) -m pip
 PIP_FLAGS := -q --disable-pip-version-check -c requirements/constraints.txt
 EXTRAS ?= all,test
 
-.PHONY: install serve test test-all bench demo-model demo-check heavy-model fuzz
+unexport PYTHONPATH PYTHONHOME PYTHONSTARTUP
+export PYTHONNOUSERSITE := 1
 
-install:
+.PHONY: install serve test test-all bench demo-model demo-check heavy-model fuzz clean-venv
+
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(VENV_PYTHON)
 	$(PIP) install $(PIP_FLAGS) -r requirements/build.txt
 	$(PIP) install $(PIP_FLAGS) --no-build-isolation -e ".[$(EXTRAS)]"
 
 serve: install
-	$(PYTHON) -m navi.cli.main serve
+	$(VENV_PYTHON) -m navi.cli.main serve
 
 test: install
-	$(PYTHON) -m pytest -m "not slow" -q -p no:cacheprovider
+	$(VENV_PYTHON) -m pytest -m "not slow" -q -p no:cacheprovider
 
 test-all: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(VENV_PYTHON) -m pytest -q -p no:cacheprovider
 
 bench: install
-	$(PYTHON) -m navi.cli.main bench convert --json benchmarks/convert.json
+	$(VENV_PYTHON) -m navi.cli.main bench convert --json benchmarks/convert.json
 
-demo-model:   ## rewrite models/home and models/dense (deterministic)
-	$(PYTHON) -m navi.cli.main demo --out models
+demo-model: install   ## rewrite models/home and models/dense (deterministic)
+	$(VENV_PYTHON) -m navi.cli.main demo --out models
 
-demo-check:   ## fail if models/ differs from a rebuild
-	$(PYTHON) -m navi.cli.main demo --out models --check
+demo-check: install   ## fail if models/ differs from a rebuild
+	$(VENV_PYTHON) -m navi.cli.main demo --out models --check
 
-heavy-model:  ## heavy benchmark model into the navi cache
-	$(PYTHON) -m navi.cli.main demo --heavy
+heavy-model: install  ## heavy benchmark model into the navi cache
+	$(VENV_PYTHON) -m navi.cli.main demo --heavy
 
-fuzz:         ## the decoder fuzz run (slow; not in CI)
-	$(PYTHON) -m pytest -m slow -q tests/unit/test_bpr_fuzz.py
+fuzz: install         ## the decoder fuzz run (slow; not in CI)
+	$(VENV_PYTHON) -m pytest -m slow -q tests/unit/test_bpr_fuzz.py
+
+clean-venv:           ## start the next install from an empty environment
+	rm -rf $(VENV)

@@ -6,6 +6,7 @@ never committed).  ``NAVI_CYTHON_DEBUG=1`` turns Cython bounds checks back on.
 """
 import os
 import re
+import runpy
 from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
@@ -67,10 +68,10 @@ def copy_idl() -> None:
 
 
 class BuildPyWithProtos(build_py):
-    """build_py that first generates the protobuf modules."""
+    """build_py that first copies the IDL in (the protobuf modules are generated when
+    this script loads: install_requires reads their protobuf version)."""
 
     def run(self):
-        generate_protos()
         copy_idl()
         super().run()
 
@@ -102,25 +103,61 @@ def cython_extensions():
     return cythonize(extensions, compiler_directives=directives)
 
 
-EXTRAS = {
-    "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
-    "tf": ["tensorflow>=2.15"],
-    "torch": ["torch>=2.1"],
-    "ray": ["ray[data]>=2.9"],
-    "test": [
-        "pytest>=8",
-        "pytest-asyncio>=0.23",
-        "pytest-timeout>=2.2",
-        "hypothesis>=6.100",
-        "tensorflow-serving-api>=2.15",
-        "import-linter>=2.0",
-        "onnxruntime-extensions>=0.10",  # a real custom-op library for the --customops-lib tests
-        "ray[data]>=2.9",
-        "kubernetes>=29",
-        "jsonschema>=4",
-    ],
-}
-EXTRAS["all"] = sorted(set(EXTRAS["onnx"] + EXTRAS["tf"] + EXTRAS["torch"]))
+def protobuf_requirement() -> str:
+    """protobuf no older than the gencode protoc wrote into navi/_proto.
+
+    The generated modules refuse to import under an older protobuf runtime,
+    so the floor is whatever the grpcio-tools of this build emits.
+    """
+    generate_protos()
+    gencode = re.compile(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,"
+                         r"\s*(\d+),\s*(\d+),\s*(\d+),")
+    versions = {tuple(map(int, m.groups())) for f in PROTO_OUT.rglob("*_pb2.py")
+                for m in [gencode.search(f.read_text())] if m}
+    if not versions:  # an older protoc that writes no version check
+        return "protobuf>=4.25"
+    major, minor, patch = max(versions)
+    return f"protobuf>={major}.{minor}.{patch},<{major + 1}"
+
+
+# The base install serves ONNX models, converts and inspects; TLS (--ssl-dir) reads the
+# certificate's expiry with cryptography.
+INSTALL_REQUIRES = [
+    "numpy>=1.26",
+    "numba>=0.59",
+    "grpcio>=1.60",
+    "grpcio-health-checking>=1.60",
+    "grpcio-reflection>=1.60",
+    protobuf_requirement(),
+    "thriftpy2>=0.4.17",
+    "click>=8.1",
+    "prometheus-client>=0.19",
+    "pydantic>=2.5",
+    "pyyaml>=6",
+    "cryptography>=42",
+    "tqdm>=4.66",
+    "onnxruntime>=1.17",
+    "onnx>=1.15",
+]
+# tf, torch and bench: one table, navi/optional.py, which also words the message a
+# missing one gives at run time. Read without importing navi (not built yet).
+OPTIONAL = runpy.run_path(str(ROOT / "navi" / "optional.py"))["EXTRAS"]
+EXTRAS = {extra: sorted(requirements.values()) for extra, requirements in OPTIONAL.items()}
+EXTRAS["all"] = sorted({r for extra in OPTIONAL for r in EXTRAS[extra]})
+# the test suite covers navi bench too; `make test` installs .[all,test]
+EXTRAS["test"] = sorted({
+    "pytest>=8",
+    "pytest-asyncio>=0.23",
+    "pytest-timeout>=2.2",
+    "hypothesis>=6.100",
+    "tensorflow-serving-api>=2.15",
+    "import-linter>=2.0",
+    "jsonschema>=4",
+    "onnxruntime-extensions>=0.10",  # a real custom-op library for the --customops-lib tests
+    "kubernetes>=29",  # its models validate deploy/ offline
+    *EXTRAS["bench"],
+    *EXTRAS["ray"],
+})
 
 setup(
     name="navi",
@@ -129,28 +166,12 @@ setup(
     "a one-pass Cython BatchPredictionRequest converter",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["navi", "navi.*"]),
     package_data={"navi._fast": ["*.pyx", "*.pxd", "*.pyi"], "navi._proto": ["**/*.pyi"], "navi": ["_idl/*.thrift"]},
     ext_modules=cython_extensions(),
     cmdclass={"build_py": BuildPyWithProtos},
-    install_requires=[
-        "numpy>=1.26",
-        "numba>=0.59",
-        "grpcio>=1.60",
-        "grpcio-health-checking>=1.60",
-        "grpcio-reflection>=1.60",
-        "protobuf>=4.25",
-        "thriftpy2>=0.4.17",
-        "click>=8.1",
-        "prometheus-client>=0.19",
-        "pydantic>=2.5",
-        "pyyaml>=6",
-        "tqdm>=4.66",
-        "matplotlib>=3.7",
-        "onnxruntime>=1.17",
-        "onnx>=1.15",
-    ],
+    install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["navi = navi.cli.main:main"]},
     zip_safe=False,

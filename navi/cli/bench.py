@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from navi import optional
 from navi.bench.convert import METHODS as CONVERT_METHODS
 from navi.cli.convert import layout_options, load_layout_or_exit
 
@@ -39,6 +40,9 @@ class _LazyBenchGroup(click.Group):
 @click.group(cls=_LazyBenchGroup)
 def bench() -> None:
     """Benchmarks: the converter, runtimes in-process, and a server under load."""
+    missing = optional.missing_modules("bench")
+    if missing:
+        raise click.ClickException(optional.missing_message("bench", "navi bench", missing))
 
 
 def _int_list(text: str | None) -> list[int]:

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from importlib import metadata
 
+from navi import optional
 from navi.errors import ConfigError
 from navi.plugins.base import Runtime
 
@@ -31,24 +32,28 @@ ENTRY_POINT_GROUP = "navi.runtimes"
 
 @dataclass(frozen=True)
 class BuiltinRuntime:
-    """Where a built-in runtime lives and what to install when it cannot be imported."""
+    """Where a built-in runtime lives and which extra installs its framework.
+
+    ``extra`` names an entry of ``navi.optional.EXTRAS``, whose modules are
+    the ones whose absence means "not installed"; ``None`` for a runtime of
+    the base install (``base_modules``), whose absence is a broken install.
+    """
 
     target: str  # "module:attribute"
-    framework_modules: tuple[str, ...]  # top-level modules whose absence means "not installed"
-    install_hint: str
+    extra: str | None
+    base_modules: tuple[str, ...] = ()
+
+    @property
+    def framework_modules(self) -> tuple[str, ...]:
+        """Top-level modules whose absence means the runtime's framework is not installed."""
+        return tuple(optional.EXTRAS[self.extra]) if self.extra else self.base_modules
 
 
 #: built-in runtime name -> lazy import target (nothing here is imported up front)
 BUILTIN_RUNTIMES: dict[str, BuiltinRuntime] = {
-    "onnx": BuiltinRuntime(
-        "navi.plugins.onnx:OnnxRuntime", ("onnxruntime", "onnx"), "pip install navi[onnx]"
-    ),
-    "tf": BuiltinRuntime(
-        "navi.plugins.tensorflow:TensorFlowRuntime", ("tensorflow",), "pip install navi[tf]"
-    ),
-    "torch": BuiltinRuntime(
-        "navi.plugins.torch:TorchRuntime", ("torch",), "pip install navi[torch]"
-    ),
+    "onnx": BuiltinRuntime("navi.plugins.onnx:OnnxRuntime", None, ("onnxruntime", "onnx")),
+    "tf": BuiltinRuntime("navi.plugins.tensorflow:TensorFlowRuntime", "tf"),
+    "torch": BuiltinRuntime("navi.plugins.torch:TorchRuntime", "torch"),
 }
 
 #: other spellings users reach for
@@ -97,11 +102,12 @@ def _load_builtin(name: str, builtin: BuiltinRuntime) -> Runtime:
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing in builtin.framework_modules:
-            raise ConfigError(
-                f"runtime {name!r} needs {missing}, which is not installed "
-                f"({exc}); install it with: {builtin.install_hint}",
-                key="runtime",
-            ) from exc
+            if builtin.extra is None:
+                message = (f"runtime {name!r} needs {missing}, part of navi's base install, which "
+                           f"cannot be imported ({exc}): reinstall navi")
+            else:
+                message = optional.missing_message(builtin.extra, f"runtime {name!r}", [missing])
+            raise ConfigError(message, key="runtime") from exc
         raise ConfigError(
             f"runtime {name!r} could not be imported from {module_name}: {exc}", key="runtime"
         ) from exc

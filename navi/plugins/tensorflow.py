@@ -47,21 +47,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+# Without TensorFlow importing this module fails and navi.plugins.resolve_runtime says what to install.
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from navi.errors import Code, ConfigError, InvalidInput, NaviError, RuntimeFailure, Unimplemented
 from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec, conform_inputs
 from navi.settings import ModelSettings
-
-try:
-    import tensorflow as tf
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-except ImportError as exc:  # pragma: no cover - exercised only without TensorFlow installed
-    raise ConfigError(
-        f"runtime 'tf' needs TensorFlow, which cannot be imported ({exc}); "
-        "install it with: pip install navi[tf]",
-        key="runtime",
-    ) from exc
 
 logger = logging.getLogger(__name__)
 

@@ -59,19 +59,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+# Without PyTorch importing this module fails and navi.plugins.resolve_runtime says what to install.
+import torch
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure
 from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec, conform_inputs
 from navi.settings import ModelSettings
-
-try:
-    import torch
-except ImportError as exc:  # pragma: no cover - exercised only without PyTorch installed
-    raise ConfigError(
-        f"runtime 'torch' needs PyTorch, which cannot be imported ({exc}); "
-        "install it with: pip install navi[torch]",
-        key="runtime",
-    ) from exc
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,15 @@ _READY = "navi ready"
 class NaviDaemon:
     """One ``navi serve`` subprocess; its log goes to a file, read back by the test."""
 
-    def __init__(self, args: list[str], log_path: Path, cwd: Path | None = None):
+    def __init__(self, args: list[str], log_path: Path, cwd: Path | None = None,
+                 navi_command: tuple[str, ...] = (sys.executable, "-m", "navi.cli.main"),
+                 env: dict[str, str] | None = None):
         self.args = list(args)
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "navi.cli.main", "serve", "--host", "127.0.0.1",
+            [*navi_command, "serve", "--host", "127.0.0.1",
              "--port", "0", "--prometheus-port", "0", *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO_ROOT, env=env,
         )

@@ -97,8 +97,6 @@ TF_BUILD = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def tf_models(tmp_path_factory):
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("tensorflow_serving")
     root = tmp_path_factory.mktemp("tf-models")
     result = subprocess.run([sys.executable, "-c", TF_BUILD, str(root), str(REPO)], capture_output=True, text=True,
                             timeout=300)
@@ -283,7 +281,6 @@ _NUMPY_OF_TF = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
 
 def official_predict(daemon, model: str, feeds: dict[str, np.ndarray], tmp_path: Path) -> dict:
     """Predict + GetModelMetadata with tensorflow-serving-api's own stubs, in a subprocess."""
-    pytest.importorskip("tensorflow_serving")
     feeds_path = tmp_path / "feeds.pkl"
     feeds_path.write_bytes(pickle.dumps(feeds))
     result = subprocess.run([sys.executable, "-c", OFFICIAL_CLIENT, daemon.address, model, str(feeds_path)],
@@ -318,7 +315,7 @@ def test_tf_official_client(tf_navi, tf_models, tmp_path):
 
 @pytest.fixture(scope="module")
 def torch_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    import torch
 
     class Typed(torch.nn.Module):
         def __init__(self):

@@ -1,12 +1,12 @@
 """navi.bench.runtime: the dense model exports agree with numpy and the runtime bench runs (no timing checks)."""
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from navi.bench import runtime
 
 
 def test_onnx_export_matches_numpy(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
     weights = runtime.dense_weights(3)
     runtime.export_onnx(tmp_path / "1", weights)
     session = ort.InferenceSession(str(tmp_path / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -17,7 +17,6 @@ def test_onnx_export_matches_numpy(tmp_path):
 
 @pytest.mark.torch
 def test_torch_export_through_the_plugin(tmp_path):
-    pytest.importorskip("torch")
     outcome = runtime.export_all(tmp_path, ["torch", "nope"])
     assert outcome["torch"] == ""
     assert "no exporter" in outcome["nope"]

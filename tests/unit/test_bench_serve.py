@@ -10,7 +10,6 @@ from navi._proto.tensorflow_serving.apis import predict_pb2
 from navi.bench import requests, serve, servers, workloads
 
 
-
 def test_target_parse():
     assert serve.Target.parse("localhost:8500") == serve.Target("localhost:8500", "localhost:8500")
     assert serve.Target.parse("navi=127.0.0.1:8500") == serve.Target("navi", "127.0.0.1:8500")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from navi import optional
 from navi.errors import ConfigError
 from navi.plugins import BUILTIN_RUNTIMES, BuiltinRuntime, available_runtimes, resolve_runtime
 from navi.plugins.base import Runtime
@@ -55,31 +57,29 @@ def test_unknown_runtime_lists_the_choices():
     assert info.value.key == "runtime"
 
 
-def test_missing_framework_gives_an_install_hint(monkeypatch):
-    # a built-in whose framework is absent: the hint names the extra to install
+def test_missing_framework_gives_the_install_line(monkeypatch):
+    # a built-in whose framework is absent: the message names the extra and the exact line
+    monkeypatch.setitem(optional.EXTRAS, "ghost", {"navi_ghost_framework": "navi-ghost-framework>=1.2"})
     monkeypatch.setitem(
-        BUILTIN_RUNTIMES,
-        "ghost",
-        BuiltinRuntime("navi_ghost_framework_plugin:GhostRuntime", ("navi_ghost_framework_plugin",),
-                       "pip install navi[ghost]"),
+        BUILTIN_RUNTIMES, "ghost", BuiltinRuntime("navi_ghost_framework:GhostRuntime", "ghost")
     )
     with pytest.raises(ConfigError) as info:
         resolve_runtime("ghost")
-    assert "pip install navi[ghost]" in str(info.value)
-    assert "not installed" in str(info.value)
+    message = str(info.value)
+    assert "navi_ghost_framework" in message and "not installed" in message and "navi[ghost]" in message
+    assert message.endswith(f"install with: {shlex.quote(sys.executable)} -m pip install 'navi-ghost-framework>=1.2'")
 
 
-def test_tf_hint_is_pip_install_navi_tf():
-    assert BUILTIN_RUNTIMES["tf"].install_hint == "pip install navi[tf]"
-    assert BUILTIN_RUNTIMES["torch"].install_hint == "pip install navi[torch]"
+def test_builtin_runtimes_name_their_extras():
+    assert BUILTIN_RUNTIMES["tf"].extra == "tf" and BUILTIN_RUNTIMES["tf"].framework_modules == ("tensorflow",)
+    assert BUILTIN_RUNTIMES["torch"].extra == "torch" and BUILTIN_RUNTIMES["torch"].framework_modules == ("torch",)
+    assert BUILTIN_RUNTIMES["onnx"].extra is None  # the base install
     assert BUILTIN_RUNTIMES["tf"].target == "navi.plugins.tensorflow:TensorFlowRuntime"
     assert BUILTIN_RUNTIMES["torch"].target == "navi.plugins.torch:TorchRuntime"
 
 
 def test_a_target_that_is_not_a_runtime_is_refused(monkeypatch):
-    monkeypatch.setitem(
-        BUILTIN_RUNTIMES, "notone", BuiltinRuntime("collections:OrderedDict", ("collections",), "pip install nothing")
-    )
+    monkeypatch.setitem(BUILTIN_RUNTIMES, "notone", BuiltinRuntime("collections:OrderedDict", None, ("collections",)))
     with pytest.raises(ConfigError, match="not a navi Runtime"):
         resolve_runtime("notone")
 
@@ -164,10 +164,9 @@ def test_entry_point_failures_become_config_errors(plugin_dist):
         resolve_runtime("absent")
 
 
-@pytest.mark.parametrize(("runtime", "framework", "hint"),
-                         [("tf", "tensorflow", "pip install navi[tf]"),
-                          ("torch", "torch", "pip install navi[torch]")])
-def test_real_builtin_without_its_framework_hints_the_extra(runtime, framework, hint):
+@pytest.mark.parametrize(("runtime", "framework", "requirement"),
+                         [("tf", "tensorflow", "'tensorflow>=2.15'"), ("torch", "torch", "'torch>=2.1'")])
+def test_real_builtin_without_its_framework_gives_the_install_line(runtime, framework, requirement):
     # a fresh interpreter where the framework cannot be imported, as if not installed
     code = textwrap.dedent(
         f"""
@@ -186,4 +185,5 @@ def test_real_builtin_without_its_framework_hints_the_extra(runtime, framework, 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
+    hint = f"(the navi[{runtime}] extra); install with: {shlex.quote(sys.executable)} -m pip install {requirement}"
     assert hint in result.stdout, result.stdout

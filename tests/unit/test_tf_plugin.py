@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from navi.errors import Code, ConfigError, InvalidInput, NaviError, Unimplemented  # noqa: E402
 from navi.plugins import resolve_runtime  # noqa: E402

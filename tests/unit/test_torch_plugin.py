@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure  # noqa: E402
 from navi.plugins import resolve_runtime  # noqa: E402
