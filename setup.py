@@ -98,7 +98,6 @@ def cython_extensions():
             extra_compile_args=["-O3"],
         ),
         Extension("navi._fast._pbscan", ["navi/_fast/_pbscan.pyx"], extra_compile_args=["-O3"]),
-        Extension("navi._fast._cores", ["navi/_fast/_cores.pyx"], extra_compile_args=["-O2"]),
     ]
     return cythonize(extensions, compiler_directives=directives)
 

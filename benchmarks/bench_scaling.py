@@ -13,7 +13,7 @@ for:
   halves into two outputs), as ``navi bench convert``'s ``cython_2threads``;
 - ``per-request``: the converter, one BPR per call into a reused 100-row
   buffer, each thread its half, as the server's batch threads;
-- ``alu``: ``navi._fast._cores.alu_loop``, register-only integer adds and xors
+- ``alu``: ``benchmarks/cores.py``'s ``alu_loop``, register-only integer adds and xors
   (no memory, no shared state at all): what the cores themselves give two
   threads at that moment;
 - ``memset``: libc ``memset`` over an output of the one-output shape's size:
@@ -42,12 +42,19 @@ from typing import Callable
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from navi.bench.convert import build_machine_control, convert_per_request, in_two_threads, repeated  # noqa: E402
+from cores import alu_loop  # noqa: E402 - benchmarks/cores.py, beside this script
+from navi.bench.converter_speed import convert_per_request, in_two_threads, repeated  # noqa: E402
 from navi.converter import BprConverter  # noqa: E402
 from navi.segdense import load_layout  # noqa: E402
 from navi.workload import home_layout_files, make_bprs  # noqa: E402
 
 WORKLOADS = ("one-output", "per-request", "alu", "memset")
+
+
+def build_machine_control(pool: ThreadPoolExecutor, iterations: int = 20_000_000):
+    """(one thread, two threads) runs of the register-only loop: the same work whole, or halved per thread."""
+    halves = [repeated(alu_loop, iterations // 2), repeated(alu_loop, iterations - iterations // 2)]
+    return repeated(alu_loop, iterations), in_two_threads(pool, halves)
 
 
 def build_workloads(bprs: int, scratch: Path, pool: ThreadPoolExecutor) -> dict[str, tuple[Callable[[int], None], Callable[[int], None]]]:

@@ -19,14 +19,6 @@ FORMATS = ("auto", "base64", "raw")
 MAX_RECORD_BYTES = 1 << 30
 
 
-class BprFileError(ValueError):
-    """A record of the input file could not be read; ``record`` is 1-based."""
-
-    def __init__(self, record: int, message: str):
-        super().__init__(f"record {record}: {message}")
-        self.record = record
-
-
 @dataclass
 class Record:
     """One input record: its 1-based number, its bytes, or the error that spoiled it."""

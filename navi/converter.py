@@ -34,11 +34,6 @@ class BprConverter:
         self._embedding_names = [t.name for t in layout.tensors[3:]]
 
     @property
-    def tensor_names(self) -> tuple[str, ...]:
-        """Names of every output tensor, in layout order."""
-        return tuple(t.name for t in self.layout.tensors)
-
-    @property
     def reported_feature_ids(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(continuous ids, discrete ids) reported, sorted: the rows of ``new_feature_counts``, in order."""
         return self._decoder.reported_continuous_ids, self._decoder.reported_discrete_ids

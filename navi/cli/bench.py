@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from navi import optional
-from navi.bench.convert import METHODS as CONVERT_METHODS
+from navi.bench.converter_speed import METHODS as CONVERT_METHODS
 from navi.cli.convert import layout_options, load_layout_or_exit
 
 # subcommand -> "module:attribute"
@@ -324,7 +324,7 @@ def convert_bench_command(input_path, model_dir, spec, all_config, bprs, candida
     import json
     import tempfile
 
-    from navi.bench.convert import render, run_convert_bench
+    from navi.bench.converter_speed import render, run_convert_bench
     from navi.bprfile import iter_records, open_input
     from navi.segdense import load_layout
     from navi.workload import home_layout_files, make_bprs

@@ -76,7 +76,7 @@ def convert(input_path, out_dir, model_dir, spec, all_config, fmt, skip_invalid,
     bounded whatever the input size. Files are written as *.npy.partial and
     renamed when complete, batch_ends.npy last; on an error none is left.
     """
-    from navi.convert import ConvertError, convert_stream
+    from navi.npy_export import ConvertError, convert_stream
 
     jobs = parse_jobs(jobs)
     layout = load_layout_or_exit(model_dir, spec, all_config)
@@ -104,7 +104,7 @@ def convert(input_path, out_dir, model_dir, spec, all_config, fmt, skip_invalid,
               help="Entries shown per container (0 = all).")
 def inspect_command(input_path, index, fmt, max_items):
     """Print one BPR of FILE readably (decoded with thriftpy2 from thrift/)."""
-    from navi.inspect import describe_bpr
+    from navi.describe_bpr import describe_bpr
 
     with open_input(input_path) as stream:
         for record in iter_records(stream, fmt):

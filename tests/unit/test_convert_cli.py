@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from navi.bprfile import write_base64, write_raw
@@ -41,7 +40,7 @@ def test_round_trip_base64_and_raw(tmp_path):
 def test_rows_pass_through_a_small_reused_buffer(tmp_path):
     """Several BPRs per buffer fill, one BPR larger than the buffer, a BPR of no rows."""
     from navi.bprfile import Record
-    from navi.convert import convert_stream
+    from navi.npy_export import convert_stream
     from navi.workload import encode_bpr
 
     layout, payloads = setup_files(tmp_path, n=6, candidates=3)
@@ -114,15 +113,12 @@ def test_bench_convert_writes_the_issue_json(tmp_path):
     # a tiny workload is repeated within each timing; throughput stays per pass
     assert results["cython"]["passes_per_timing"] > 1
     assert report["workload"]["min_round_s"] == 0.01
-    # the cores' own two-thread ratio, timed in the same rounds, and each converter ratio as a share of it
     ratios = report["ratios"]
-    assert ratios["machine_two_threads_vs_one_median"] > 0
-    assert ratios["two_threads_vs_one_of_machine_median"] == pytest.approx(
-        ratios["two_threads_vs_one_median"] / ratios["machine_two_threads_vs_one_median"])
-    assert ratios["per_request_two_threads_vs_one_of_machine_median"] > 0
+    assert ratios["two_threads_vs_one_median"] > 0 and ratios["per_request_two_threads_vs_one_median"] > 0
+    assert not any("machine" in name for name in ratios)  # the cores' control lives in benchmarks/
 
 
-def test_bench_convert_skips_the_control_without_two_thread_methods(tmp_path):
+def test_bench_convert_reports_only_the_methods_it_ran(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "convert", "--bprs", "2", "--candidates", "3", "--rounds", "1",
                                        "--methods", "cython,thriftpy2", "--min-round-s", "0.01",
@@ -130,11 +126,11 @@ def test_bench_convert_skips_the_control_without_two_thread_methods(tmp_path):
     assert result.exit_code == 0, result.output
     ratios = json.loads(out.read_text())["ratios"]
     assert "cython_vs_thriftpy2_median" in ratios
-    assert not any("machine" in name or "two_threads" in name for name in ratios)
+    assert not any("two_threads" in name for name in ratios)
 
 
 def test_passes_for_makes_timings_last_long_enough():
-    from navi.bench.convert import passes_for
+    from navi.bench.converter_speed import passes_for
 
     assert passes_for(0.015, 0.2) == 14  # 14 x 15 ms >= 0.2 s
     assert passes_for(0.5, 0.2) == 1

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from navi.bprfile import write_raw
 from navi.cli.main import main
-from navi.convert import output_paths
+from navi.npy_export import output_paths
 from navi.segdense import load_layout
 from navi.workload import encode_bpr, home_layout_files, make_bprs
 

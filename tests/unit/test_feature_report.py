@@ -280,7 +280,7 @@ def test_tally_histogram_adds_a_batch_of_counts():
 
 
 def test_bench_convert_runs_the_report_ab(tmp_path):
-    from navi.bench.convert import report_feature_ids, run_convert_bench
+    from navi.bench.converter_speed import report_feature_ids, run_convert_bench
     from navi.segdense import load_layout
     from navi.workload import home_layout_files, make_bprs
 

@@ -20,13 +20,9 @@ Methods, timed side by side and interleaved in every round:
   ratio per round (min, median) and best against best (the cost of feature
   monitoring; >= 0.97x wanted).
 Throughput is reported as the median and the best over rounds.
-
-Every round also times a control with no memory traffic and no shared state
-(``navi._fast._cores.alu_loop``) on one thread and then on two, back to back:
-on a shared VM a vCPU's speed moves with what runs on the other half of its
-physical core, so the two-thread ratios are reported next to what the cores
-gave that loop in the same rounds (``machine_two_threads_vs_one``) and as a
-share of it, round by round.
+The two-thread ratios are the converter's alone; ``benchmarks/bench_scaling.py``
+sets them against a register-only control loop timed in the same minutes,
+what the machine's cores give code that shares nothing.
 """
 from __future__ import annotations
 
@@ -199,14 +195,6 @@ def build_methods(layout, payloads: Sequence[bytes], reference_bprs: int, pool: 
     return methods
 
 
-def build_machine_control(pool: ThreadPoolExecutor, iterations: int = 20_000_000):
-    """(one thread, two threads) runs of the register-only loop: the same work whole, or halved per thread."""
-    from navi._fast._cores import alu_loop
-
-    halves = [repeated(alu_loop, iterations // 2), repeated(alu_loop, iterations - iterations // 2)]
-    return repeated(alu_loop, iterations), in_two_threads(pool, halves)
-
-
 def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, reference_bprs: int = 1,
                       methods: Sequence[str] = METHODS, log: Callable[[str], None] | None = None,
                       min_round_s: float = 0.2) -> dict:
@@ -224,21 +212,10 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
         for method in chosen:  # warm-up (first-touch page faults, imports), then calibration
             available[method][0](1)
             passes[method] = passes_for(_time(available[method][0]), min_round_s)
-        # the control only gives the two-thread ratios something to be read against
-        with_control = any(m.endswith("_2threads") for m in chosen)
-        if with_control:
-            control_one, control_two = build_machine_control(pool)
-            control_two(1)
-            control_passes = passes_for(_time(control_one), min_round_s)
-        machine_ratios: list[float] = []
         for round_index in range(rounds):
             order = chosen[round_index % len(chosen):] + chosen[:round_index % len(chosen)]
             for method in order:
                 samples[method].append(_time(available[method][0], passes[method]))
-            if with_control:
-                pair = (control_one, control_two) if round_index % 2 == 0 else (control_two, control_one)
-                seconds = {run: _time(run, control_passes) for run in pair}
-                machine_ratios.append(seconds[control_one] / seconds[control_two])
             if log:
                 log(f"round {round_index + 1}/{rounds} done")
     results = {}
@@ -263,16 +240,12 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
     if "cython_per_request" in results and "thriftpy2" in results:
         per_round = [t / c for t, c in zip(samples["thriftpy2"], samples["cython_per_request"])]
         ratios["cython_per_request_vs_thriftpy2_per_round_median"] = statistics.median(per_round)
-    if machine_ratios:
-        ratios["machine_two_threads_vs_one_median"] = statistics.median(machine_ratios)
     for prefix, one, two in (("two_threads", "cython", "cython_2threads"),
                              ("per_request_two_threads", "cython_per_request", "cython_per_request_2threads")):
         if one in results and two in results:
             per_round = [c / t for c, t in zip(samples[one], samples[two])]
             ratios[f"{prefix}_vs_one_median"] = statistics.median(per_round)
             ratios[f"{prefix}_vs_one_best"] = max(per_round)
-            ratios[f"{prefix}_vs_one_of_machine_median"] = statistics.median(
-                [r / m for r, m in zip(per_round, machine_ratios)])
     for prefix, none, report in (("report10_vs_none", "cython", "cython_report10"),
                                  ("per_request_report10_vs_none", "cython_per_request", "cython_per_request_report10")):
         if none in results and report in results:
