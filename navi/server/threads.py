@@ -88,6 +88,11 @@ class HandlerPool(futures.ThreadPoolExecutor):
         return len(self._threads)
 
     @property
+    def waiting(self) -> int:
+        """Requests queued for a handler thread (at most ``max_waiting``)."""
+        return len(self._pending)
+
+    @property
     def holding(self) -> int:
         """Threads holding a request now: running, or asleep waiting for its batch."""
         return len(self._threads) - len(self._idle) - self._waking

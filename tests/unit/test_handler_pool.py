@@ -8,6 +8,7 @@ from concurrent import futures
 import pytest
 
 from navi.batching import BatchScheduler
+from navi.batching.clock import FakeClock
 from navi.server.threads import HandlerPool, request_arrival_s
 from navi.settings import BatchingSettings
 
@@ -29,11 +30,14 @@ def test_at_most_the_active_limit_runs_busy_work():
     lock = threading.Lock()
     now = [0]
     peak = [0]
+    two_started = threading.Barrier(3)
 
     def busy(i):
         with lock:
             now[0] += 1
             peak[0] = max(peak[0], now[0])
+        if i < 2:
+            two_started.wait(WAIT_S)
         release.wait(WAIT_S)
         with lock:
             now[0] -= 1
@@ -42,11 +46,11 @@ def test_at_most_the_active_limit_runs_busy_work():
     pool = HandlerPool(2, 8)
     try:
         done = [pool.submit(busy, i) for i in range(6)]
-        deadline = time.monotonic() + WAIT_S
-        while pool.running < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.1)  # time for a wrongly admitted third to start
-        assert (pool.running, peak[0]) == (2, 2)
+        two_started.wait(WAIT_S)
+        # Threads are started or woken only inside submit (or when a running one
+        # finishes or sleeps, which none has): a third admitted by mistake would
+        # already exist, and would have taken work off the queue.
+        assert (pool.running, pool.threads, pool.waiting, peak[0]) == (2, 2, 4, 2)
         release.set()
         assert [f.result(WAIT_S) for f in done] == list(range(6))
         assert peak[0] == 2 and pool.threads <= 8
@@ -82,7 +86,7 @@ def test_cancel_futures_drops_queued_work():
     pool.shutdown()
 
 
-def batching_queue(max_batch_size, timeout_ms, batches):
+def batching_queue(max_batch_size, timeout_ms, batches, clock=None):
     options = BatchingSettings(max_batch_size=max_batch_size, batch_timeout_ms=timeout_ms, batch_drop_ms=0,
                                eager_when_idle=False, num_batch_threads=1)
 
@@ -90,20 +94,20 @@ def batching_queue(max_batch_size, timeout_ms, batches):
         batches.append(len(tasks))
         return [t.payload for t in tasks]
 
-    return BatchScheduler(process, options)
+    return BatchScheduler(process, options, clock=clock)
 
 
 def test_a_thread_asleep_in_a_batch_lets_the_next_request_in():
     """One running thread, yet three requests share a batch: each waiter gives its place up."""
     batches: list[int] = []
-    sched = batching_queue(3, 5_000, batches)
+    # on a clock nobody moves the batch timeout never fires: the batch can close on its size only
+    sched = batching_queue(3, 5_000, batches, clock=FakeClock())
     pool = HandlerPool(1, 4)
     try:
-        started = time.monotonic()
         answers = [pool.submit(sched.run, i, 1) for i in range(3)]
         assert [f.result(WAIT_S) for f in answers] == [0, 1, 2]
-        # the batch closed on its size, long before its 5 s timeout
-        assert batches == [3] and time.monotonic() - started < 4.0
+        # the batch closed on its size (its timeout is on a clock nobody moves)
+        assert batches == [3]
     finally:
         sched.close()
         pool.shutdown()
@@ -158,22 +162,24 @@ def test_a_short_sleep_keeps_its_place():
 
 
 def test_the_scheduler_expects_about_one_batch_run_per_sleep():
-    """Followers of a running batch announce a sleep of about its run time."""
+    """Followers of a running batch announce a sleep of one batch run (the scheduler's clock measures it)."""
     from navi.batching import sleep
 
     announced: list[float] = []
-    release = threading.Event()
+    slow_started, release = threading.Event(), threading.Event()
+    clock = FakeClock()
     options = BatchingSettings(max_batch_size=1, batch_timeout_ms=0, batch_drop_ms=0, num_batch_threads=1)
 
     def process(tasks):
         if tasks[0].payload == "slow":
+            slow_started.set()
             release.wait(WAIT_S)
-        time.sleep(0.05)
+        clock.advance(0.05)  # every batch runs 50 ms of the scheduler's time
         return [t.payload for t in tasks]
 
-    sched = BatchScheduler(process, options)
+    sched = BatchScheduler(process, options, clock=clock)
     try:
-        assert sched.run("first", 1) == "first"  # one batch of ~50 ms measured
+        assert sched.run("first", 1) == "first"  # one batch of 50 ms measured
 
         def caller():
             sleep.set_sleep_hooks(announced.append, lambda: None)
@@ -181,14 +187,18 @@ def test_the_scheduler_expects_about_one_batch_run_per_sleep():
 
         slow = threading.Thread(target=sched.run, args=("slow", 1))
         slow.start()
-        time.sleep(0.05)
+        assert slow_started.wait(WAIT_S)
         with futures.ThreadPoolExecutor(1) as side:
             waiter = side.submit(caller)
-            time.sleep(0.05)
+            deadline = time.monotonic() + WAIT_S  # hang guard: waits for the caller to queue
+            while not announced and time.monotonic() < deadline:
+                time.sleep(0.001)
             release.set()
             assert waiter.result(WAIT_S) == "second"
         slow.join(WAIT_S)
-        assert announced and 0.03 <= announced[0] <= 1.0
+        # queued behind the running batch (no slot free): the rest of that batch, at most one
+        # run, then its own run; with a zero batch timeout that is exactly one measured run
+        assert announced[0] == pytest.approx(0.05)
     finally:
         release.set()
         sched.close()
@@ -218,7 +228,9 @@ def test_light_load_after_a_burst_stays_on_the_most_recently_idle_thread():
         assert (pool.threads, pool.holding, pool.running) == (8, 8, 0)
         release.set()
         assert len({f.result(WAIT_S) for f in burst}) == 8
-        time.sleep(0.1)  # every thread back to idle
+        deadline = time.monotonic() + WAIT_S  # hang guard: waits for every thread to be idle again
+        while pool.holding and time.monotonic() < deadline:
+            time.sleep(0.001)
         used = {pool.submit(threading.get_ident).result(WAIT_S) for _ in range(20)}
         assert len(used) == 1 and pool.threads == 8 and pool.holding == 0
     finally:
