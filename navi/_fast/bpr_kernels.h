@@ -199,13 +199,17 @@ static void navi_put_f32(float* dst, const int32_t* cols, const float* vals, ptr
    cache-bypassing string stores for rows this size, and then every
    scattered feature store that follows misses; a plain vectorised loop
    (kept from being turned back into a memcpy call: a GCC option; clang,
-   which the fuzz build uses, has no such attribute) does not. */
+   which the fuzz build uses, has no such attribute) does not. Its words
+   are navi_u64_any: an embedding row of an odd width starts 4 bytes off
+   an 8-byte boundary, and the rows hold floats as well as int64s, so the
+   type says "any alignment, any type" (UBSan found the misaligned read). */
+typedef uint64_t navi_u64_any __attribute__((aligned(1), may_alias));
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #endif
 static void navi_copy_row(void* restrict dst, const void* restrict src, size_t nbytes) {
-    uint64_t* d = (uint64_t*)dst;
-    const uint64_t* s = (const uint64_t*)src;
+    navi_u64_any* d = (navi_u64_any*)dst;
+    const navi_u64_any* s = (const navi_u64_any*)src;
     size_t n = nbytes / 8, i;
     for (i = 0; i < n; i++) d[i] = s[i];
     if (nbytes & 7) memcpy((char*)dst + n * 8, (const char*)src + n * 8, nbytes & 7);
