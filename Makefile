@@ -35,3 +35,8 @@ heavy-model:  ## heavy benchmark model into the navi cache
 
 fuzz:         ## the decoder fuzz run (slow; not in CI)
 	$(PYTHON) -m pytest -m slow -q tests/unit/test_bpr_fuzz.py
+
+.PHONY: fuzz-native
+FUZZ_RUNS ?= 10000000
+fuzz-native:  ## coverage-guided fuzzing of the compiled decoder and scanner under ASan+UBSan (slow; not in CI)
+	PYTHON=$(PYTHON) sh tests/fuzz/native.sh $(FUZZ_RUNS)
