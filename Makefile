@@ -49,3 +49,8 @@ fuzz: install         ## the decoder fuzz run (slow; not in CI)
 
 clean-venv:           ## start the next install from an empty environment
 	rm -rf $(VENV)
+
+.PHONY: fuzz-native
+FUZZ_RUNS ?= 10000000
+fuzz-native: install  ## coverage-guided fuzzing of the compiled decoder and scanner under ASan+UBSan (slow; not in CI)
+	PYTHON=$(VENV_PYTHON) sh tests/fuzz/native.sh $(FUZZ_RUNS)

@@ -3,8 +3,9 @@
 Run-to-run speed on a shared machine moves by tens of percent, more than most
 changes to the decoder are worth; two builds timed in alternation within one
 process see the same moments. Each side is ``navi/_fast/_bpr.pyx`` at a git
-revision (or a .pyx file path), compiled as the package's setup.py compiles
-it into a module of its own in a scratch directory. Every round times each
+revision (or a .pyx file path) with the C headers beside it (``bpr_kernels.h``
+where that revision has it), compiled as the package's setup.py compiles it
+into a module of its own in a scratch directory. Every round times each
 side once (the order alternates); the result is the per-round ratio B/A of
 candidates per second, median, min and max.
 
@@ -37,27 +38,39 @@ ROOT = Path(__file__).resolve().parent.parent
 DECODER = "navi/_fast/_bpr.pyx"
 
 
-def source_of(side: str) -> str:
-    """The decoder source of ``side``: a .pyx path, or a git revision of this repository."""
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def source_of(side: str) -> tuple[str, dict[str, str]]:
+    """The decoder of ``side`` (a .pyx path, or a git revision of this repository):
+    its .pyx text and the C headers (name -> text) in its folder."""
     path = Path(side)
     if path.suffix == ".pyx" and path.is_file():
-        return path.read_text()
-    return subprocess.run(["git", "show", f"{side}:{DECODER}"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout
+        return path.read_text(), {h.name: h.read_text() for h in path.parent.glob("*.h")}
+    folder = str(Path(DECODER).parent)
+    headers = [name for name in git("ls-tree", "--name-only", f"{side}:{folder}").split() if name.endswith(".h")]
+    return git("show", f"{side}:{DECODER}"), {name: git("show", f"{side}:{folder}/{name}") for name in headers}
 
 
-def build(sources: dict[str, str], directory: Path) -> None:
-    """Compile each module name -> source into ``directory``, with setup.py's settings."""
+def build(sources: dict[str, tuple[str, dict[str, str]]], directory: Path) -> None:
+    """Compile each module name -> (source, headers) into ``directory``, with setup.py's settings.
+
+    Each module's source and headers go in a folder of their own, so two
+    revisions' headers of one name never meet."""
     import numpy
     from Cython.Build import cythonize
     from setuptools import Extension
     from setuptools import setup as setuptools_setup
 
-    for name, text in sources.items():
-        (directory / f"{name}.pyx").write_text(text)
-    extensions = [Extension(name, [str(directory / f"{name}.pyx")], include_dirs=[numpy.get_include()],
+    for name, (text, headers) in sources.items():
+        (directory / name).mkdir()
+        (directory / name / f"{name}.pyx").write_text(text)
+        for header, header_text in headers.items():
+            (directory / name / header).write_text(header_text)
+    extensions = [Extension(name, [str(directory / name / f"{name}.pyx")], include_dirs=[numpy.get_include()],
                             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-                            extra_compile_args=["-O3"]) for name in sources]
+                            extra_compile_args=["-O3", "-Wall", "-Wextra"]) for name in sources]
     directives = {"language_level": 3, "boundscheck": False, "wraparound": False, "initializedcheck": False,
                   "cdivision": True, "nonecheck": False}
     log = io.StringIO()

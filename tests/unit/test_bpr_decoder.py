@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import struct
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -15,8 +12,7 @@ from navi._fast import _bpr_ref
 from navi._fast._bpr import BprDecoder as CyDecoder
 from navi.errors import DecodeError
 from navi.idl import encode
-from navi.segdense import load_layout
-from navi.workload import Record, encode_bpr, home_layout_files, make_bprs
+from navi.workload import Record, encode_bpr
 
 from .bpr_helpers import (BIN, BPR, CONT, DISC, EMB, assert_same, decode_all, future_thrift, oracle,
                           small_layout, small_spec)
@@ -438,43 +434,78 @@ def test_long_embeddings_convert_every_double_like_the_reference(tmp_path):
     assert cy[name].tobytes() == expected.tobytes()
 
 
-def test_the_walk_runs_without_the_gil(tmp_path):
-    """Another Python thread keeps running while one decode_into call walks a large batch."""
-    layout = load_layout(*home_layout_files(tmp_path))
-    payloads = make_bprs(layout, 8, 100, seed=0)
-    out = layout.allocate(800)
-    decoder = CyDecoder(layout)
-    arguments = (payloads, out["continuous"], out["binary"], out["discrete"], [out[t.name] for t in layout.tensors[3:]])
-    decoder.decode_into(*arguments)  # first-touch page faults
+# The walks over a payload's bytes, which must run with the GIL released (the
+# server decodes on several threads at once): the validating index and the scatter.
+WALKS = ("index_bpr", "_scatter_all")
 
-    counter, stop = [0], threading.Event()
 
-    def count() -> None:
-        while not stop.is_set():
-            counter[0] += 1
+def walks_under_the_gil(source: str) -> list[str]:
+    """Where the decoder's source could walk a payload holding the GIL; [] = nowhere.
 
-    def progress(action) -> tuple[int, float]:
-        before, began = counter[0], time.perf_counter()
-        action()
-        return counter[0] - before, time.perf_counter() - began
+    Read from Cython's own parse tree of the .pyx, so the answer is exact and
+    does not depend on timing: every call of a walk must sit inside a
+    ``with nogil:`` block, and nothing may take the GIL back (``with gil:`` or a
+    function declared ``with gil``), which a walk could then call.
+    """
+    from Cython.Compiler.Nodes import CFuncDeclaratorNode
+    from Cython.Compiler.TreeFragment import parse_from_strings
+    from Cython.Compiler.Visitor import TreeVisitor
 
-    # A short switch interval keeps the two threads' Python steps finely
-    # interleaved, so what the counter gains outside the C call is negligible.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    thread = threading.Thread(target=count, daemon=True)
-    thread.start()
-    try:
-        shares = []
-        for _ in range(3):
-            during_decode, seconds = progress(lambda: decoder.decode_into(*arguments))
-            during_sleep, _ = progress(lambda: time.sleep(seconds))
-            shares.append(during_decode / max(during_sleep, 1))
-    finally:
-        stop.set()
-        thread.join()
-        sys.setswitchinterval(interval)
-    # Holding the GIL through the walk would freeze the counter (a C call has no
-    # bytecode boundary to switch at); released, it runs about as fast as while
-    # the caller sleeps.
-    assert max(shares) > 0.3, shares
+    class Finder(TreeVisitor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.states: list[str] = []
+            self.found: list[str] = []
+            self.calls = {walk: 0 for walk in WALKS}
+
+        def visit_Node(self, node):
+            if isinstance(node, CFuncDeclaratorNode) and node.with_gil:
+                self.found.append(f"line {node.pos[1]}: a function declared with gil")
+            self.visitchildren(node)
+
+        def visit_GILStatNode(self, node):
+            if node.state == "gil":
+                self.found.append(f"line {node.pos[1]}: with gil")
+            self.states.append(node.state)
+            self.visitchildren(node)
+            self.states.pop()
+
+        def visit_SimpleCallNode(self, node):
+            name = getattr(node.function, "attribute", None) or getattr(node.function, "name", None)
+            if name in self.calls:
+                self.calls[name] += 1
+                if not self.states or self.states[-1] != "nogil":
+                    self.found.append(f"line {node.pos[1]}: {name} called holding the GIL")
+            self.visitchildren(node)
+
+    finder = Finder()
+    finder.visit(parse_from_strings("navi._fast._bpr", source))
+    finder.found += [f"{walk} is never called" for walk, count in finder.calls.items() if count == 0]
+    return finder.found
+
+
+def decoder_source() -> str:
+    from pathlib import Path
+
+    import navi._fast
+    return (Path(navi._fast.__file__).parent / "_bpr.pyx").read_text()
+
+
+def test_the_walk_runs_without_the_gil():
+    """Every walk of a payload runs in a ``with nogil:`` block of the compiled decoder."""
+    assert walks_under_the_gil(decoder_source()) == []
+
+
+@pytest.mark.parametrize("change", [
+    ("with nogil:\n                self._scatter_all(", "if True:\n                self._scatter_all("),
+    ("    with nogil:\n        for i in range(n):", "    if True:\n        for i in range(n):"),
+    ("cdef int skip(Reader* r, int t, int depth) noexcept nogil:\n",
+     "cdef int skip(Reader* r, int t, int depth) noexcept nogil:\n    with gil:\n        pass\n"),
+])
+def test_the_gil_check_sees_a_walk_that_holds_it(change):
+    """The check above fails for the decoder with either walk's ``with nogil`` removed,
+    or with the GIL taken back inside a walk."""
+    before, after = change
+    source = decoder_source()
+    assert source.count(before) == 1
+    assert walks_under_the_gil(source.replace(before, after)) != []
