@@ -317,6 +317,17 @@ class ServedModel:
         payload, rows = self._prepare(inputs, output_names)
         return self._process([BatchTask(payload, rows, time.monotonic())], report_features=False)[0]
 
+    def signature_defs(self) -> dict[str, Signature]:
+        """Every signature the model's runtime exports by name (a SavedModel's); empty for the others."""
+        listing = getattr(self.model, "signature_defs", None)
+        return dict(listing()) if callable(listing) else {}
+
+    def tf_method(self, method: str):
+        """The runtime's TF Serving ``classify`` or ``regress`` (taking an ``Input`` message), or None."""
+        if method not in ("classify", "regress"):
+            raise ValueError(f"no TF Serving method {method!r}")
+        return getattr(self.model, method, None)
+
     @property
     def num_queued(self) -> int:
         """Requests waiting in this version's queue."""

@@ -18,7 +18,7 @@ themselves), which in aio would cost an extra executor hop per request.
 
 Compression: gzip-compressed requests are always accepted (gRPC core
 decompresses them). Answers are gzip-compressed when the client accepts gzip
-and the answer is at least ``tfserving.COMPRESS_MIN_BYTES``: small answers (the usual
+and the answer is at least ``grpcutil.COMPRESS_MIN_BYTES``: small answers (the usual
 few floats per row) are cheaper to send than to compress.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from navi._proto.tensorflow_serving.apis import (
 )
 from navi.errors import ConfigError
 from navi.metrics import customop_version
+from navi.server.dataplane import DataPlane
 from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
@@ -151,12 +152,13 @@ class NaviServer:
         # every service parses its own requests (navi.server.rawrpc): an
         # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL
         on_data_pool = {method: data_pool for method in ("Predict", "Classify", "Regress", "MultiInference")}
-        add_prediction_service(PredictionServicer(self.registry, self.metrics, settings.request_limits),
-                               server, pools=on_data_pool)
+        # one data plane behind every transport: their requests join the same batches
+        plane = self.plane = DataPlane(self.registry, self.metrics, settings.request_limits)
+        add_prediction_service(PredictionServicer(plane), server, pools=on_data_pool)
         add_raw_service(server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
-                        ModelServicer(self.registry))
+                        ModelServicer(plane))
         add_raw_service(server, grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                        InferenceServicer(self.registry, self.metrics, settings.request_limits),
+                        InferenceServicer(plane),
                         pools={"ModelInfer": data_pool}, raw_methods=("ModelInfer",))
         add_raw_service(server, health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
         # Our services are described in navi._proto.POOL, not the default
