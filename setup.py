@@ -118,6 +118,8 @@ EXTRAS = {
         "ray[data]>=2.9",
         "kubernetes>=29",
         "jsonschema>=4",
+        "tritonclient[http]>=2.40",  # a real KServe V2 HTTP client for the REST tests
+        "requests>=2.31",
     ],
 }
 EXTRAS["all"] = sorted(set(EXTRAS["onnx"] + EXTRAS["tf"] + EXTRAS["torch"]))
@@ -150,6 +152,7 @@ setup(
         "matplotlib>=3.7",
         "onnxruntime>=1.17",
         "onnx>=1.15",
+        "aiohttp>=3.9",  # the REST port (navi.server.http)
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["navi = navi.cli.main:main"]},
