@@ -310,6 +310,45 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
     return send, close
 
 
+def _make_http_sender(address: str, path: str, payloads: Sequence[bytes], timeout_s: float, connections: int):
+    """A ``send(index)`` coroutine function POSTing ``HTTP_PREFIX``ed payloads over kept-alive connections."""
+    import aiohttp
+
+    from navi.bench.requests import HTTP_PREFIX
+
+    url = f"http://{address}{path}"
+    # per payload once: (body without the prefix, headers)
+    prepared = []
+    for payload in payloads:
+        (header_length,) = HTTP_PREFIX.unpack_from(payload)
+        headers = {"Content-Type": "application/octet-stream" if header_length else "application/json"}
+        if header_length:
+            headers["Inference-Header-Content-Length"] = str(header_length)
+        prepared.append((memoryview(payload)[HTTP_PREFIX.size:], headers))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=timeout_s), skip_auto_headers=("User-Agent",),
+        auto_decompress=False)
+
+    async def send(index: int) -> str | None:
+        body, headers = prepared[index]
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return None if response.status == 200 else f"HTTP_{response.status}"
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            return "DEADLINE_EXCEEDED"
+        except Exception as error:  # a transport-level failure still counts as an error
+            return type(error).__name__
+
+    async def close() -> None:
+        await session.close()
+
+    return send, close
+
+
 def _worker_main(worker_index: int, jobs: mp.Queue, results: mp.Queue, progress) -> None:
     """Worker process loop: cache workloads, run jobs, send back results."""
     workloads: dict[int, tuple[list[bytes], list[int]]] = {}
@@ -333,7 +372,10 @@ def _worker_main(worker_index: int, jobs: mp.Queue, results: mp.Queue, progress)
 
 
 async def _run_job(job: _Job, payloads, rows, worker_index: int, progress) -> WorkerResult:
-    send, close = _make_grpc_sender(job.address, job.method, payloads, job.spec.timeout_s, job.channels)
+    from navi.bench.requests import is_http_method
+
+    make = _make_http_sender if is_http_method(job.method) else _make_grpc_sender
+    send, close = make(job.address, job.method, payloads, job.spec.timeout_s, job.channels)
 
     def on_complete() -> None:
         progress[worker_index] += 1

@@ -59,7 +59,7 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.command("serve")
 @click.option("--target", "targets", multiple=True, required=True,
               help="host:port or name=host:port; repeat to compare targets (runs are interleaved).")
-@click.option("--protocol", type=click.Choice(["tfserving", "kserve"]), default="tfserving", show_default=True,
+@click.option("--protocol", type=click.Choice(["tfserving", "kserve", "tfrest", "v2http"]), default="tfserving", show_default=True,
               help="TF Serving PredictionService/Predict or KServe V2 ModelInfer.")
 @click.option("--concurrency", default=None, help="closed-loop concurrencies, e.g. 1,8,32.")
 @click.option("--rate", default=None, help="open-loop request rates per second (Poisson arrivals), e.g. 100,500.")
