@@ -311,31 +311,63 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
 
 
 def _make_http_sender(address: str, path: str, payloads: Sequence[bytes], timeout_s: float, connections: int):
-    """A ``send(index)`` coroutine function POSTing ``HTTP_PREFIX``ed payloads over kept-alive connections."""
-    import aiohttp
+    """A ``send(index)`` coroutine function POSTing ``HTTP_PREFIX``ed payloads over kept-alive connections.
 
+    A minimal HTTP/1.1 client on asyncio streams (one connection per caller in
+    flight, reused): measured, aiohttp's client cost more CPU per 2.5 MB
+    request than the server, so it set the pace (benchmarks/RESULTS.md).
+    """
     from navi.bench.requests import HTTP_PREFIX
 
-    url = f"http://{address}{path}"
-    # per payload once: (body without the prefix, headers)
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    # per payload once: the request's bytes, head and body
     prepared = []
     for payload in payloads:
         (header_length,) = HTTP_PREFIX.unpack_from(payload)
-        headers = {"Content-Type": "application/octet-stream" if header_length else "application/json"}
-        if header_length:
-            headers["Inference-Header-Content-Length"] = str(header_length)
-        prepared.append((memoryview(payload)[HTTP_PREFIX.size:], headers))
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=False),
-        timeout=aiohttp.ClientTimeout(total=timeout_s), skip_auto_headers=("User-Agent",),
-        auto_decompress=False)
+        body = payload[HTTP_PREFIX.size:]
+        head = (f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {len(body)}\r\n"
+                + ("Content-Type: application/octet-stream\r\n"
+                   f"Inference-Header-Content-Length: {header_length}\r\n" if header_length
+                   else "Content-Type: application/json\r\n") + "\r\n").encode()
+        prepared.append(head + body)
+    idle: list = []
+
+    async def exchange(request: bytes) -> int:
+        if idle:
+            reader, writer = idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+        try:
+            writer.write(request)
+            status_line = await reader.readline()
+            if not status_line:
+                raise ConnectionError("connection closed")
+            length, keep = 0, True
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                key, _, value = line.partition(b":")
+                key = key.strip().lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"connection" and value.strip().lower() == b"close":
+                    keep = False
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            idle.append((reader, writer))
+        else:
+            writer.close()
+        return int(status_line.split()[1])
 
     async def send(index: int) -> str | None:
-        body, headers = prepared[index]
         try:
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                return None if response.status == 200 else f"HTTP_{response.status}"
+            status = await asyncio.wait_for(exchange(prepared[index]), timeout_s)
+            return None if status == 200 else f"HTTP_{status}"
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:
@@ -344,7 +376,8 @@ def _make_http_sender(address: str, path: str, payloads: Sequence[bytes], timeou
             return type(error).__name__
 
     async def close() -> None:
-        await session.close()
+        while idle:
+            idle.pop()[1].close()
 
     return send, close
 

@@ -22,9 +22,10 @@ TF_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 KSERVE_INFER = "/inference.GRPCInferenceService/ModelInfer"
 KSERVE_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
 
-PROTOCOLS = ("tfserving", "kserve", "tfrest", "v2http")
-#: the REST protocols: TF Serving's REST API (JSON) and KServe V2 HTTP (binary tensor data)
-HTTP_PROTOCOLS = ("tfrest", "v2http")
+PROTOCOLS = ("tfserving", "kserve", "tfrest", "v2http", "v2json")
+#: the REST protocols: TF Serving's REST API (JSON), KServe V2 HTTP with binary tensor data,
+#: and KServe V2 HTTP with JSON tensors only (for servers without the binary extension)
+HTTP_PROTOCOLS = ("tfrest", "v2http", "v2json")
 #: an HTTP payload starts with its JSON header's length (8 bytes LE; 0 = all JSON), then the body
 HTTP_PREFIX = struct.Struct("<Q")
 
@@ -106,8 +107,19 @@ def encode_tf_rest(model: str, inputs: dict, signature_name: str = "") -> bytes:
     return HTTP_PREFIX.pack(0) + json.dumps(body, separators=(",", ":")).encode()
 
 
-def encode_v2_http(model: str, inputs: dict) -> bytes:
-    """A KServe V2 HTTP ``/infer`` body with every tensor as binary data (answers too), ``HTTP_PREFIX``ed."""
+def encode_v2_http(model: str, inputs: dict, binary: bool = True) -> bytes:
+    """A KServe V2 HTTP ``/infer`` body, ``HTTP_PREFIX``ed: every tensor as binary data (answers
+    too), or with ``binary=False`` every tensor as JSON ``data`` (BYTES as UTF-8 text)."""
+    if not binary:
+        tensors = []
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                tensors.append({"name": name, "datatype": codec.kserve_datatype_of(value.dtype),
+                                "shape": list(value.shape), "data": value.reshape(-1).tolist()})
+            else:
+                strings = [bytes(v).decode("utf-8") for v in value]
+                tensors.append({"name": name, "datatype": "BYTES", "shape": [len(strings)], "data": strings})
+        return HTTP_PREFIX.pack(0) + json.dumps({"inputs": tensors}, separators=(",", ":")).encode()
     tensors, tail = [], []
     for name, value in inputs.items():
         if isinstance(value, np.ndarray) and value.dtype != object:
@@ -130,8 +142,8 @@ def encode_request(protocol: str, model: str, inputs: dict, signature_name: str 
     """Serialize one request in the given protocol."""
     if protocol == "tfrest":
         return encode_tf_rest(model, inputs, signature_name)
-    if protocol == "v2http":
-        return encode_v2_http(model, inputs)
+    if protocol in ("v2http", "v2json"):
+        return encode_v2_http(model, inputs, binary=protocol == "v2http")
     if protocol == "kserve":
         return encode_kserve_infer(model, inputs, "" if version is None else str(version))
     return encode_tf_predict(model, inputs, signature_name, version)
@@ -141,7 +153,7 @@ def predict_method(protocol: str, model: str = "") -> str:
     """The gRPC method path (or, for the REST protocols, the URL path) requests of ``protocol`` go to."""
     if protocol == "tfrest":
         return f"/v1/models/{model}:predict"
-    if protocol == "v2http":
+    if protocol in ("v2http", "v2json"):
         return f"/v2/models/{model}/infer"
     return KSERVE_INFER if protocol == "kserve" else TF_PREDICT
 
@@ -227,10 +239,10 @@ def _fetch_inputs_http(address: str, model: str, protocol: str, signature_name: 
                        timeout_s: float) -> list[InputInfo]:
     import urllib.request
 
-    path = f"/v2/models/{model}" if protocol == "v2http" else f"/v1/models/{model}/metadata"
+    path = f"/v1/models/{model}/metadata" if protocol == "tfrest" else f"/v2/models/{model}"
     with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout_s) as response:
         metadata = json.loads(response.read())
-    if protocol == "v2http":
+    if protocol != "tfrest":
         return [InputInfo(t["name"], codec.KSERVE_TO_NUMPY.get(t["datatype"], np.dtype(np.float32)),
                           tuple(t["shape"])) for t in metadata["inputs"]]
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
@@ -247,7 +259,7 @@ def _probe_rows_http(address: str, method: str, payload: bytes, protocol: str, t
     status, body, headers = http_post(address, method, payload, timeout_s)
     if status != 200:
         raise RuntimeError(f"{address} answered HTTP {status}: {body[:300]!r}")
-    if protocol == "v2http":
+    if protocol != "tfrest":
         length = int(headers.get("Inference-Header-Content-Length", len(body)))
         outputs = json.loads(body[:length])["outputs"]
         return int(outputs[0]["shape"][0]) if outputs and outputs[0]["shape"] else 1
