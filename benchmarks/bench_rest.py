@@ -144,6 +144,8 @@ def main() -> None:
 
     navi_cmd = [sys.executable, "-m", "navi.cli.main", "serve", "--host", "127.0.0.1", "--port", str(grpc_port),
                 "--rest-api-port", str(rest_port), "--prometheus-port", "0", "--onnx-use-converter", "none",
+                # no shedding (the default sheds requests queued past 90 ms): throughput, as MLServer
+                "--batch-drop-millis", "0",
                 "--input", "", "--output", "", "-m", str(navi_repo / "light"), "-m", str(navi_repo / "heavy")]
     mls_env = dict(os.environ, PYTHONPATH=str(mls_repo))
     servers = [subprocess.Popen(navi_cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
