@@ -13,6 +13,7 @@ import gzip
 import json
 import struct
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -307,3 +308,24 @@ def test_rest_and_grpc_requests_join_one_batch(navi, base, stub):
     requests_counted = sample_value(after, ":navi:num_requests", ":navi:num_requests_total") - \
         sample_value(before, ":navi:num_requests", ":navi:num_requests_total")
     assert requests_counted == 2 * (attempt + 1)  # both transports counted by the one data plane
+
+
+def test_sigterm_drains_rest_requests_in_flight(start_navi):
+    """A REST request waiting in its batch when SIGTERM arrives is answered; then the port closes."""
+    import signal
+
+    daemon = start_navi("--model-dir", DENSE, "--input", "", "--batch-eager-when-idle", "false",
+                        "--batch-time-out-millis", "1500", "--batch-drop-millis", "0", "--shutdown-grace-secs", "20")
+    base_url = f"http://127.0.0.1:{daemon.rest_port}"
+    x = dense_rows(2, seed=20)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(requests.post, f"{base_url}/v1/models/dense:predict",
+                                json={"instances": x.tolist()}, timeout=TIMEOUT_S)
+        time.sleep(0.5)  # queued, waiting out its batch timeout
+        daemon.process.send_signal(signal.SIGTERM)
+        answer = in_flight.result()
+    assert answer.status_code == 200, answer.text
+    assert np.array(answer.json()["predictions"]).shape == (2, 4)
+    assert daemon.wait_exit(timeout_s=30) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{base_url}/v2/health/live", timeout=5)
