@@ -559,7 +559,9 @@ def _bytes_from_raw(raw, count: int, name: str) -> np.ndarray:
     """Split KServe raw BYTES contents: each element has a 4-byte LE length prefix.
 
     The split runs in ``navi._fast`` (one C loop; ``_pbscan_ref`` is its
-    plain-Python twin): no Python-level step per element.
+    plain-Python twin): no Python-level step per element, and each element is
+    a view of ``raw``, as Predict's string values are (the BPR decoder reads
+    views in place; the dense path makes them bytes for the framework).
     """
     try:
         items = split_length_prefixed(raw, count)
