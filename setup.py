@@ -141,6 +141,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "onnxruntime>=1.17",
     "onnx>=1.15",
+    "aiohttp>=3.9",  # the REST port (navi.server.http)
 ]
 # tf, torch and bench: one table, navi/optional.py, which also words the message a
 # missing one gives at run time. Read without importing navi (not built yet).
@@ -158,6 +159,8 @@ EXTRAS["test"] = sorted({
     "jsonschema>=4",
     "onnxruntime-extensions>=0.10",  # a real custom-op library for the --customops-lib tests
     "kubernetes>=29",  # its models validate deploy/ offline
+    "tritonclient[http]>=2.40",  # a real KServe V2 HTTP client for the REST tests
+    "requests>=2.31",
     *EXTRAS["bench"],
     *EXTRAS["ray"],
 })

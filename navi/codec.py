@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError as DecodeProtoError
 
-from navi._fast import split_string_values
+from navi._fast import split_length_prefixed, split_string_values
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
 from navi._proto.tensorflow_serving.apis import predict_pb2
@@ -555,27 +555,18 @@ def encode_predict_response(outputs: dict, model_spec: bytes) -> bytes:
 # KServe V2
 
 
-def _bytes_from_raw(raw: bytes, count: int, name: str) -> np.ndarray:
-    """Split KServe raw BYTES contents: each element has a 4-byte LE length prefix."""
-    # a list grown per element read: the count comes from the client, so nothing
-    # of its size is allocated before the bytes are seen to hold that many
-    items: list[bytes] = []
-    view = memoryview(raw)
-    pos = 0
-    end = len(raw)
-    for index in range(count):
-        if pos + 4 > end:
-            raise InvalidInput(f"input {quote(name)}: raw BYTES contents end after {index} of {count} elements")
-        (length,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if length > end - pos:
-            raise InvalidInput(
-                f"input {quote(name)}: element {index} claims {length} bytes, only {end - pos} left"
-            )
-        items.append(bytes(view[pos : pos + length]))
-        pos += length
-    if pos != end:
-        raise InvalidInput(f"input {quote(name)}: {end - pos} trailing bytes after {count} BYTES elements")
+def _bytes_from_raw(raw, count: int, name: str) -> np.ndarray:
+    """Split KServe raw BYTES contents: each element has a 4-byte LE length prefix.
+
+    The split runs in ``navi._fast`` (one C loop; ``_pbscan_ref`` is its
+    plain-Python twin): no Python-level step per element, and each element is
+    a view of ``raw``, as Predict's string values are (the BPR decoder reads
+    views in place; the dense path makes them bytes for the framework).
+    """
+    try:
+        items = split_length_prefixed(raw, count)
+    except ValueError as error:
+        raise InvalidInput(f"input {quote(name)}: {error}") from None
     out = np.empty(count, dtype=object)
     out[:] = items
     return out
@@ -589,6 +580,38 @@ def bytes_to_raw(array: np.ndarray) -> bytes:
         parts.append(struct.pack("<I", len(item)))
         parts.append(item)
     return b"".join(parts)
+
+
+def kserve_raw_to_ndarray(raw, datatype: str, shape: tuple[int, ...], name: str,
+                          budget: RequestBudget) -> np.ndarray:
+    """One tensor from its raw bytes (V2 gRPC ``raw_input_contents``, V2 HTTP binary data).
+
+    Numbers are a little-endian view of ``raw``; BYTES elements are split.
+    The shape is checked and ``budget`` charged before anything is allocated.
+    """
+    dtype = KSERVE_TO_NUMPY.get(datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"input {quote(name)}: datatype {quote(datatype)} is not supported ({', '.join(KSERVE_TO_NUMPY)})"
+        )
+    count = element_count(shape, name)
+    if dtype == object:
+        budget.charge(count * _STRING_ELEMENT_BYTES + len(raw), name)
+        return _bytes_from_raw(raw, count, name).reshape(shape)
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input {quote(name)}: raw contents have {len(raw)} bytes but "
+            f"{datatype}{list(shape)[:8]} needs {count * dtype.itemsize}"
+        )
+    budget.charge(len(raw), name)
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def kserve_raw_of(array: np.ndarray) -> bytes:
+    """An output's raw bytes (V2 gRPC ``raw_output_contents``, V2 HTTP binary data)."""
+    if kserve_datatype_of(array.dtype) == "BYTES":
+        return bytes_to_raw(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def kserve_input_to_ndarray(
@@ -611,16 +634,7 @@ def kserve_input_to_ndarray(
     if budget is None:
         budget = RequestBudget()
     if raw is not None:
-        if dtype == object:
-            budget.charge(count * _STRING_ELEMENT_BYTES + len(raw), name)
-            return _bytes_from_raw(raw, count, name).reshape(shape)
-        if len(raw) != count * dtype.itemsize:
-            raise InvalidInput(
-                f"input {quote(name)}: raw contents have {len(raw)} bytes but "
-                f"{tensor.datatype}{list(shape)[:8]} needs {count * dtype.itemsize}"
-            )
-        budget.charge(len(raw), name)
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return kserve_raw_to_ndarray(raw, tensor.datatype, shape, name, budget)
     if dtype == object:
         field = "bytes_contents"
         given = len(tensor.contents.bytes_contents)
@@ -678,12 +692,7 @@ def fill_kserve_outputs(
         tensor.name = name
         tensor.datatype = kserve_datatype_of(array.dtype)
         tensor.shape.extend(array.shape)
-        if tensor.datatype == "BYTES":
-            response.raw_output_contents.append(bytes_to_raw(array))
-        else:
-            response.raw_output_contents.append(
-                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            )
+        response.raw_output_contents.append(kserve_raw_of(array))
 
 
 def shape_for_metadata(shape: Sequence[int]) -> list[int]:

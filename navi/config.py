@@ -101,6 +101,7 @@ SERVER_FLAGS: dict[str, str] = {
     "--host": "host",
     "--port": "port",
     "--prometheus-port": "prometheus_port",
+    "--rest-api-port": "rest_api_port",
     "--model-check-interval-secs": "model_check_interval_s",
     "--meta-json-dir": "meta_json_dir",
     "--modelsync-cli": "modelsync_cli",

@@ -27,6 +27,7 @@ import numpy as np
 
 from navi.batching import BatchScheduler, BatchTask, Clock, split_rows
 from navi._fast.kernels import cast_into as _kernel_cast_into
+from navi.dtypes import feeds
 from navi.errors import ConfigError, InvalidInput, RequestTooLarge, quote
 from navi.plugins.base import LoadedModel, Signature, TensorSpec
 from navi.segdense import find_spec_files, load_layout
@@ -61,18 +62,8 @@ def cast_into(src: np.ndarray, dst: np.ndarray, row_start: int) -> None:
         _numpy_cast_into(src, dst, row_start)
 
 
-def castable(src: np.dtype, dst: np.dtype) -> bool:
-    """Whether a request tensor of ``src`` dtype may feed a model input of ``dst``.
-
-    Same dtype, or the same kind (float64 -> float32, int32 -> int64, ...);
-    strings (bytes/object) feed string inputs. Never across kinds: a float sent
-    to an integer input is a client bug, not something to round silently.
-    """
-    if src == dst:
-        return True
-    if dst == _STRING:
-        return src.kind in "OS"
-    return src.kind == dst.kind and src.kind in "biuf"
+#: the one dtype rule (navi.dtypes), under the name the pipeline's callers know
+castable = feeds
 
 
 def _strings_as_bytes(array: np.ndarray) -> np.ndarray:
@@ -317,6 +308,17 @@ class ServedModel:
         payload, rows = self._prepare(inputs, output_names)
         return self._process([BatchTask(payload, rows, time.monotonic())], report_features=False)[0]
 
+    def signature_defs(self) -> dict[str, Signature]:
+        """Every signature the model's runtime exports by name (a SavedModel's); empty for the others."""
+        listing = getattr(self.model, "signature_defs", None)
+        return dict(listing()) if callable(listing) else {}
+
+    def tf_method(self, method: str):
+        """The runtime's TF Serving ``classify`` or ``regress`` (taking an ``Input`` message), or None."""
+        if method not in ("classify", "regress"):
+            raise ValueError(f"no TF Serving method {method!r}")
+        return getattr(self.model, method, None)
+
     @property
     def num_queued(self) -> int:
         """Requests waiting in this version's queue."""
@@ -531,11 +533,16 @@ class ServedModel:
                 self._series()[1].observe(micros)
             if counts is not None:
                 self._observe_features(*counts)
-            feeds = {}
+            model_feeds = {}
             for model_input, (tensor_name, dtype) in self._feed.items():
                 array = pool[tensor_name][:total]
-                feeds[model_input] = array if array.dtype == dtype else array.astype(dtype)
-            outputs = self._run_model(feeds, wanted)
+                if array.dtype != dtype:
+                    # the layout's dtype (int64 binary features) into the model's (often float32)
+                    converted = np.empty(array.shape, dtype=dtype)
+                    _kernel_cast_into(array, converted, 0)
+                    array = converted
+                model_feeds[model_input] = array
+            outputs = self._run_model(model_feeds, wanted)
             # A runtime may hand back a view of its input (torch.from_numpy
             # round trips); the buffers go to the next batch, so keep a copy.
             for name, array in outputs.items():

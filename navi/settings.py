@@ -130,6 +130,10 @@ class ServerSettings(_Frozen):
     host: str = "0.0.0.0"
     port: int = Field(8500, ge=0, le=65535)
     prometheus_port: int = Field(9000, ge=0, le=65535, description="0 = pick a free port")
+    rest_api_port: int = Field(
+        8501, ge=0, le=65535,
+        description="HTTP port of TF Serving's REST API and KServe V2 HTTP (TF Serving's flag); 0 = off",
+    )
     models: tuple[ModelSettings, ...] = ()
     model_check_interval_s: float = Field(300.0, gt=0)
     meta_json_dir: Path | None = None

@@ -165,3 +165,34 @@ def split_string_values(bytes raw):
         return raw, {}
     pieces.append(raw[copied_to:end])
     return b"".join(pieces), spans_by_name
+
+
+def split_length_prefixed(object raw, Py_ssize_t count):
+    """KServe BYTES elements of ``raw`` (each a 4-byte little-endian length, then its bytes).
+
+    As ``_pbscan_ref.split_length_prefixed``: a list of ``count`` memoryviews
+    of ``raw`` (no element is copied: the BPR decoder reads them in place), or
+    ``ValueError`` naming where the bytes disagree with ``count``. The list
+    grows per element read: ``count`` comes from the client.
+    """
+    cdef const uint8_t[::1] data = raw
+    cdef Py_ssize_t end = data.shape[0]
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t index
+    cdef Py_ssize_t length
+    cdef const uint8_t* buf = &data[0] if end > 0 else NULL
+    view = memoryview(raw).cast("B") if end > 0 else memoryview(b"")
+    items = []
+    for index in range(count):
+        if pos + 4 > end:
+            raise ValueError(f"raw BYTES contents end after {index} of {count} elements")
+        length = (<Py_ssize_t>buf[pos]) | (<Py_ssize_t>buf[pos + 1] << 8) | \
+            (<Py_ssize_t>buf[pos + 2] << 16) | (<Py_ssize_t>buf[pos + 3] << 24)
+        pos += 4
+        if length > end - pos:
+            raise ValueError(f"element {index} claims {length} bytes, only {end - pos} left")
+        items.append(view[pos:pos + length])
+        pos += length
+    if pos != end:
+        raise ValueError(f"{end - pos} trailing bytes after {count} BYTES elements")
+    return items

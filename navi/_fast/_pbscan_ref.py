@@ -162,3 +162,30 @@ def _split(raw: bytes):
 
 
 __all__ = ["split_string_values"]
+
+
+def split_length_prefixed(raw, count: int) -> list[memoryview]:
+    """KServe BYTES elements of ``raw`` (each a 4-byte little-endian length, then its bytes).
+
+    A list of ``count`` memoryviews of ``raw`` (no element copied: the BPR
+    decoder reads them in place), or ``ValueError`` naming where the bytes
+    disagree with ``count``. The list grows per element read: ``count`` comes
+    from the client, so nothing of its size is allocated before the bytes are
+    seen to hold that many.
+    """
+    view = memoryview(raw).cast("B")
+    items: list[memoryview] = []
+    pos = 0
+    end = len(view)
+    for index in range(count):
+        if pos + 4 > end:
+            raise ValueError(f"raw BYTES contents end after {index} of {count} elements")
+        length = int.from_bytes(view[pos:pos + 4], "little")
+        pos += 4
+        if length > end - pos:
+            raise ValueError(f"element {index} claims {length} bytes, only {end - pos} left")
+        items.append(view[pos:pos + length])
+        pos += length
+    if pos != end:
+        raise ValueError(f"{end - pos} trailing bytes after {count} BYTES elements")
+    return items

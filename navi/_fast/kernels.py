@@ -10,8 +10,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# (source dtype, destination dtype) pairs the data plane converts: widening or
-# the float64 -> float32 narrowing that TF Serving clients commonly need.
+# (source dtype, destination dtype) pairs the data plane converts: the same-kind
+# pairs requests may send (navi.dtypes.feeds: widening, or the float64 ->
+# float32 narrowing TF Serving clients commonly need), and the BPR converter's
+# int64 layout tensors into float model inputs (a layout's dtype is the model's
+# to choose, not a client's).
 CAST_PAIRS = (
     ("float64", "float32"),
     ("float32", "float64"),
@@ -22,9 +25,6 @@ CAST_PAIRS = (
     ("int64", "int64"),
     ("int32", "int32"),
     ("int64", "float32"),
-    ("int32", "float32"),
-    ("bool", "float32"),
-    ("bool", "int64"),
     ("int64", "float64"),
 )
 
@@ -52,11 +52,6 @@ def _signatures():
 
 _cast_rows = numba.njit(_signatures(), nogil=True, cache=True, boundscheck=False)(_cast_rows_py)
 _SUPPORTED = {(np.dtype(s), np.dtype(d)) for s, d in CAST_PAIRS}
-
-
-def can_cast(src_dtype, dst_dtype) -> bool:
-    """Whether ``cast_into`` converts ``src_dtype`` to ``dst_dtype``."""
-    return (np.dtype(src_dtype), np.dtype(dst_dtype)) in _SUPPORTED
 
 
 def cast_into(src: np.ndarray, dst: np.ndarray, row_start: int = 0) -> None:

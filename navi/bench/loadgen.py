@@ -310,6 +310,78 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
     return send, close
 
 
+def _make_http_sender(address: str, path: str, payloads: Sequence[bytes], timeout_s: float, connections: int):
+    """A ``send(index)`` coroutine function POSTing ``HTTP_PREFIX``ed payloads over kept-alive connections.
+
+    A minimal HTTP/1.1 client on asyncio streams (one connection per caller in
+    flight, reused): measured, aiohttp's client cost more CPU per 2.5 MB
+    request than the server, so it set the pace (benchmarks/RESULTS.md).
+    """
+    from navi.bench.requests import HTTP_PREFIX
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    # per payload once: the request's bytes, head and body
+    prepared = []
+    for payload in payloads:
+        (header_length,) = HTTP_PREFIX.unpack_from(payload)
+        body = payload[HTTP_PREFIX.size:]
+        head = (f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {len(body)}\r\n"
+                + ("Content-Type: application/octet-stream\r\n"
+                   f"Inference-Header-Content-Length: {header_length}\r\n" if header_length
+                   else "Content-Type: application/json\r\n") + "\r\n").encode()
+        prepared.append(head + body)
+    idle: list = []
+
+    async def exchange(request: bytes) -> int:
+        if idle:
+            reader, writer = idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+        try:
+            writer.write(request)
+            status_line = await reader.readline()
+            if not status_line:
+                raise ConnectionError("connection closed")
+            length, keep = 0, True
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                key, _, value = line.partition(b":")
+                key = key.strip().lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"connection" and value.strip().lower() == b"close":
+                    keep = False
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            idle.append((reader, writer))
+        else:
+            writer.close()
+        return int(status_line.split()[1])
+
+    async def send(index: int) -> str | None:
+        try:
+            status = await asyncio.wait_for(exchange(prepared[index]), timeout_s)
+            return None if status == 200 else f"HTTP_{status}"
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            return "DEADLINE_EXCEEDED"
+        except Exception as error:  # a transport-level failure still counts as an error
+            return type(error).__name__
+
+    async def close() -> None:
+        while idle:
+            idle.pop()[1].close()
+
+    return send, close
+
+
 def _worker_main(worker_index: int, jobs: mp.Queue, results: mp.Queue, progress) -> None:
     """Worker process loop: cache workloads, run jobs, send back results."""
     workloads: dict[int, tuple[list[bytes], list[int]]] = {}
@@ -333,7 +405,10 @@ def _worker_main(worker_index: int, jobs: mp.Queue, results: mp.Queue, progress)
 
 
 async def _run_job(job: _Job, payloads, rows, worker_index: int, progress) -> WorkerResult:
-    send, close = _make_grpc_sender(job.address, job.method, payloads, job.spec.timeout_s, job.channels)
+    from navi.bench.requests import is_http_method
+
+    make = _make_http_sender if is_http_method(job.method) else _make_grpc_sender
+    send, close = make(job.address, job.method, payloads, job.spec.timeout_s, job.channels)
 
     def on_complete() -> None:
         progress[worker_index] += 1

@@ -5,6 +5,9 @@ decodes with, so the benchmark cannot disagree with the server on a dtype.
 """
 from __future__ import annotations
 
+import base64
+import json
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,7 +22,12 @@ TF_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 KSERVE_INFER = "/inference.GRPCInferenceService/ModelInfer"
 KSERVE_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
 
-PROTOCOLS = ("tfserving", "kserve")
+PROTOCOLS = ("tfserving", "kserve", "tfrest", "v2http", "v2json")
+#: the REST protocols: TF Serving's REST API (JSON), KServe V2 HTTP with binary tensor data,
+#: and KServe V2 HTTP with JSON tensors only (for servers without the binary extension)
+HTTP_PROTOCOLS = ("tfrest", "v2http", "v2json")
+#: an HTTP payload starts with its JSON header's length (8 bytes LE; 0 = all JSON), then the body
+HTTP_PREFIX = struct.Struct("<Q")
 
 
 def encode_tf_predict(
@@ -85,16 +93,91 @@ def encode_kserve_infer(
     return request.SerializeToString()
 
 
+def encode_tf_rest(model: str, inputs: dict, signature_name: str = "") -> bytes:
+    """A TF Serving REST ``:predict`` body (columnar; strings as ``{"b64": ...}``), ``HTTP_PREFIX``ed."""
+    columns = {}
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            columns[name] = value.tolist()
+        else:
+            columns[name] = [{"b64": base64.b64encode(bytes(v)).decode("ascii")} for v in value]
+    body: dict = {"inputs": columns}
+    if signature_name:
+        body["signature_name"] = signature_name
+    return HTTP_PREFIX.pack(0) + json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_v2_http(model: str, inputs: dict, binary: bool = True) -> bytes:
+    """A KServe V2 HTTP ``/infer`` body, ``HTTP_PREFIX``ed: every tensor as binary data (answers
+    too), or with ``binary=False`` every tensor as JSON ``data`` (BYTES as UTF-8 text)."""
+    if not binary:
+        tensors = []
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                tensors.append({"name": name, "datatype": codec.kserve_datatype_of(value.dtype),
+                                "shape": list(value.shape), "data": value.reshape(-1).tolist()})
+            else:
+                strings = [bytes(v).decode("utf-8") for v in value]
+                tensors.append({"name": name, "datatype": "BYTES", "shape": [len(strings)], "data": strings})
+        return HTTP_PREFIX.pack(0) + json.dumps({"inputs": tensors}, separators=(",", ":")).encode()
+    tensors, tail = [], []
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            array = np.ascontiguousarray(value)
+            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            datatype, shape = codec.kserve_datatype_of(array.dtype), list(array.shape)
+        else:
+            strings = [bytes(v) for v in value]
+            data = codec.bytes_to_raw(np.array(strings, dtype=object))
+            datatype, shape = "BYTES", [len(strings)]
+        tensors.append({"name": name, "datatype": datatype, "shape": shape,
+                        "parameters": {"binary_data_size": len(data)}})
+        tail.append(data)
+    header = json.dumps({"inputs": tensors, "parameters": {"binary_data_output": True}},
+                        separators=(",", ":")).encode()
+    return HTTP_PREFIX.pack(len(header)) + header + b"".join(tail)
+
+
 def encode_request(protocol: str, model: str, inputs: dict, signature_name: str = "", version: int | None = None) -> bytes:
     """Serialize one request in the given protocol."""
+    if protocol == "tfrest":
+        return encode_tf_rest(model, inputs, signature_name)
+    if protocol in ("v2http", "v2json"):
+        return encode_v2_http(model, inputs, binary=protocol == "v2http")
     if protocol == "kserve":
         return encode_kserve_infer(model, inputs, "" if version is None else str(version))
     return encode_tf_predict(model, inputs, signature_name, version)
 
 
-def predict_method(protocol: str) -> str:
-    """The gRPC method path requests of ``protocol`` go to."""
+def predict_method(protocol: str, model: str = "") -> str:
+    """The gRPC method path (or, for the REST protocols, the URL path) requests of ``protocol`` go to."""
+    if protocol == "tfrest":
+        return f"/v1/models/{model}:predict"
+    if protocol in ("v2http", "v2json"):
+        return f"/v2/models/{model}/infer"
     return KSERVE_INFER if protocol == "kserve" else TF_PREDICT
+
+
+def is_http_method(method: str) -> bool:
+    """Whether ``method`` is a REST URL path rather than a gRPC method."""
+    return method.startswith(("/v1/", "/v2/"))
+
+
+def http_post(address: str, path: str, payload: bytes, timeout_s: float = 30.0) -> tuple[int, bytes, dict]:
+    """POST an ``HTTP_PREFIX``ed payload: (status, body, headers)."""
+    import urllib.error
+    import urllib.request
+
+    (header_length,) = HTTP_PREFIX.unpack_from(payload)
+    headers = {"Content-Type": "application/json" if not header_length else "application/octet-stream"}
+    if header_length:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    request = urllib.request.Request(f"http://{address}{path}", data=payload[HTTP_PREFIX.size:], headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
 
 
 @dataclass(frozen=True)
@@ -108,7 +191,9 @@ class InputInfo:
 
 def fetch_inputs(address: str, model: str, protocol: str, signature_name: str = "serving_default",
                  timeout_s: float = 10.0) -> list[InputInfo]:
-    """Ask a server for a model's inputs (GetModelMetadata or V2 ModelMetadata)."""
+    """Ask a server for a model's inputs (GetModelMetadata or V2 ModelMetadata, over gRPC or HTTP)."""
+    if protocol in HTTP_PROTOCOLS:
+        return _fetch_inputs_http(address, model, protocol, signature_name, timeout_s)
     import grpc
 
     with grpc.insecure_channel(address) as channel:
@@ -150,12 +235,49 @@ def fetch_inputs(address: str, model: str, protocol: str, signature_name: str = 
         return result
 
 
+def _fetch_inputs_http(address: str, model: str, protocol: str, signature_name: str,
+                       timeout_s: float) -> list[InputInfo]:
+    import urllib.request
+
+    path = f"/v1/models/{model}/metadata" if protocol == "tfrest" else f"/v2/models/{model}"
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout_s) as response:
+        metadata = json.loads(response.read())
+    if protocol != "tfrest":
+        return [InputInfo(t["name"], codec.KSERVE_TO_NUMPY.get(t["datatype"], np.dtype(np.float32)),
+                          tuple(t["shape"])) for t in metadata["inputs"]]
+    signatures = metadata["metadata"]["signature_def"]["signature_def"]
+    if signature_name not in signatures:
+        signature_name = sorted(signatures)[0]
+    from navi._proto.tensorflow.core.framework import types_pb2
+
+    return [InputInfo(key, codec.TF_TO_NUMPY.get(types_pb2.DataType.Value(info["dtype"]), np.dtype(np.float32)),
+                      tuple(int(d["size"]) for d in info["tensor_shape"]["dim"]))
+            for key, info in sorted(signatures[signature_name]["inputs"].items())]
+
+
+def _probe_rows_http(address: str, method: str, payload: bytes, protocol: str, timeout_s: float) -> int:
+    status, body, headers = http_post(address, method, payload, timeout_s)
+    if status != 200:
+        raise RuntimeError(f"{address} answered HTTP {status}: {body[:300]!r}")
+    if protocol != "tfrest":
+        length = int(headers.get("Inference-Header-Content-Length", len(body)))
+        outputs = json.loads(body[:length])["outputs"]
+        return int(outputs[0]["shape"][0]) if outputs and outputs[0]["shape"] else 1
+    answer = json.loads(body)
+    values = answer.get("outputs", answer.get("predictions"))
+    if isinstance(values, dict):
+        values = next(iter(values.values()))
+    return len(values) if isinstance(values, list) else 1
+
+
 def probe_rows(address: str, method: str, payload: bytes, protocol: str, timeout_s: float = 30.0) -> int:
     """Send one request and return the first output's leading dimension (its rows).
 
     Raises ``RuntimeError`` naming the status when the target refuses it: a
     benchmark against a target that answers errors is pointless.
     """
+    if protocol in HTTP_PROTOCOLS:
+        return _probe_rows_http(address, method, payload, protocol, timeout_s)
     import grpc
 
     with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 1 << 30),

@@ -462,7 +462,7 @@ def run_daemon_bench(
                     continue
                 port = servers.free_port()
                 command = [sys.executable, "-m", "navi.cli.main", "serve", "--port", str(port), "--host",
-                           "127.0.0.1", "--prometheus-port", "0", "--runtime", name,
+                           "127.0.0.1", "--prometheus-port", "0", "--rest-api-port", "0", "--runtime", name,
                            "--model-dir", str(Path(tmp) / name / "dense"),
                            "--input", "", "--output", "", "--intra-op-parallelism", str(threads)]
                 commands[name] = command

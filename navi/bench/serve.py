@@ -17,7 +17,7 @@ import numpy as np
 
 from navi.bench.loadgen import ClientPool, LoadSpec, RunMeasurement
 from navi.bench.machine import machine_info, process_cpu_s
-from navi.bench.requests import probe_rows
+from navi.bench.requests import HTTP_PROTOCOLS, probe_rows
 from navi.bench.stats import latency_summary_ms
 from navi.bench.workloads import Workload
 
@@ -105,12 +105,23 @@ def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeas
     return record
 
 
-def check_reachable(target: Target, timeout_s: float = 10.0) -> None:
-    """Raise ``RuntimeError`` naming the target when no gRPC connection opens within ``timeout_s``.
+def check_reachable(target: Target, timeout_s: float = 10.0, protocol: str = "tfserving") -> None:
+    """Raise ``RuntimeError`` naming the target when no gRPC (REST protocols: TCP) connection
+    opens within ``timeout_s``.
 
     Without it, a closed loop against a dead address spins through instant
     UNAVAILABLE failures for the whole run.
     """
+    if protocol in HTTP_PROTOCOLS:
+        import socket
+
+        host, _, port = target.address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        except OSError as error:
+            raise RuntimeError(f"target {target.name} ({target.address}) accepts no HTTP connection: "
+                               f"{error}") from None
+        return
     import grpc
 
     with grpc.insecure_channel(target.address) as channel:
@@ -150,7 +161,7 @@ def run_serve_bench(
     specs = load_specs(config)
     emit = on_event or (lambda kind, data: None)
     for target in config.targets:
-        check_reachable(target, timeout_s=min(10.0, config.timeout_s))
+        check_reachable(target, timeout_s=min(10.0, config.timeout_s), protocol=config.protocol)
     if any(r <= 0 for r in workload.rows):
         probed = probe_rows(config.targets[0].address, workload.method, workload.payloads[0], config.protocol,
                             config.timeout_s)

@@ -77,7 +77,7 @@ def bpr_workload(
         description=f"BPR x{bprs_per_request} per request",
         payloads=payloads,
         rows=rows,
-        method=predict_method(protocol),
+        method=predict_method(protocol, model),
     )
 
 
@@ -117,7 +117,7 @@ def home_workload(
         description=f"home BPR, {candidates} candidates x{bprs_per_request} per request",
         payloads=payloads,
         rows=[candidates * bprs_per_request] * len(payloads),
-        method=predict_method(protocol),
+        method=predict_method(protocol, model),
     )
 
 
@@ -158,5 +158,5 @@ def dense_workload(
         description=f"dense random, {batch_rows} rows per request",
         payloads=payloads,
         rows=[batch_rows] * len(payloads),
-        method=predict_method(protocol),
+        method=predict_method(protocol, model),
     )

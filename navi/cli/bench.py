@@ -63,8 +63,8 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.command("serve")
 @click.option("--target", "targets", multiple=True, required=True,
               help="host:port or name=host:port; repeat to compare targets (runs are interleaved).")
-@click.option("--protocol", type=click.Choice(["tfserving", "kserve"]), default="tfserving", show_default=True,
-              help="TF Serving PredictionService/Predict or KServe V2 ModelInfer.")
+@click.option("--protocol", type=click.Choice(["tfserving", "kserve", "tfrest", "v2http", "v2json"]), default="tfserving", show_default=True,
+              help="gRPC: TF Serving Predict (tfserving), KServe V2 ModelInfer (kserve); HTTP: TF Serving REST :predict (tfrest), KServe V2 /infer with binary tensors (v2http) or JSON tensors (v2json).")
 @click.option("--concurrency", default=None, help="closed-loop concurrencies, e.g. 1,8,32.")
 @click.option("--rate", default=None, help="open-loop request rates per second (Poisson arrivals), e.g. 100,500.")
 @click.option("--duration", "duration_s", type=float, default=None,

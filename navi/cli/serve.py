@@ -51,6 +51,8 @@ OPTIONS = [
     click.option("--host", type=str, help="Address to bind [default: 0.0.0.0]."),
     click.option("--prometheus-port", type=click.IntRange(0, 65535),
                  help="HTTP port of /metrics [default: 9000; 0 = any free port]."),
+    click.option("--rest-api-port", type=click.IntRange(0, 65535),
+                 help="HTTP port of TF Serving's REST API and KServe V2 HTTP [default: 8501; 0 = off]."),
     click.option("--model-dir", "-m", multiple=True, type=str,
                  help="A model's directory of versions; repeat for several models. The model's name "
                       "is its last path component. [default: the demo model models/home]"),

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from navi.dtypes import feeds
 from navi.errors import InvalidInput
 from navi.settings import ModelSettings
 
@@ -129,9 +130,9 @@ def conform_inputs(
     Raises ``navi.errors.InvalidInput`` (naming the tensor) for a missing or
     extra input, inputs whose first axes disagree, a wrong rank or fixed
     dimension, or a dtype that cannot become the model's without changing the
-    kind of value. Allowed conversions follow numpy's "same_kind" rule
-    (float64 -> float32, int32 -> int64, bool -> int, int -> float), the ones
-    TF Serving clients rely on when they send Python floats as doubles.
+    kind of value: ``navi.dtypes.feeds``, the rule every path uses
+    (float64 -> float32, int32 -> int64: what TF Serving clients rely on when
+    they send Python floats as doubles).
     String specs (numpy object dtype) take object, bytes (``S``) or ``str``
     (``U``) arrays unchanged. ``unknown_rank`` names inputs whose shape the
     model does not declare; only their dtype is checked. A spec that is not
@@ -177,7 +178,7 @@ def conform_inputs(
             if array.dtype.kind not in "OSU":
                 raise InvalidInput(f"input {spec.name}: expected strings, got {array.dtype}")
         elif array.dtype != spec.dtype:
-            if array.dtype.kind in "OSU" or not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+            if not feeds(array.dtype, spec.dtype):
                 raise InvalidInput(f"input {spec.name}: expected {spec.dtype}, got {array.dtype}")
             array = array.astype(spec.dtype)
         out[spec.name] = array

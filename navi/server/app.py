@@ -18,7 +18,7 @@ themselves), which in aio would cost an extra executor hop per request.
 
 Compression: gzip-compressed requests are always accepted (gRPC core
 decompresses them). Answers are gzip-compressed when the client accepts gzip
-and the answer is at least ``tfserving.COMPRESS_MIN_BYTES``: small answers (the usual
+and the answer is at least ``grpcutil.COMPRESS_MIN_BYTES``: small answers (the usual
 few floats per row) are cheaper to send than to compress.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from navi._proto.tensorflow_serving.apis import (
 )
 from navi.errors import ConfigError
 from navi.metrics import customop_version
+from navi.server.dataplane import DataPlane
 from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
@@ -96,6 +97,26 @@ def load_tls(ssl_dir: Path) -> tuple[grpc.ServerCredentials, float]:
     return credentials, expiry_s
 
 
+def tls_context(ssl_dir: Path):
+    """The HTTP side's ``ssl.SSLContext`` with ``load_tls``'s settings: ``server.crt`` and
+    ``server.chain`` presented, client certificates required and verified against the same bundle."""
+    import ssl
+    import tempfile
+
+    paths = {name: Path(ssl_dir) / name for name in ("server.crt", "server.key", "server.chain")}
+    bundle = _pem_join(paths["server.crt"].read_bytes(), paths["server.chain"].read_bytes())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # load_cert_chain reads files only: the joined bundle goes through a private temporary one
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as chain:
+        chain.write(bundle)
+        chain.flush()
+        context.load_cert_chain(chain.name, str(paths["server.key"]))
+    context.load_verify_locations(cadata=bundle.decode("ascii"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def certificate_expiry_epoch_s(pem: bytes) -> float:
     """The ``notAfter`` time of the first certificate in ``pem``, as epoch seconds."""
     from cryptography import x509
@@ -124,6 +145,8 @@ class NaviServer:
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self._http = None
+        self._rest = None
+        self.rest_port: int | None = None
         self._stopping = False
         self._lock = threading.Lock()
         self._pools: tuple[futures.ThreadPoolExecutor, ...] = ()
@@ -151,12 +174,13 @@ class NaviServer:
         # every service parses its own requests (navi.server.rawrpc): an
         # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL
         on_data_pool = {method: data_pool for method in ("Predict", "Classify", "Regress", "MultiInference")}
-        add_prediction_service(PredictionServicer(self.registry, self.metrics, settings.request_limits),
-                               server, pools=on_data_pool)
+        # one data plane behind every transport: their requests join the same batches
+        plane = self.plane = DataPlane(self.registry, self.metrics, settings.request_limits)
+        add_prediction_service(PredictionServicer(plane), server, pools=on_data_pool)
         add_raw_service(server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
-                        ModelServicer(self.registry))
+                        ModelServicer(plane))
         add_raw_service(server, grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-                        InferenceServicer(self.registry, self.metrics, settings.request_limits),
+                        InferenceServicer(plane),
                         pools={"ModelInfer": data_pool}, raw_methods=("ModelInfer",))
         add_raw_service(server, health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
         # Our services are described in navi._proto.POOL, not the default
@@ -198,12 +222,34 @@ class NaviServer:
             raise ConfigError(f"cannot serve metrics on port {settings.prometheus_port}: {error}",
                               source="--prometheus-port") from None
         self.prometheus_port = self._http.port
+        if settings.rest_api_port:
+            self._start_rest(plane, data_pool)
         log.info(
             "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",
             settings.host, port, "mutual TLS" if settings.ssl_dir else "plaintext",
             self.prometheus_port,
         )
         return port
+
+    def _start_rest(self, plane: DataPlane, data_pool) -> None:
+        """TF Serving REST and KServe V2 HTTP on ``rest_api_port``, model calls on ``data_pool``."""
+        from navi.server.http import HttpServer, ModelCalls
+        from navi.server.tfrest import TfRestApi
+        from navi.server.v2http import V2HttpApi
+
+        settings = self.settings
+        calls = ModelCalls(data_pool)
+        routes = TfRestApi(plane, calls).routes() + V2HttpApi(plane, calls).routes()
+        ssl_context = tls_context(settings.ssl_dir) if settings.ssl_dir is not None else None
+        server = HttpServer(settings.host, settings.rest_api_port, routes,
+                            max_body_bytes=settings.max_message_bytes, ssl_context=ssl_context)
+        try:
+            self.rest_port = server.start()
+        except OSError as error:
+            raise ConfigError(f"cannot serve REST on port {settings.rest_api_port}: {error}",
+                              source="--rest-api-port") from None
+        self._rest = server
+        log.info("navi REST listening on %s:%d (TF Serving /v1, KServe V2 /v2)", settings.host, self.rest_port)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Health NOT_SERVING, refuse new RPCs, finish in-flight ones within ``grace_s``."""
@@ -214,8 +260,13 @@ class NaviServer:
         grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
         # Tell load balancers first, so they stop routing here while we drain.
         self._health.enter_graceful_shutdown()
-        if self._server is not None:
-            self._server.stop(grace_s).wait()
+        # both sides drain at once: gRPC refuses new calls while HTTP closes its listener
+        stopping = self._server.stop(grace_s) if self._server is not None else None
+        if self._rest is not None:
+            self._rest.stop(grace_s)
+            self._rest = None
+        if stopping is not None:
+            stopping.wait()
         for pool in self._pools:
             pool.shutdown(wait=False)
         if self._http is not None:

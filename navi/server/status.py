@@ -1,4 +1,4 @@
-"""The only place where navi errors become gRPC status codes.
+"""The only place where navi errors become gRPC status codes and HTTP statuses.
 
 Servicer methods are wrapped with ``@grpc_errors``: a ``NaviError`` is answered
 with its code and message; anything else is a bug or a runtime crash and is
@@ -18,7 +18,7 @@ from typing import Callable
 
 import grpc
 
-from navi.errors import Code, LogLimiter, NaviError
+from navi.errors import Code, LogLimiter, NaviError, RequestTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,38 @@ def status_of(error: BaseException, method_name: str) -> tuple[grpc.StatusCode, 
         return code, bounded_details(details)
     _tracebacks.log(log, f"{method_name}:{type(error).__name__}", "%s crashed", method_name, exc_info=error)
     return grpc.StatusCode.INTERNAL, bounded_details(f"internal error: {type(error).__name__}: {error}")
+
+
+#: HTTP status of each code, as TF Serving's REST API and KServe's V2 HTTP answer them
+HTTP_STATUS: dict[Code, int] = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.FAILED_PRECONDITION: 400,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.UNIMPLEMENTED: 501,
+    Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.INTERNAL: 500,
+}
+
+
+def http_status_of(error: BaseException, route: str) -> tuple[int, str]:
+    """The HTTP (status, message) answering ``error`` raised serving ``route``; logs crashes (rate-limited).
+
+    The same rule as ``status_of``: a ``NaviError`` keeps its message, anything
+    else is a 500 whose traceback stays in the log. A request over a size
+    bound is 413, every other RESOURCE_EXHAUSTED (overload) 429.
+    """
+    if isinstance(error, futures.CancelledError):
+        return 499, "request cancelled"
+    if isinstance(error, NaviError):
+        status = 413 if isinstance(error, RequestTooLarge) else HTTP_STATUS.get(error.code, 500)
+        if status == 500:
+            _tracebacks.log(log, f"{route}:{type(error).__name__}", "%s failed: %s",
+                            route, bounded_details(error.message), exc_info=error)
+        return status, bounded_details(error.message)
+    _tracebacks.log(log, f"{route}:{type(error).__name__}", "%s crashed", route, exc_info=error)
+    return 500, bounded_details(f"internal error: {type(error).__name__}: {error}")
 
 
 def grpc_errors(method: Callable) -> Callable:

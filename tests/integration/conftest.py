@@ -21,6 +21,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"navi gRPC listening on [^ ]+:(\d+) \(([^)]*)\), metrics on :(\d+)/metrics")
 _READY = "navi ready"
+_REST_LISTENING = re.compile(r"navi REST listening on [^ ]+:(\d+) ")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the REST port has no "any free port" value: 0 turns it off)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class NaviDaemon:
@@ -30,6 +40,8 @@ class NaviDaemon:
                  navi_command: tuple[str, ...] = (sys.executable, "-m", "navi.cli.main"),
                  env: dict[str, str] | None = None):
         self.args = list(args)
+        if "--rest-api-port" not in self.args:
+            self.args += ["--rest-api-port", str(free_port())]
         self.log_path = log_path
         self._log = open(log_path, "wb")
         env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
@@ -40,6 +52,7 @@ class NaviDaemon:
         )
         self.port = 0
         self.prometheus_port = 0
+        self.rest_port = 0
         self.address = ""
 
     def log_text(self) -> str:
@@ -56,6 +69,9 @@ class NaviDaemon:
                 self.port = int(match.group(1))
                 self.prometheus_port = int(match.group(3))
                 self.address = f"127.0.0.1:{self.port}"
+            rest = _REST_LISTENING.search(text)
+            if rest and not self.rest_port:
+                self.rest_port = int(rest.group(1))
             if match and ready_line in text:
                 return self
             if self.process.poll() is not None:

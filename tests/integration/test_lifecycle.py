@@ -64,7 +64,7 @@ class Daemon:
     def __init__(self, model_dir: Path, *args: str):
         command = [
             sys.executable, "-m", "navi.cli.main", "serve", "--model-dir", str(model_dir),
-            "--port", "0", "--prometheus-port", "0", "--host", "127.0.0.1",
+            "--port", "0", "--prometheus-port", "0", "--rest-api-port", "0", "--host", "127.0.0.1",
             "--batch-drop-millis", "0", *args,
         ]
         self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,

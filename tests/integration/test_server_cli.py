@@ -68,7 +68,7 @@ def test_port_in_use_exits_2(tmp_path):
         model_dir.mkdir()
         result = subprocess.run(
             [sys.executable, "-m", "navi.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--prometheus-port", "0", "--model-dir", str(model_dir)],
+             "--prometheus-port", "0", "--rest-api-port", "0", "--model-dir", str(model_dir)],
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 2, result.stderr

@@ -176,3 +176,34 @@ def test_server_presents_its_chain(chain_navi, intermediate_pki):
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=30)
     out = codec.tensor_proto_to_ndarray(response.outputs["out"])
     np.testing.assert_array_equal(out, np.full((1, 2), 3, np.float32))
+
+
+def _https_predict(navi, pki, tmp_path, with_client_cert: bool):
+    """POST a TF Serving REST :predict over HTTPS, trusting only ``pki``'s root."""
+    import http.client
+    import json
+    import ssl
+
+    context = ssl.create_default_context(cadata=pki["ca"].decode())
+    if with_client_cert:
+        (tmp_path / "client.crt").write_bytes(pki["client"])
+        (tmp_path / "client.key").write_bytes(pki["client_key"])
+        context.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    connection = http.client.HTTPSConnection("localhost", navi.rest_port, context=context, timeout=30)
+    try:
+        body = json.dumps({"inputs": {"a": [[1.0, 1.0]], "b": [[2.0, 2.0]]}})
+        connection.request("POST", "/v1/models/adder:predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_rest_port_has_the_same_mutual_tls(chain_navi, intermediate_pki, tmp_path):
+    """The REST port presents server.crt + server.chain and requires a client certificate, as gRPC does."""
+    status, body = _https_predict(chain_navi, intermediate_pki, tmp_path, with_client_cert=True)
+    assert status == 200 and body == {"outputs": [[3.0, 3.0]]}
+    import ssl
+
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        _https_predict(chain_navi, intermediate_pki, tmp_path, with_client_cert=False)

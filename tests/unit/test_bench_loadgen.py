@@ -180,3 +180,42 @@ def test_open_loop_overloaded_target_reports_its_own_rate_not_the_offered_one():
     assert rate < 200
     # late answers show up as latency measured from the scheduled arrival
     assert np.percentile(result.latencies_s, 99) > 1.0
+
+
+def test_http_sender_posts_prefixed_payloads_over_one_kept_alive_connection():
+    """The REST protocols' sender: the V2 binary header length travels as its header, the
+    connection is reused, a non-200 answer is reported by status."""
+    import asyncio
+
+    from aiohttp import web
+
+    from navi.bench.loadgen import _make_http_sender
+    from navi.bench.requests import HTTP_PREFIX
+
+    seen = []
+
+    async def infer(request):
+        body = await request.read()
+        seen.append((request.headers.get("Inference-Header-Content-Length"), body,
+                     request.transport.get_extra_info("peername")))
+        return web.Response(body=b"x" * 100, status=200 if body != b"bad" else 404)
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v2/models/m/infer", infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        payloads = [HTTP_PREFIX.pack(3) + b'{}}tail', HTTP_PREFIX.pack(0) + b"bad"]
+        send, close = _make_http_sender(f"127.0.0.1:{port}", "/v2/models/m/infer", payloads, 10.0, 1)
+        try:
+            return [await send(0), await send(1), await send(0)]
+        finally:
+            await close()
+            await runner.cleanup()
+
+    assert asyncio.run(main()) == [None, "HTTP_404", None]
+    assert [(length, body) for length, body, _ in seen] == [("3", b'{}}tail'), (None, b"bad"), ("3", b'{}}tail')]
+    assert len({peer for _, _, peer in seen}) == 1  # one connection, kept alive

@@ -143,7 +143,7 @@ class _Registry:
 
 
 def test_request_metrics_in_milliseconds_and_score_sum():
-    from navi.server.tfserving import RequestMetrics
+    from navi.server.dataplane import RequestMetrics
 
     metrics = Metrics()
     counts = RequestMetrics(metrics, _Registry())

@@ -33,4 +33,19 @@ def test_unsupported_pair_falls_back_to_numpy():
     dst = np.zeros((2, 2), dtype=np.int16)
     kernels.cast_into(np.full((2, 2), 3, dtype=np.int8), dst)
     assert dst.tolist() == [[3, 3], [3, 3]]
-    assert not kernels.can_cast(np.int8, np.int16) and kernels.can_cast(np.float64, np.float32)
+    assert (np.dtype(np.int8), np.dtype(np.int16)) not in kernels._SUPPORTED
+
+
+def test_compiled_pairs_are_the_rules_pairs_and_the_bpr_layouts():
+    """Every pair the one rule (navi.dtypes.feeds) allows between the dtypes clients send has a
+    kernel, and every compiled pair is reachable: allowed by the rule, or the BPR converter's
+    int64 layout tensors into a float model input."""
+    from navi.dtypes import feeds
+
+    served = [np.dtype(t) for t in ("float32", "float64", "int32", "int64")]
+    for src in served:
+        for dst in served:
+            if feeds(src, dst):
+                assert (src, dst) in kernels._SUPPORTED, (src, dst)
+    for src, dst in kernels._SUPPORTED:
+        assert feeds(src, dst) or (src == np.int64 and dst.kind == "f"), (src, dst)

@@ -134,3 +134,36 @@ def test_unknown_top_level_fields_and_order_are_kept():
     stripped, spans = check(raw)
     assert [raw[a:a + n] for a, n in spans["examples"]] == [b"bpr-1", b"bpr-2"]
     assert len(stripped) < len(raw)
+
+
+# --------------------------------------------------------------------------- KServe BYTES elements
+
+from navi._fast._pbscan import split_length_prefixed as cy_split_bytes  # noqa: E402
+
+
+def _outcome(function, raw, count):
+    try:
+        return function(raw, count)
+    except ValueError as error:
+        return ("ValueError", str(error))
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.binary(max_size=40), max_size=12), count_delta=st.integers(-2, 2),
+       cut=st.integers(0, 6), extra=st.binary(max_size=3))
+def test_bytes_split_twins_agree(items, count_delta, cut, extra):
+    raw = b"".join(len(item).to_bytes(4, "little") + item for item in items)
+    raw = raw[:max(0, len(raw) - cut)] + extra
+    count = max(0, len(items) + count_delta)
+    for source in (raw, memoryview(raw), bytearray(raw)):
+        assert _outcome(cy_split_bytes, source, count) == _outcome(_pbscan_ref.split_length_prefixed, raw, count)
+    if not cut and not extra and count == len(items):
+        assert cy_split_bytes(raw, count) == items
+
+
+def test_bytes_split_never_trusts_the_count():
+    # a count of 2**40 over 8 bytes fails at the third element, allocating nothing of its size
+    raw = (0).to_bytes(4, "little") * 2
+    for function in (cy_split_bytes, _pbscan_ref.split_length_prefixed):
+        with pytest.raises(ValueError, match="end after 2 of 1099511627776"):
+            function(raw, 2**40)
