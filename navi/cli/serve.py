@@ -229,8 +229,16 @@ def run(settings, fleet=None) -> int:
         if fleet is not None:
             fleet.attach(render=lambda: render_text(metrics.registry), on_change=server.refresh_health,
                          on_orphaned=stop.set)
-        server.start()
-        registry.start()
+        if fleet is None:
+            server.start()
+            registry.start()
+        else:
+            # a worker binds the shared port only once its models are loaded:
+            # the kernel sends it connections as soon as it listens, and a
+            # restarted worker must not answer them "not loaded" while its
+            # siblings could (see benchmarks/RESULTS.md, workers)
+            registry.start()
+            server.start()
         server.refresh_health()
         # Everything loaded so far lives as long as the process: keep the
         # collector from walking it again on every full collection.

@@ -198,6 +198,7 @@ class NaviServer:
         server.start()
         self._server = server
         self.port = port
+        self._report_ready()
         if self.fleet is not None:
             log.info("worker %d gRPC on %s:%d (SO_REUSEPORT)", self.fleet.index, settings.host, port)
             return port
@@ -254,7 +255,8 @@ class NaviServer:
         self._report_ready()
 
     def _report_ready(self) -> None:
-        if self.fleet is not None and not self._stopping:
+        # a worker is ready only once it listens (the fleet's health counts on it)
+        if self.fleet is not None and self._server is not None and not self._stopping:
             self.fleet.report_ready(self.registry.is_ready())
 
     def _on_model_change(self, name: str) -> None:

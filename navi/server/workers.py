@@ -123,6 +123,25 @@ def reserve_port(host: str, port: int) -> socket.socket:
 # --------------------------------------------------------------------------- /proc
 
 
+def _hint_migrate_req() -> None:
+    """Say so when Linux will reset connections queued on a worker that dies.
+
+    A connection the kernel already accepted into a worker's listen queue is
+    reset when that worker's listener closes (it died, or drains): its gRPC
+    channel then fails fast for its reconnect back-off (about 1 s). With
+    ``net.ipv4.tcp_migrate_req=1`` (Linux 5.14+) the kernel moves such
+    connections to another listener of the port instead.
+    """
+    try:
+        value = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
+    except OSError:
+        return
+    if value == "0":
+        log.info("net.ipv4.tcp_migrate_req is 0: connections queued on a worker that dies are reset "
+                 "rather than moved to the others (sysctl -w net.ipv4.tcp_migrate_req=1 moves them)")
+
+
+
 def memory_bytes(pid: int) -> dict[str, int]:
     """Resident (``rss``) and proportional (``pss``: shared pages divided among their
     sharers) bytes of a process, from /proc/<pid>/smaps_rollup; {} if unreadable."""
@@ -347,6 +366,7 @@ class Supervisor:
         log.info("navi gRPC listening on %s:%d (%s, %d workers), metrics on :%d/metrics",
                  settings.host, self.port, "mutual TLS" if settings.ssl_dir else "plaintext",
                  len(self.slots), self._http.port)
+        _hint_migrate_req()
         for slot in self.slots:
             self._spawn(slot)
         threading.Thread(target=self._snapshot_loop, name="worker-snapshots", daemon=True).start()
@@ -388,7 +408,7 @@ class Supervisor:
         with self._lock:
             slot.generation += 1
             slot.process, slot.conn = process, parent
-            slot.pid, slot.ready, slot.last_text = process.pid, False, ""
+            slot.pid, slot.ready, slot.ever_ready, slot.last_text = process.pid, False, False, ""
             slot.started_at = time.monotonic()
             slot.restart_at = None
             generation = slot.generation
