@@ -22,11 +22,11 @@ the client processes' CPU use; the ratio of each W's requests/s to W=1's,
 paired by repeat (min and median); navi's CPU per request over the bare
 server's (tiny); and, per navi target, whether its merged ``:navi:num_requests``
 grew by exactly the requests sent and no request failed. ``--kill`` adds
-the restart figure: SIGKILL one worker of the largest W under tiny load,
-the seconds until it serves again and the requests that failed.
+the restart figure: SIGKILL one worker of the largest W under tiny load, N times,
+the seconds until it serves again and the requests that failed each time.
 
 Usage: python benchmarks/bench_workers.py [--workers 1,2] [--duration 5] [--repeats 3]
-       [--concurrency 16] [--kill] [--out out/bench-workers]
+       [--concurrency 16] [--kill N] [--out out/bench-workers]
 """
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ from navi.bench.requests import fetch_inputs  # noqa: E402
 from navi.bench.serve import ServeBenchConfig, Target, run_serve_bench  # noqa: E402
 from navi.bench.servers import free_port, launch_server, stop_server  # noqa: E402
 from navi.bench.workloads import dense_workload, home_workload  # noqa: E402
+from navi.server.workers import FAST_DEATH_S  # noqa: E402
 from navi.settings import usable_cores  # noqa: E402
 
 PHASES = ("tiny", "small")
@@ -106,7 +107,8 @@ def summarize(runs: list[dict], targets: list[str], workers: dict[str, int]) -> 
             continue
         ratios = [r["requests_per_s"] / b["requests_per_s"]
                   for r in runs if r["target"] == name for b in base if b["repeat"] == r["repeat"]]
-        out[name]["vs_workers_1"] = {"min": min(ratios), "median": statistics.median(ratios)}
+        if ratios:
+            out[name]["vs_workers_1"] = {"min": min(ratios), "median": statistics.median(ratios)}
     if "bare" in out:
         for name in workers:
             bare = [r for r in runs if r["target"] == "bare"]
@@ -122,7 +124,7 @@ def kill_figure(target: Target, prometheus_port: int, workload, pool: ClientPool
     old_pid = int(sample(text, ":navi:worker_pid", '{worker="0"}'))
     result: dict = {}
     workload_id = pool.load_workload(workload.payloads, workload.rows)
-    spec = LoadSpec("closed", float(concurrency), warmup_s=0.5, duration_s=8.0, timeout_s=30.0)
+    spec = LoadSpec("closed", float(concurrency), warmup_s=0.5, duration_s=6.0, timeout_s=30.0)
     measured: list = []
     runner = threading.Thread(target=lambda: measured.append(pool.run(target.address, workload.method, workload_id,
                                                                       spec)))
@@ -141,9 +143,15 @@ def kill_figure(target: Target, prometheus_port: int, workload, pool: ClientPool
     runner.join()
     measurement = measured[0]
     result.update({"requests": measurement.total_requests, "failed": sum(measurement.errors.values()),
-                   "errors": measurement.errors, "in_flight_on_worker_before_kill": in_flight,
-                   "concurrency": concurrency})
+                   "in_flight_on_worker_before_kill": in_flight, "concurrency": concurrency})
     return result
+
+
+def _migrate_req() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
+    except OSError:
+        return "absent"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-per-process", type=int, default=2)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-bare", action="store_true", help="leave out the bare transport server")
-    parser.add_argument("--kill", action="store_true", help="add the SIGKILL-a-worker figure")
+    parser.add_argument("--kill", type=int, default=0, metavar="N",
+                        help="add the SIGKILL-a-worker figure: N kills, each in its own run")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `navi serve` argument")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench-workers")
     args = parser.parse_args(argv)
@@ -246,9 +255,17 @@ def main(argv: list[str] | None = None) -> int:
                 target = next(t for t in targets if t.name == name)
                 inputs = fetch_inputs(target.address, "dense", "tfserving")
                 workload = dense_workload("tfserving", "dense", inputs, batch_rows=2)
-                log(f"kill: SIGKILL worker 0 of {name} under {args.concurrency} requests in flight")
-                document["kill"] = kill_figure(target, metrics_ports[name], workload, pool, args.concurrency)
-                log(f"  {document['kill']}")
+                log(f"kill: SIGKILL worker 0 of {name} under {args.concurrency} requests in flight, "
+                    f"{args.kill} times")
+                kills = []
+                for _ in range(args.kill):
+                    kills.append(kill_figure(target, metrics_ports[name], workload, pool, args.concurrency))
+                    # a worker that dies young is restarted after a delay: let this one age
+                    time.sleep(FAST_DEATH_S)
+                document["kill"] = {"kills": kills, "tcp_migrate_req": _migrate_req()}
+                for kill in kills:
+                    log(f"  back after {kill.get('back_after_s', float('nan')):.2f} s, {kill['failed']} of "
+                        f"{kill['requests']} requests failed")
     finally:
         for process in processes:
             stop_server(process)

@@ -12,8 +12,10 @@ started) owns the port and the workers:
   the kernel spreads new connections over the workers' listeners. A gRPC
   channel is one connection, so it stays on one worker: load from several
   channels to use them all.
-* **Workers** are spawned (not forked: gRPC and ONNX Runtime threads do not
-  survive a fork) and each runs the whole one-process server
+* **Workers** are forked from a fork server that imported navi, gRPC and
+  ONNX Runtime once but started nothing (``worker_context``; never forked
+  from a process with gRPC or ONNX Runtime threads, which do not survive a
+  fork), and each runs the whole one-process server
   (``navi.cli.serve.run``) with its own registry: it loads its models,
   reads META.json and polls for versions exactly as one process does.
   Each talks to the supervisor over a pipe (``WorkerLink``).
@@ -137,7 +139,7 @@ def _hint_migrate_req() -> None:
     except OSError:
         return
     if value == "0":
-        log.info("net.ipv4.tcp_migrate_req is 0: connections queued on a worker that dies are reset "
+        log.warning("net.ipv4.tcp_migrate_req is 0: connections queued on a worker that dies are reset "
                  "rather than moved to the others (sysctl -w net.ipv4.tcp_migrate_req=1 moves them)")
 
 
@@ -316,6 +318,25 @@ class _FleetCollector(Collector):
         return [workers, up, ready, pid, rss, pss, in_flight, received]
 
 
+#: modules the fork server imports once, so a worker (re)starts without importing them:
+#: about 1 s of CPU per worker; none of them starts a thread on import
+WORKER_PRELOAD = ("navi.cli.serve", "navi.server.app", "navi.repository", "navi.plugins", "onnxruntime")
+
+
+def worker_context():
+    """How workers are started: forked from a fork server (a fresh, single-threaded
+    process that imported ``WORKER_PRELOAD``), where the platform has one; else spawned.
+
+    Never forked from the supervisor or from a loaded worker: gRPC's and ONNX
+    Runtime's threads do not survive a fork.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(list(WORKER_PRELOAD))
+        return context
+    return mp.get_context("spawn")
+
+
 #: a worker process entry: (settings, index, pipe end, log level) -> exit code via SystemExit
 WorkerMain = Callable[[ServerSettings, int, Connection, int], None]
 
@@ -332,7 +353,7 @@ class Supervisor:
         self.restarts = TallyCounter(":navi:worker_restarts_total", "Worker processes restarted after dying",
                                      ("worker",), registry=self.registry)
         self.registry.register(_FleetCollector(self))
-        self._context = mp.get_context("spawn")
+        self._context = worker_context()
         self._lock = threading.Lock()  # slot generations, texts and the merger move together
         self._tokens = itertools.count(1)
         self._stop = threading.Event()
