@@ -27,6 +27,8 @@ the seconds until it serves again and the requests that failed each time.
 
 Usage: python benchmarks/bench_workers.py [--workers 1,2] [--duration 5] [--repeats 3]
        [--concurrency 16] [--kill N] [--out out/bench-workers]
+
+Writes OUT/workers.json and OUT/workers.md (the tables) and prints the tables.
 """
 from __future__ import annotations
 
@@ -49,12 +51,12 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from navi.bench.loadgen import ClientPool, LoadSpec  # noqa: E402
-from navi.bench.machine import machine_info  # noqa: E402
+from navi.bench.machine import machine_info, process_tree  # noqa: E402
 from navi.bench.requests import fetch_inputs  # noqa: E402
 from navi.bench.serve import ServeBenchConfig, Target, run_serve_bench  # noqa: E402
 from navi.bench.servers import free_port, launch_server, stop_server  # noqa: E402
 from navi.bench.workloads import dense_workload, home_workload  # noqa: E402
-from navi.server.workers import FAST_DEATH_S  # noqa: E402
+from navi.server.workers import FAST_DEATH_S, memory_bytes  # noqa: E402
 from navi.settings import usable_cores  # noqa: E402
 
 PHASES = ("tiny", "small")
@@ -147,6 +149,44 @@ def kill_figure(target: Target, prometheus_port: int, workload, pool: ClientPool
     return result
 
 
+def markdown(document: dict) -> str:
+    """The RESULTS.md tables of one run."""
+    machine = document["machine"]
+    lines = [f"`{document['command']}`, {document['started_at'][:10]}, {machine['cores']} cores "
+             f"({machine['cpu_model']}), " + ("pinned" if document.get("pinned") else "nothing pinned") + ".", ""]
+    memory = document.get("memory_at_start", {})
+    if memory:
+        lines += ["| server | processes | RSS MiB | PSS MiB |", "| --- | --- | --- | --- |"]
+        lines += [f"| {name} | {m['processes']} | {m['rss_mib']:.0f} | {m['pss_mib']:.0f} |" for name, m in memory.items()]
+        lines.append("")
+    for phase, data in document["phases"].items():
+        lines += [f"{phase}: {data['workload']['description']}, {data['workload']['mean_request_bytes'] / 1024:,.1f} KiB "
+                  "per request", "",
+                  "| server | req/s median (min) | x workers=1 median (min) | rows/s | p50 ms | p99 ms | "
+                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, row in data["summary"].items():
+            ratio = row.get("vs_workers_1")
+            bare = row.get("cpu_vs_bare")
+            counted = (f"{row['merged_num_requests']:.0f} / {row['requests_sent']}, {row['failed']}"
+                       if "requests_sent" in row else f"-, {row['failed']}")
+            cpu = row["server_cpu_ms_per_request_median"]
+            lines.append(
+                f"| {name} | {row['requests_per_s']['median']:,.0f} ({row['requests_per_s']['min']:,.0f}) | "
+                + (f"{ratio['median']:.2f}x ({ratio['min']:.2f}x)" if ratio else "-") + " | "
+                f"{row['rows_per_s_median']:,.0f} | {row['p50_ms_median']:.2f} | {row['p99_ms_median']:.2f} | "
+                + (f"{cpu:.3f}" if cpu is not None else "-") + " | "
+                + (f"{bare['median']:.2f}x" if bare else "-") + f" | {row['client_cpu_utilization_median']:.2f} | "
+                f"{counted} |")
+        lines.append("")
+    kill = document.get("kill")
+    if kill:
+        lines += [f"SIGKILL worker 0 under load (tcp_migrate_req={kill['tcp_migrate_req']}): "
+                  + "; ".join(f"back after {k.get('back_after_s', float('nan')):.2f} s, {k['failed']} of "
+                              f"{k['requests']} failed" for k in kill["kills"]), ""]
+    return "\n".join(lines)
+
+
 def _migrate_req() -> str:
     try:
         return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
@@ -205,7 +245,17 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(process)
             targets.insert(0, Target("bare", f"127.0.0.1:{port}", process.pid))
 
-        document: dict = {"schema": "navi.bench.workers/1", "machine": machine_info(),
+        memory = {}
+        for target in targets:
+            members = {member: memory_bytes(member) for member in process_tree(target.pid)}
+            memory[target.name] = {
+                "processes": len(members),
+                "rss_mib": sum(m.get("rss", 0) for m in members.values()) / 2**20,
+                "pss_mib": sum(m.get("pss", 0) for m in members.values()) / 2**20,
+            }
+            log(f"  {target.name}: {memory[target.name]['processes']} processes, RSS "
+                f"{memory[target.name]['rss_mib']:.0f} MiB, PSS {memory[target.name]['pss_mib']:.0f} MiB in all")
+        document: dict = {"memory_at_start": memory, "schema": "navi.bench.workers/1", "machine": machine_info(),
                           "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
                           "pinned": plan, "phases": {}}
@@ -271,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(process)
     document["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     (args.out / "workers.json").write_text(json.dumps(document, indent=1, default=str))
+    (args.out / "workers.md").write_text(markdown(document))
+    print(markdown(document))
     log(f"wrote {args.out / 'workers.json'}")
     return 0
 
