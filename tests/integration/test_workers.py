@@ -203,3 +203,26 @@ def test_a_taken_port_stops_start_up(start_navi, tmp_path):
         )
     assert result.returncode == 2, result.stderr
     assert "--port: cannot bind" in result.stderr
+
+
+def test_workers_of_a_killed_supervisor_drain_and_exit(start_navi):
+    daemon = start_navi("--workers", "2")
+    samples = metrics(daemon)
+    pids = [int(samples[(":navi:worker_pid", (("worker", str(i)),))]) for i in range(2)]
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.wait_exit(timeout_s=30)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie until its parent (the fork server, exiting too) is gone
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(pid) for pid in pids), 30, "workers gone", daemon)
+    assert "supervisor gone, draining" in daemon.log_text()
