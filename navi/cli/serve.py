@@ -226,13 +226,12 @@ def run(settings, fleet=None) -> int:
 
     exit_code = 0
     try:
-        if fleet is not None:
-            fleet.attach(render=lambda: render_text(metrics.registry), on_change=server.refresh_health,
-                         on_orphaned=stop.set)
         if fleet is None:
             server.start()
             registry.start()
         else:
+            fleet.attach(render=lambda: render_text(metrics.registry), on_change=server.refresh_health,
+                         on_orphaned=stop.set)
             # a worker binds the shared port only once its models are loaded:
             # the kernel sends it connections as soon as it listens, and a
             # restarted worker must not answer them "not loaded" while its
@@ -270,7 +269,7 @@ def run(settings, fleet=None) -> int:
 
 
 def run_worker(settings, index: int, conn, log_level: int) -> None:
-    """Entry of one ``--workers`` process (spawned by ``navi.server.workers.Supervisor``)."""
+    """Entry of one ``--workers`` process (started by ``navi.server.workers.Supervisor``)."""
     from navi.server.workers import WorkerLink
 
     logging.basicConfig(level=log_level,
