@@ -114,6 +114,7 @@ SERVER_FLAGS: dict[str, str] = {
     "--max-request-rows": "max_request_rows",
     "--max-request-decoded-bytes": "max_request_decoded_bytes",
     "--shutdown-grace-secs": "shutdown_grace_s",
+    "--workers": "workers",
 }
 
 #: the original's flag -> navi's flag of the same meaning; navi's own wins when both are given

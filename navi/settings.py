@@ -75,6 +75,16 @@ def parse_feature_ids(value: Any) -> tuple[int, ...]:
 FeatureIds = Annotated[tuple[int, ...], BeforeValidator(parse_feature_ids)]
 
 
+def parse_workers(value: Any) -> Any:
+    """``"auto"`` -> the usable cores; anything else is left to the int field's own check."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return usable_cores()
+    return value
+
+
+Workers = Annotated[int, BeforeValidator(parse_workers)]
+
+
 class ModelSettings(_Frozen):
     """One served model: a directory of versions and how to run it."""
 
@@ -143,6 +153,11 @@ class ServerSettings(_Frozen):
     ssl_dir: Path | None = None
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    workers: Workers = Field(
+        1, ge=1, le=256,
+        description="server processes sharing the gRPC port (SO_REUSEPORT) under one supervisor; "
+        "1 = one process, no supervisor; \"auto\" = the usable cores",
+    )
     grpc_threads: int = Field(
         default_factory=lambda: default_grpc_threads(),
         ge=1,

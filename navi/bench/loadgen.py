@@ -493,7 +493,7 @@ class ClientPool:
     process that already used it) once and reused for every run.
     """
 
-    def __init__(self, processes: int | None = None, channels_per_process: int = 1):
+    def __init__(self, processes: int | None = None, channels_per_process: int = 2):
         self.processes = processes or default_client_processes()
         self.channels_per_process = channels_per_process
         ctx = mp.get_context("spawn")

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from navi.bench.loadgen import ClientPool, LoadSpec, RunMeasurement
-from navi.bench.machine import machine_info, process_cpu_s
+from navi.bench.machine import machine_info, process_tree_cpu_s
 from navi.bench.requests import HTTP_PROTOCOLS, probe_rows
 from navi.bench.stats import latency_summary_ms
 from navi.bench.workloads import Workload
@@ -29,6 +29,7 @@ class Target:
     name: str
     address: str
     #: PID of the server process when known (local), for server CPU per request
+    #: (of it and its descendants: a ``--workers`` supervisor and its workers)
     pid: int | None = None
 
     @classmethod
@@ -55,7 +56,8 @@ class ServeBenchConfig:
     warmup_s: float = 2.0
     repeats: int = 1
     client_processes: int | None = None
-    channels_per_process: int = 1
+    #: two per process: a channel is one connection, which a --workers server gives one worker
+    channels_per_process: int = 2
     timeout_s: float = 30.0
 
 
@@ -76,6 +78,8 @@ def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeas
     record.update(
         {
             "requests": measurement.requests,
+            # warm-up included: what the server received
+            "total_requests": measurement.total_requests,
             "ok": ok,
             "elapsed_s": measurement.elapsed_s,
             "requests_per_s": measurement.requests_per_s,
@@ -182,10 +186,10 @@ def run_serve_bench(
                               "level": spec.level, "repeat": repeat,
                               "progress": lambda b=before: pool.completed() - b}
                     emit("start", labels)
-                    cpu_before = process_cpu_s(target.pid) if target.pid else None
+                    cpu_before = process_tree_cpu_s(target.pid) if target.pid else None
                     measurement = pool.run(target.address, workload.method, workload_id, spec,
                                            poll=lambda l=labels: emit("poll", l))
-                    cpu_after = process_cpu_s(target.pid) if target.pid else None
+                    cpu_after = process_tree_cpu_s(target.pid) if target.pid else None
                     server_cpu = (cpu_after - cpu_before) if cpu_before is not None and cpu_after is not None else None
                     record = run_record(target, spec, repeat, measurement, server_cpu)
                     runs.append(record)

@@ -73,7 +73,8 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.option("--warmup-s", type=float, default=2.0, show_default=True, help="warm-up seconds before each run, not measured.")
 @click.option("--repeats", type=int, default=1, show_default=True, help="rounds over all loads and targets; medians are reported.")
 @click.option("--client-processes", type=int, default=None, help="load generator processes (default min(2, CPUs)).")
-@click.option("--channels-per-process", type=int, default=1, show_default=True, help="gRPC connections per client process.")
+@click.option("--channels-per-process", type=int, default=2, show_default=True,
+              help="gRPC connections per client process (a --workers server gives each connection one worker).")
 @click.option("--timeout-s", type=float, default=30.0, show_default=True, help="per-request deadline.")
 @click.option("--model", default="home", show_default=True, help="model name in each request.")
 @click.option("--signature-name", default="", help="TF Serving signature name (empty: the server's default).")

@@ -110,6 +110,10 @@ OPTIONS = [
                       "expanded size; past it RESOURCE_EXHAUSTED [default: 134217728 = 128 MiB]."),
     click.option("--shutdown-grace-secs", type=float,
                  help="On SIGTERM, how long in-flight requests may finish [default: 10]."),
+    click.option("--workers", type=str,
+                 help="Server processes sharing the gRPC port (SO_REUSEPORT), each with its own models, "
+                      "under one supervisor that serves the merged /metrics; auto = usable cores. "
+                      "A client channel stays on one worker. [default: 1]"),
     # repeatable and comma-separated, as the original's clap Vec<(k, v)> options
     click.option("--onnx-ep-options", multiple=True, type=str,
                  help="k=v,... options of --onnx-gpu-ep's execution provider; without it, of the CPU "
@@ -184,19 +188,32 @@ def _check_runtimes(settings) -> None:
                               key=error.key or "runtime") from None
 
 
-def run(settings) -> int:
-    """Serve until SIGTERM/SIGINT, then drain; returns the process exit code."""
+def run(settings, fleet=None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; returns the process exit code.
+
+    With ``settings.workers`` > 1 this process becomes the supervisor of that
+    many workers (``navi.server.workers``); each worker runs this function
+    with its ``fleet`` link.
+    """
+    if settings.workers > 1 and fleet is None:
+        from navi.server.workers import Supervisor
+
+        return Supervisor(settings, run_worker).run()
+
     from navi.allocator import tune_allocator
     from navi.metrics import Metrics
     from navi.plugins import resolve_runtime
     from navi.repository import ModelRegistry
     from navi.server.app import NaviServer
+    from navi.tally import render_text
 
     tune_allocator()
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics, runtimes=resolve_runtime)
-    server = NaviServer(settings, registry, metrics)
+    server = NaviServer(settings, registry, metrics, fleet=fleet)
     stop = threading.Event()
+    # a worker logs its own lines, so the supervisor's "navi ready" stays the fleet's
+    ready_label = "navi ready" if fleet is None else f"worker {fleet.index} ready"
 
     def on_signal(signum, frame):
         if stop.is_set():
@@ -211,8 +228,18 @@ def run(settings) -> int:
 
     exit_code = 0
     try:
-        server.start()
-        registry.start()
+        if fleet is None:
+            server.start()
+            registry.start()
+        else:
+            fleet.attach(render=lambda: render_text(metrics.registry), on_change=server.refresh_health,
+                         on_orphaned=stop.set)
+            # a worker binds the shared port only once its models are loaded:
+            # the kernel sends it connections as soon as it listens, and a
+            # restarted worker must not answer them "not loaded" while its
+            # siblings could (see benchmarks/RESULTS.md, workers)
+            registry.start()
+            server.start()
         server.refresh_health()
         # Everything loaded so far lives as long as the process: keep the
         # collector from walking it again on every full collection.
@@ -220,7 +247,7 @@ def run(settings) -> int:
         gc.freeze()
         serving = [name for name in registry.model_names() if registry.is_ready(name)]
         waiting = [name for name in registry.model_names() if name not in serving]
-        log.info("navi ready: serving %s", ", ".join(serving) or "no model")
+        log.info("%s: serving %s", ready_label, ", ".join(serving) or "no model")
         if waiting:
             log.warning("not serving (no version loaded, see the errors above; the next poll retries): %s",
                         ", ".join(waiting))
@@ -237,8 +264,19 @@ def run(settings) -> int:
         grace_s = settings.shutdown_grace_s if exit_code == 0 else 0.0
         server.stop(grace_s)
         registry.stop(grace_s)
-    log.info("navi stopped")
+        if fleet is not None:
+            fleet.send_final()
+    log.info("navi stopped" if fleet is None else f"worker {fleet.index} stopped")
     return exit_code
+
+
+def run_worker(settings, index: int, conn, log_level: int) -> None:
+    """Entry of one ``--workers`` process (started by ``navi.server.workers.Supervisor``)."""
+    from navi.server.workers import WorkerLink
+
+    logging.basicConfig(level=log_level,
+                        format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    sys.exit(run(settings, WorkerLink(index, conn)))
 
 
 def _apply(options, function):

@@ -134,12 +134,18 @@ class NaviServer:
     ``stop(grace_s)`` turns health NOT_SERVING, refuses new RPCs and lets
     in-flight ones finish for at most ``grace_s``. The registry's own
     lifecycle (start, stop) belongs to the caller.
+
+    ``fleet`` (a ``navi.server.workers.WorkerLink``) makes this server one
+    worker of ``navi serve --workers N``: it binds with SO_REUSEPORT, serves
+    no metrics port (the supervisor fetches its exposition), reports its
+    readiness and answers health SERVING only while ``fleet.ready``.
     """
 
-    def __init__(self, settings: ServerSettings, registry, metrics):
+    def __init__(self, settings: ServerSettings, registry, metrics, fleet=None):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
+        self.fleet = fleet
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self._server: grpc.Server | None = None
@@ -159,8 +165,9 @@ class NaviServer:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            # never share a port with a stale process (SO_REUSEPORT would)
-            ("grpc.so_reuseport", 0),
+            # never share a port with a stale process (SO_REUSEPORT would); a
+            # worker shares the port its supervisor holds (navi.server.workers)
+            ("grpc.so_reuseport", 1 if self.fleet is not None else 0),
         ]
         # model-running RPCs on the handler threads, the rest on a control
         # pool they cannot fill (see navi.server.threads)
@@ -215,6 +222,10 @@ class NaviServer:
         server.start()
         self._server = server
         self.port = port
+        self._report_ready()
+        if self.fleet is not None:
+            log.info("worker %d gRPC on %s:%d (SO_REUSEPORT)", self.fleet.index, settings.host, port)
+            return port
 
         try:
             self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port).start()
@@ -284,13 +295,20 @@ class NaviServer:
     def _status_of(self, ready: bool) -> int:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        return serving if ready and not self._stopping else not_serving
+        fleet_ready = self.fleet is None or self.fleet.ready
+        return serving if ready and fleet_ready and not self._stopping else not_serving
 
     def refresh_health(self) -> None:
         """Re-read readiness of every model and of the whole server into the health service."""
         for name in self.registry.model_names():
             self._health.set(name, self._status_of(self.registry.is_ready(name)))
         self._health.set(OVERALL, self._status_of(self.registry.is_ready()))
+        self._report_ready()
+
+    def _report_ready(self) -> None:
+        # a worker is ready only once it listens (the fleet's health counts on it)
+        if self.fleet is not None and self._server is not None and not self._stopping:
+            self.fleet.report_ready(self.registry.is_ready())
 
     def _on_model_change(self, name: str) -> None:
         if self._stopping:
@@ -298,5 +316,6 @@ class NaviServer:
         try:
             self._health.set(name, self._status_of(self.registry.is_ready(name)))
             self._health.set(OVERALL, self._status_of(self.registry.is_ready()))
+            self._report_ready()
         except Exception:  # a listener must never break the registry's thread
             log.exception("health update for %s failed", name)

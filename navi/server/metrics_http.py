@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.registry import CollectorRegistry
@@ -24,9 +25,15 @@ METRICS_PATHS = ("/metrics", "/")
 
 
 class MetricsHTTPServer:
-    """Serves ``registry`` on ``host:port`` from a daemon thread; ``port`` 0 picks a free one."""
+    """Serves ``registry`` on ``host:port`` from a daemon thread; ``port`` 0 picks a free one.
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):
+    ``render``, when given, writes the exposition instead (the worker supervisor's merged one).
+    """
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0",
+                 render: Callable[[], bytes] | None = None):
+        render = render or (lambda: render_text(registry))
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
                 path = self.path.split("?", 1)[0]
@@ -34,7 +41,7 @@ class MetricsHTTPServer:
                     self.send_error(404, "only /metrics is served here")
                     return
                 try:
-                    body = render_text(registry)
+                    body = render()
                 except Exception:  # a broken collector must not kill the endpoint
                     log.exception("rendering /metrics failed")
                     self.send_error(500, "rendering the metrics failed")

@@ -14,9 +14,7 @@ gives its place to the next request (``navi.server.threads.HandlerPool``), so
 from __future__ import annotations
 
 import logging
-import time
 
-import grpc
 from navi._proto.tensorflow.core.protobuf import meta_graph_pb2
 from navi._proto.tensorflow_serving.apis import (
     classification_pb2,

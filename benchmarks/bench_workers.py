@@ -1,0 +1,331 @@
+#!/usr/bin/env python
+"""`navi serve --workers 1,2,...` under the same load, side by side in one run (issue 15).
+
+Starts, at once, one `navi serve --workers W` per W (the demo models home and
+dense) and the bare transport server (`navi bench bare-server`, answering the
+2-row dense shape), then, repeat after repeat, loads each in turn (targets
+interleaved, so the shared machine's drift hits all alike) with:
+
+* ``tiny``: 2-row dense Predict requests to the dense demo model;
+* ``small``: 100-candidate BPR requests (about 1.3 MB) to the small home model.
+
+The load generator is ``navi.bench.loadgen``'s client pool: ``--client-processes``
+processes with ``--channels-per-process`` channels each (a channel is one
+connection, which the kernel gives one worker). On a machine with at least
+2 + max(W) cores, the servers and the clients are pinned to separate cores
+(``taskset`` for the servers, the pool's processes by affinity); on fewer,
+nothing is pinned and the report says so.
+
+Per (phase, target): requests/s and rows/s (min and median over repeats),
+p50/p99, the server's CPU per request (supervisor + workers, from /proc) and
+the client processes' CPU use; the ratio of each W's requests/s to W=1's,
+paired by repeat (min and median); navi's CPU per request over the bare
+server's (tiny); and, per navi target, whether its merged ``:navi:num_requests``
+grew by exactly the requests sent and no request failed. ``--kill`` adds
+the restart figure: SIGKILL one worker of the largest W under tiny load, N times,
+the seconds until it serves again and the requests that failed each time.
+
+Usage: python benchmarks/bench_workers.py [--workers 1,2] [--duration 5] [--repeats 3]
+       [--concurrency 16] [--kill N] [--out out/bench-workers]
+
+Writes OUT/workers.json and OUT/workers.md (the tables) and prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from navi.bench.loadgen import ClientPool, LoadSpec  # noqa: E402
+from navi.bench.machine import machine_info, process_tree  # noqa: E402
+from navi.bench.requests import fetch_inputs  # noqa: E402
+from navi.bench.serve import ServeBenchConfig, Target, run_serve_bench  # noqa: E402
+from navi.bench.servers import free_port, launch_server, stop_server  # noqa: E402
+from navi.bench.workloads import dense_workload, home_workload  # noqa: E402
+from navi.server.workers import FAST_DEATH_S, memory_bytes  # noqa: E402
+from navi.settings import usable_cores  # noqa: E402
+
+PHASES = ("tiny", "small")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        return answer.read().decode()
+
+
+def sample(text: str, name: str, labels: str = "") -> float | None:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def latest_version_dir(model_dir: Path) -> Path:
+    return max((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def pin_plan(workers: list[int], client_processes: int) -> dict | None:
+    """Cores for each server and for the clients, or None when the machine is too small to separate them."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < max(workers) + client_processes:
+        return None
+    return {"server": cores[:max(workers)], "client": cores[max(workers):]}
+
+
+def summarize(runs: list[dict], targets: list[str], workers: dict[str, int]) -> dict:
+    out: dict = {}
+    for name in targets:
+        rows = [r for r in runs if r["target"] == name]
+        rps = [r["requests_per_s"] for r in rows]
+        cpu = [r["server_cpu_s_per_request"] * 1e3 for r in rows if r["server_cpu_s_per_request"] is not None]
+        out[name] = {
+            "requests_per_s": {"min": min(rps), "median": statistics.median(rps)},
+            "rows_per_s_median": statistics.median(r["rows_per_s"] for r in rows),
+            "p50_ms_median": statistics.median(r["latency_ms"]["p50"] for r in rows),
+            "p99_ms_median": statistics.median(r["latency_ms"]["p99"] for r in rows),
+            "server_cpu_ms_per_request_median": statistics.median(cpu) if cpu else None,
+            "client_cpu_utilization_median": statistics.median(r["client_cpu_utilization"] for r in rows),
+            "failed": sum(sum(r["errors"].values()) for r in rows),
+        }
+    base = [r for r in runs if r["target"] == "workers=1"]
+    for name, count in workers.items():
+        if count == 1:
+            continue
+        ratios = [r["requests_per_s"] / b["requests_per_s"]
+                  for r in runs if r["target"] == name for b in base if b["repeat"] == r["repeat"]]
+        if ratios:
+            out[name]["vs_workers_1"] = {"min": min(ratios), "median": statistics.median(ratios)}
+    if "bare" in out:
+        for name in workers:
+            bare = [r for r in runs if r["target"] == "bare"]
+            ratios = [r["server_cpu_s_per_request"] / b["server_cpu_s_per_request"]
+                      for r in runs if r["target"] == name for b in bare if b["repeat"] == r["repeat"]]
+            out[name]["cpu_vs_bare"] = {"min": min(ratios), "median": statistics.median(ratios)}
+    return out
+
+
+def kill_figure(target: Target, prometheus_port: int, workload, pool: ClientPool, concurrency: int) -> dict:
+    """SIGKILL worker 0 two seconds into a closed-loop run: recovery time and failed requests."""
+    text = scrape(prometheus_port)
+    old_pid = int(sample(text, ":navi:worker_pid", '{worker="0"}'))
+    result: dict = {}
+    workload_id = pool.load_workload(workload.payloads, workload.rows)
+    spec = LoadSpec("closed", float(concurrency), warmup_s=0.5, duration_s=6.0, timeout_s=30.0)
+    measured: list = []
+    runner = threading.Thread(target=lambda: measured.append(pool.run(target.address, workload.method, workload_id,
+                                                                      spec)))
+    runner.start()
+    time.sleep(2.5)
+    in_flight = sample(scrape(prometheus_port), ":navi:worker_requests_in_flight", '{worker="0"}')
+    killed_at = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    while time.monotonic() - killed_at < 60:
+        text = scrape(prometheus_port)
+        pid = sample(text, ":navi:worker_pid", '{worker="0"}')
+        if pid not in (None, old_pid) and sample(text, ":navi:worker_ready", '{worker="0"}') == 1:
+            result["back_after_s"] = time.monotonic() - killed_at
+            break
+        time.sleep(0.05)
+    runner.join()
+    measurement = measured[0]
+    result.update({"requests": measurement.total_requests, "failed": sum(measurement.errors.values()),
+                   "in_flight_on_worker_before_kill": in_flight, "concurrency": concurrency})
+    return result
+
+
+def markdown(document: dict) -> str:
+    """The RESULTS.md tables of one run."""
+    machine = document["machine"]
+    lines = [f"`{document['command']}`, {document['started_at'][:10]}, {machine['cores']} cores "
+             f"({machine['cpu_model']}), " + ("pinned" if document.get("pinned") else "nothing pinned") + ".", ""]
+    memory = document.get("memory_at_start", {})
+    if memory:
+        lines += ["| server | processes | RSS MiB | PSS MiB |", "| --- | --- | --- | --- |"]
+        lines += [f"| {name} | {m['processes']} | {m['rss_mib']:.0f} | {m['pss_mib']:.0f} |" for name, m in memory.items()]
+        lines.append("")
+    for phase, data in document["phases"].items():
+        lines += [f"{phase}: {data['workload']['description']}, {data['workload']['mean_request_bytes'] / 1024:,.1f} KiB "
+                  "per request", "",
+                  "| server | req/s median (min) | x workers=1 median (min) | rows/s | p50 ms | p99 ms | "
+                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, row in data["summary"].items():
+            ratio = row.get("vs_workers_1")
+            bare = row.get("cpu_vs_bare")
+            counted = (f"{row['merged_num_requests']:.0f} / {row['requests_sent']}, {row['failed']}"
+                       if "requests_sent" in row else f"-, {row['failed']}")
+            cpu = row["server_cpu_ms_per_request_median"]
+            lines.append(
+                f"| {name} | {row['requests_per_s']['median']:,.0f} ({row['requests_per_s']['min']:,.0f}) | "
+                + (f"{ratio['median']:.2f}x ({ratio['min']:.2f}x)" if ratio else "-") + " | "
+                f"{row['rows_per_s_median']:,.0f} | {row['p50_ms_median']:.2f} | {row['p99_ms_median']:.2f} | "
+                + (f"{cpu:.3f}" if cpu is not None else "-") + " | "
+                + (f"{bare['median']:.2f}x" if bare else "-") + f" | {row['client_cpu_utilization_median']:.2f} | "
+                f"{counted} |")
+        lines.append("")
+    kill = document.get("kill")
+    if kill:
+        lines += [f"SIGKILL worker 0 under load (tcp_migrate_req={kill['tcp_migrate_req']}): "
+                  + "; ".join(f"back after {k.get('back_after_s', float('nan')):.2f} s, {k['failed']} of "
+                              f"{k['requests']} failed" for k in kill["kills"]), ""]
+    return "\n".join(lines)
+
+
+def _migrate_req() -> str:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
+    except OSError:
+        return "absent"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop requests in flight")
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--channels-per-process", type=int, default=2)
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--no-bare", action="store_true", help="leave out the bare transport server")
+    parser.add_argument("--kill", type=int, default=0, metavar="N",
+                        help="add the SIGKILL-a-worker figure: N kills, each in its own run")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `navi serve` argument")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench-workers")
+    args = parser.parse_args(argv)
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    phases = [p for p in args.phases.split(",") if p]
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = REPO / "models"
+    plan = pin_plan(counts, args.client_processes)
+    log(f"{usable_cores()} usable cores: " + (f"servers on {plan['server']}, clients on {plan['client']}" if plan
+                                             else "too few to pin servers and clients apart: nothing pinned"))
+
+    processes, targets, metrics_ports, workers = [], [], {}, {}
+    try:
+        for count in counts:
+            port, prometheus_port = free_port(), free_port()
+            command = [sys.executable, "-m", "navi.cli.main", "serve", "--workers", str(count), "--host", "127.0.0.1",
+                       "--port", str(port), "--prometheus-port", str(prometheus_port),
+                       "--model-dir", str(models / "home"), "--model-dir", str(models / "dense"),
+                       "--input", "examples", "--input", "", "--output", "", *args.server_arg]
+            if plan:
+                command = ["taskset", "-c", ",".join(map(str, plan["server"][:count]))] + command
+            name = f"workers={count}"
+            log(f"starting {name}")
+            process = launch_server(command, f"127.0.0.1:{port}", log_path=args.out / f"navi-{count}.log")
+            processes.append(process)
+            targets.append(Target(name, f"127.0.0.1:{port}", process.pid))
+            metrics_ports[name], workers[name] = prometheus_port, count
+        if not args.no_bare:
+            port = free_port()
+            command = [sys.executable, "-m", "navi.cli.main", "bench", "bare-server", "--port", str(port),
+                       "--rows", "2"]
+            if plan:
+                command = ["taskset", "-c", str(plan["server"][0])] + command
+            process = launch_server(command, f"127.0.0.1:{port}", health_service=None,
+                                    log_path=args.out / "bare.log")
+            processes.append(process)
+            targets.insert(0, Target("bare", f"127.0.0.1:{port}", process.pid))
+
+        memory = {}
+        for target in targets:
+            members = {member: memory_bytes(member) for member in process_tree(target.pid)}
+            memory[target.name] = {
+                "processes": len(members),
+                "rss_mib": sum(m.get("rss", 0) for m in members.values()) / 2**20,
+                "pss_mib": sum(m.get("pss", 0) for m in members.values()) / 2**20,
+            }
+            log(f"  {target.name}: {memory[target.name]['processes']} processes, RSS "
+                f"{memory[target.name]['rss_mib']:.0f} MiB, PSS {memory[target.name]['pss_mib']:.0f} MiB in all")
+        document: dict = {"memory_at_start": memory, "schema": "navi.bench.workers/1", "machine": machine_info(),
+                          "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+                          "pinned": plan, "phases": {}}
+        with ClientPool(args.client_processes, args.channels_per_process) as pool:
+            if plan:
+                for worker in pool._workers:
+                    os.sched_setaffinity(worker.pid, plan["client"])
+            first_navi = targets[1] if not args.no_bare else targets[0]
+            for phase in phases:
+                if phase == "tiny":
+                    inputs = fetch_inputs(first_navi.address, "dense", "tfserving")
+                    workload = dense_workload("tfserving", "dense", inputs, batch_rows=2)
+                    phase_targets = targets
+                else:
+                    workload = home_workload("tfserving", "home", candidates=100,
+                                             spec_dir=latest_version_dir(models / "home"))
+                    phase_targets = [t for t in targets if t.name != "bare"]
+                counted_before = {n: sample(scrape(p), ":navi:num_requests") for n, p in metrics_ports.items()}
+                log(f"phase {phase}: {workload.description}")
+                config = ServeBenchConfig(targets=phase_targets, concurrencies=[args.concurrency],
+                                          duration_s=args.duration, warmup_s=args.warmup_s, repeats=args.repeats,
+                                          client_processes=args.client_processes,
+                                          channels_per_process=args.channels_per_process)
+                result = run_serve_bench(config, workload, pool=pool)
+                runs = result["runs"]
+                summary = summarize(runs, [t.name for t in phase_targets], workers)
+                for name, port in metrics_ports.items():
+                    sent = sum(r["total_requests"] for r in runs if r["target"] == name)
+                    text = scrape(port)
+                    counted = sample(text, ":navi:num_requests") - counted_before[name]
+                    summary[name]["merged_num_requests"] = counted
+                    summary[name]["requests_sent"] = sent
+                    summary[name]["merged_failed"] = sample(text, ":navi:num_requests_failed")
+                document["phases"][phase] = {"workload": result["workload"], "summary": summary, "runs": runs}
+                for name, row in summary.items():
+                    log(f"  {name:10} {row['requests_per_s']['median']:8,.0f} req/s (min {row['requests_per_s']['min']:,.0f})"
+                        f"  p50 {row['p50_ms_median']:.2f} ms  p99 {row['p99_ms_median']:.2f} ms"
+                        f"  server CPU {row['server_cpu_ms_per_request_median'] or float('nan'):.3f} ms/req"
+                        f"  client CPU use {row['client_cpu_utilization_median']:.2f}"
+                        + (f"  x{row['vs_workers_1']['median']:.2f} of workers=1 (min {row['vs_workers_1']['min']:.2f})"
+                           if "vs_workers_1" in row else "")
+                        + (f"  CPU/bare {row['cpu_vs_bare']['median']:.2f}" if "cpu_vs_bare" in row else "")
+                        + (f"  counted {row['merged_num_requests']:.0f} of {row['requests_sent']} sent, "
+                           f"{row['failed']} failed" if "requests_sent" in row else ""))
+            if args.kill:
+                name = f"workers={max(counts)}"
+                target = next(t for t in targets if t.name == name)
+                inputs = fetch_inputs(target.address, "dense", "tfserving")
+                workload = dense_workload("tfserving", "dense", inputs, batch_rows=2)
+                log(f"kill: SIGKILL worker 0 of {name} under {args.concurrency} requests in flight, "
+                    f"{args.kill} times")
+                kills = []
+                for _ in range(args.kill):
+                    kills.append(kill_figure(target, metrics_ports[name], workload, pool, args.concurrency))
+                    # a worker that dies young is restarted after a delay: let this one age
+                    time.sleep(FAST_DEATH_S)
+                document["kill"] = {"kills": kills, "tcp_migrate_req": _migrate_req()}
+                for kill in kills:
+                    log(f"  back after {kill.get('back_after_s', float('nan')):.2f} s, {kill['failed']} of "
+                        f"{kill['requests']} requests failed")
+    finally:
+        for process in processes:
+            stop_server(process)
+    document["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    (args.out / "workers.json").write_text(json.dumps(document, indent=1, default=str))
+    (args.out / "workers.md").write_text(markdown(document))
+    print(markdown(document))
+    log(f"wrote {args.out / 'workers.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""``workers``: the flag and the config key, ``auto`` and bad values."""
+from __future__ import annotations
+
+import pytest
+
+from navi.config import build_settings
+from navi.errors import ConfigError
+from navi.settings import usable_cores
+
+
+def test_workers_from_the_flag_and_from_the_config_file(tmp_path):
+    models = [tmp_path / "m"]
+    assert build_settings({}, None, models).workers == 1
+    assert build_settings({"--workers": "3"}, None, models).workers == 3
+    config = tmp_path / "navi.toml"
+    config.write_text('workers = "auto"\n')
+    assert build_settings({}, config, models).workers == usable_cores()
+    # the flag wins over the file
+    assert build_settings({"--workers": "2"}, config, models).workers == 2
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-1"])
+def test_a_bad_workers_value_names_the_flag(tmp_path, value):
+    with pytest.raises(ConfigError, match="--workers"):
+        build_settings({"--workers": value}, None, [tmp_path / "m"])
