@@ -202,11 +202,10 @@ def default_grpc_threads() -> int:
     """Handler threads of ``navi serve`` when not configured: the usable cores, 2 to 8.
 
     Every handler thread runs Python under one GIL, so threads beyond the
-    cores only add GIL hand-offs and context switches. Measured on a 2-core
-    machine, one-row dense requests at 8 and 32 callers: 2 threads answered
-    1.3x-1.9x the requests of 16 at 0.6 ms server CPU per request against
-    0.85 (a bare gRPC server gains from fewer threads too, less). Threads
-    asleep while their request waits in a batch do not count: up to
+    cores only add GIL hand-offs and context switches: fewer threads
+    answered more tiny requests at less CPU each (benchmarks/RESULTS.md,
+    "Design measurements"). Threads asleep while their request waits in a
+    batch do not count: up to
     ``grpc_max_threads`` hold requests (``navi.server.threads.HandlerPool``).
     """
     return max(2, min(8, usable_cores()))

@@ -4,17 +4,12 @@ Serves, on one port: TF Serving's PredictionService and ModelService, KServe
 V2's GRPCInferenceService, gRPC health checking (per model and overall ""),
 and server reflection; plus Prometheus ``/metrics`` on its own HTTP port.
 
-Why the threaded ``grpc.server`` and not ``grpc.aio``: measured on the shared
-2-core dev machine (grpcio 1.85) with a bare PredictionService (PredictRequest
-in, constant PredictResponse out, 16 handler threads vs one aio loop), client
-threads closed-loop in another process, two runs each:
-
-    1.5 MB string tensor, 4 callers:  sync 150 / 218 req/s   aio  70 / 187 req/s
-    10 B string tensor,   8 callers:  sync 984 / 1187 req/s  aio 769 / 377 req/s
-
-The sync server won every run, on the large BPR-sized messages that matter
-most; and our handlers block until their batch answered (often running it
-themselves), which in aio would cost an extra executor hop per request.
+Why the threaded ``grpc.server`` and not ``grpc.aio``: with a bare
+PredictionService the sync server answered more requests in every run, on
+the large BPR-sized messages that matter most and on tiny ones (figures:
+benchmarks/RESULTS.md, "Design measurements"); and our handlers block until
+their batch answered (often running it themselves), which in aio would cost
+an extra executor hop per request.
 
 Compression: gzip-compressed requests are always accepted (gRPC core
 decompresses them). Answers are gzip-compressed when the client accepts gzip

@@ -3,9 +3,9 @@
 grpcio's sync server runs every RPC on one thread pool, in arrival order. With
 navi's few running handler threads (``ServerSettings.grpc_threads``, as many
 as cores; ``HandlerPool``) a health check or a metadata call would then wait
-behind every queued Predict: measured on 2 cores with 16 callers on the heavy
-model, a health check took 270 ms. The model-running methods therefore get a pool of their
-own and everything else (health, reflection, metadata, status, liveness)
+behind every queued Predict (hundreds of milliseconds under load:
+benchmarks/RESULTS.md, "Design measurements"). The model-running methods
+therefore get a pool of their own and everything else (health, reflection, metadata, status, liveness)
 runs on a small control pool that requests cannot fill.
 """
 from __future__ import annotations
@@ -158,7 +158,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
     def _sleeping(self, expected_s: float) -> None:
         # A short nap keeps its place: admitting another thread for it would
         # cost a wake-up and one more thread contending for the GIL when the
-        # batch answers (measured: tiny requests' p50 1.1x worse at c=8).
+        # batch answers (tiny requests' p50 was worse: benchmarks/RESULTS.md,
+        # "Design measurements").
         if expected_s < self._min_sleep_s:
             return
         _current.gave_place = True
