@@ -30,7 +30,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from navi._proto import POOL, add_file_of
@@ -41,6 +41,7 @@ from navi._proto.tensorflow_serving.apis import (
 )
 from navi.errors import ConfigError
 from navi.metrics import customop_version
+from navi.server.health import HealthService
 from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
@@ -122,7 +123,7 @@ class NaviServer:
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self._server: grpc.Server | None = None
-        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self._health = HealthService(experimental_non_blocking=True)
         self._http = None
         self._stopping = False
         self._lock = threading.Lock()
