@@ -130,10 +130,21 @@ class ServerSettings(_Frozen):
     host: str = "0.0.0.0"
     port: int = Field(8500, ge=0, le=65535)
     prometheus_port: int = Field(9000, ge=0, le=65535, description="0 = pick a free port")
+    prometheus_host: str = Field(
+        "0.0.0.0", description="address the /metrics endpoint binds (127.0.0.1: this host only)"
+    )
     models: tuple[ModelSettings, ...] = ()
     model_check_interval_s: float = Field(300.0, gt=0)
     meta_json_dir: Path | None = None
     modelsync_cli: str | None = None
+    version_settle_s: float = Field(
+        2.0, ge=0, description="a version directory is loaded once its files stood still this long "
+        "(see navi.repository.layout); 0 = at first sight"
+    )
+    modelsync_timeout_s: float = Field(
+        60.0, gt=0, description="a --modelsync-cli run still going after this long is killed "
+        "(with every process it started) and counted as failed; serving goes on"
+    )
     versions_per_model: int = Field(1, ge=1)
     max_concurrent_loads: int = Field(1, ge=1)
     ssl_dir: Path | None = None

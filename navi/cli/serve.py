@@ -51,6 +51,8 @@ OPTIONS = [
     click.option("--host", type=str, help="Address to bind [default: 0.0.0.0]."),
     click.option("--prometheus-port", type=click.IntRange(0, 65535),
                  help="HTTP port of /metrics [default: 9000; 0 = any free port]."),
+    click.option("--prometheus-host", type=str,
+                 help="Address /metrics binds [default: 0.0.0.0; 127.0.0.1 keeps it on this host]."),
     click.option("--model-dir", "-m", multiple=True, type=str,
                  help="A model's directory of versions; repeat for several models. The model's name "
                       "is its last path component. [default: the demo model models/home]"),
@@ -78,6 +80,12 @@ OPTIONS = [
     click.option("--model-check-interval-secs", type=float, help="Poll period for new versions [default: 300]."),
     click.option("--meta-json-dir", type=str, help="Where META.json lives [default: parent of the first model dir]."),
     click.option("--modelsync-cli", type=str, help="Command run before each poll."),
+    click.option("--version-settle-secs", type=float,
+                 help="Load a new version directory once its files (paths, sizes, mtimes) stood still "
+                      "this long, never half-copied; 0 = at first sight [default: 2]."),
+    click.option("--modelsync-timeout-secs", type=float,
+                 help="Kill a --modelsync-cli run (and what it started) still going after this "
+                      "long; the poll goes on with the files as they are [default: 60]."),
     click.option("--versions-per-model", type=int, help="Versions kept loaded [default: 1]."),
     click.option("--ssl-dir", "-s", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
     click.option("--max-message-bytes", type=int, help="Largest gRPC message in or out [default: 64 MiB]."),

@@ -194,12 +194,14 @@ class NaviServer:
         self.port = port
 
         try:
-            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port).start()
+            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port,
+                                           host=settings.prometheus_host).start()
         except OSError as error:
-            raise ConfigError(f"cannot serve metrics on port {settings.prometheus_port}: {error}",
-                              source="--prometheus-port") from None
+            raise ConfigError(f"cannot serve metrics on {settings.prometheus_host}:{settings.prometheus_port}: "
+                              f"{error}", source="--prometheus-port") from None
         self.prometheus_port = self._http.port
         log.info(
+            # scripts parse this line: the metrics address is logged apart
             "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",
             settings.host, port, "mutual TLS" if settings.ssl_dir else "plaintext",
             self.prometheus_port,
