@@ -29,6 +29,11 @@ class BatchingSettings(_Frozen):
     batch_drop_ms: float = Field(
         90.0, ge=0, description="a request that waited longer is shed; 0 = never"
     )
+    max_queue_wait_ms: float = Field(
+        100.0, ge=0, description="a new request is refused at once when the queue ahead of it "
+        "would take longer than this to run (queued batches x recent batch time / batch threads; "
+        "never fewer than one batch per thread may wait); 0 = no such bound"
+    )
     max_queued_requests: int = Field(
         10_000, ge=1, description="requests waiting per queue before new ones are refused"
     )

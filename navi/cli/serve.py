@@ -75,6 +75,10 @@ OPTIONS = [
     click.option("--batch-drop-millis", type=float,
                  help="A request that waited longer is answered RESOURCE_EXHAUSTED; 0 = never [default: 90]."),
     click.option("--max-batch-rows", type=int, help="Rows per batch; 0 = no limit [default: 0]."),
+    click.option("--max-queue-wait-millis", type=float,
+                 help="Refuse a request RESOURCE_EXHAUSTED before parsing it when the batches queued "
+                      "ahead of it would take longer than this (from the recent batch run time); at "
+                      "least one batch per batch thread may always wait; 0 = no bound [default: 100]."),
     click.option("--max-queued-requests", type=int,
                  help="Waiting requests per model version before new ones are refused [default: 10000]."),
     click.option("--model-check-interval-secs", type=float, help="Poll period for new versions [default: 300]."),
