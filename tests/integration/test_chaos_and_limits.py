@@ -202,3 +202,4 @@ def test_metrics_bind_the_configured_host_only(small_navi):
     port_hex = f":{small_navi.prometheus_port:04X} "
     lines = [line for line in listening.splitlines() if port_hex in line.split()[1] + " " and line.split()[3] == "0A"]
     assert lines and all(line.split()[1].startswith("0100007F") for line in lines), lines
+
