@@ -38,9 +38,7 @@ EXPECTED = {"dense": "OK", "dense_v2": "OK", "bpr": "OK", "malformed": "INVALID_
 
 
 def _payloads() -> dict[str, tuple[str, bytes]]:
-    import numpy as np
-
-    from navi.bench.wirefuzz import KSERVE, MODEL_SERVICE, PREDICTION, valid_seeds
+    from navi.bench.wirefuzz import PREDICTION, valid_seeds
 
     seeds = valid_seeds(REPO / "models" / "home")
     by = {}
@@ -56,7 +54,6 @@ def _payloads() -> dict[str, tuple[str, bytes]]:
             by["metadata"] = (seed.path, seed.payload())
         elif name == "GetModelStatus":
             by["status"] = (seed.path, seed.payload())
-    assert PREDICTION and KSERVE and MODEL_SERVICE and np
     by["malformed"] = (PREDICTION + "Predict", by["dense"][1][:-7])
     return by
 
