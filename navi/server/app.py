@@ -46,7 +46,7 @@ from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
 from navi.server.rawrpc import add_raw_service
-from navi.server.threads import CONTROL_THREADS, HandlerPool
+from navi.server.threads import CONTROL_THREADS, HandlerPool, max_concurrent_rpcs
 from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ class NaviServer:
         self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
         self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)
         self._pools = (data_pool, control_pool)
-        server = grpc.server(control_pool, options=options)
+        server = grpc.server(control_pool, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs(
+            max(settings.grpc_threads, settings.grpc_max_threads), settings.grpc_max_waiting_requests))
         # every service parses its own requests (navi.server.rawrpc): an
         # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL
         on_data_pool = {method: data_pool for method in ("Predict", "Classify", "Regress", "MultiInference")}
