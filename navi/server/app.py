@@ -202,7 +202,7 @@ class NaviServer:
                               f"{error}", source="--prometheus-port") from None
         self.prometheus_port = self._http.port
         log.info(
-            # scripts parse this line: the metrics address is logged apart
+            # scripts and tests parse this line: keep its format (the metrics host is a flag)
             "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",
             settings.host, port, "mutual TLS" if settings.ssl_dir else "plaintext",
             self.prometheus_port,
