@@ -80,6 +80,7 @@ ALL_MODELS_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--batch-drop-millis": (("batching", "batch_drop_ms"), float),
     "--max-batch-rows": (("batching", "max_batch_rows"), int),
     "--max-queued-requests": (("batching", "max_queued_requests"), int),
+    "--max-queue-wait-millis": (("batching", "max_queue_wait_ms"), float),
     # the original's are process-wide too (every model's converter gets them all)
     "--onnx-report-discrete-feature-ids": (("report_discrete_feature_ids",), parse_feature_ids),
     "--onnx-report-continuous-feature-ids": (("report_continuous_feature_ids",), parse_feature_ids),
@@ -102,6 +103,9 @@ SERVER_FLAGS: dict[str, str] = {
     "--port": "port",
     "--prometheus-port": "prometheus_port",
     "--rest-api-port": "rest_api_port",
+    "--prometheus-host": "prometheus_host",
+    "--modelsync-timeout-secs": "modelsync_timeout_s",
+    "--version-settle-secs": "version_settle_s",
     "--model-check-interval-secs": "model_check_interval_s",
     "--meta-json-dir": "meta_json_dir",
     "--modelsync-cli": "modelsync_cli",

@@ -29,6 +29,11 @@ class BatchingSettings(_Frozen):
     batch_drop_ms: float = Field(
         90.0, ge=0, description="a request that waited longer is shed; 0 = never"
     )
+    max_queue_wait_ms: float = Field(
+        100.0, ge=0, description="a new request is refused at once when the queue ahead of it "
+        "would take longer than this to run (queued batches x recent batch time / batch threads; "
+        "never fewer than one batch per thread may wait); 0 = no such bound"
+    )
     max_queued_requests: int = Field(
         10_000, ge=1, description="requests waiting per queue before new ones are refused"
     )
@@ -144,10 +149,21 @@ class ServerSettings(_Frozen):
         8501, ge=0, le=65535,
         description="HTTP port of TF Serving's REST API and KServe V2 HTTP (TF Serving's flag); 0 = off",
     )
+    prometheus_host: str = Field(
+        "0.0.0.0", description="address the /metrics endpoint binds (127.0.0.1: this host only)"
+    )
     models: tuple[ModelSettings, ...] = ()
     model_check_interval_s: float = Field(300.0, gt=0)
     meta_json_dir: Path | None = None
     modelsync_cli: str | None = None
+    version_settle_s: float = Field(
+        2.0, ge=0, description="a version directory is loaded once its files stood still this long "
+        "(see navi.repository.layout); 0 = at first sight"
+    )
+    modelsync_timeout_s: float = Field(
+        60.0, gt=0, description="a --modelsync-cli run still going after this long is killed "
+        "(with every process it started) and counted as failed; serving goes on"
+    )
     versions_per_model: int = Field(1, ge=1)
     max_concurrent_loads: int = Field(1, ge=1)
     ssl_dir: Path | None = None

@@ -100,9 +100,17 @@ class BatchScheduler:
     while it could be (a starved process). Time before the queue (a request
     waiting for a server thread) is not counted either; ``arrival_s`` only
     starts the batch timeout earlier. What bounds the wait behind busy slots
-    is the queue's length: ``max_queued_requests``; past it ``submit`` (and
-    ``admit``, which servers call before parsing a request) raises
-    ``Overloaded`` at once.
+    is the queue's estimated run time and its length. A new task is refused
+    with ``Overloaded`` at once, by ``submit`` and by ``admit`` (which servers
+    call before parsing a request, so a refusal costs no decode), when every
+    slot is busy and the batches queued ahead of it would take longer than
+    ``max_queue_wait_ms`` to run: ``ceil(ceil((queued + 1) / max_batch_size)
+    / num_batch_threads)`` rounds of the recent batch run time (a moving
+    average), never refusing while at most one batch per slot waits (the next
+    free slot must find a full batch, or goodput falls); and when
+    ``max_queued_requests`` tasks are queued. So an admitted request waits at
+    most about ``max(max_queue_wait_ms, one batch run)`` plus the batch it
+    joins, and the rest are refused in microseconds instead of timing out.
 
     ``process_batch(tasks)`` returns one result per task; each task gets its
     result. If it raises, every task of that batch fails with the error (a
@@ -341,12 +349,31 @@ class BatchScheduler:
         """Raise if a new task cannot be queued now. Caller holds the lock."""
         if self._closing:
             raise SchedulerClosed(f"{self._name} is unloading")
+        wait_s = self._estimated_wait_s()
+        if wait_s is not None:
+            self._count_shed(1)
+            raise Overloaded(
+                f"{self._name}: the {len(self._queue)} requests queued would take ~{wait_s * 1000:.0f} ms "
+                f"to run (max_queue_wait_ms={self._options.max_queue_wait_ms:g}, --max-queue-wait-millis)"
+            )
         if len(self._queue) >= self._options.max_queued_requests:
             self._count_shed(1)
             raise Overloaded(
                 f"{self._name}: {len(self._queue)} requests queued "
                 f"(max_queued_requests={self._options.max_queued_requests}, --max-queued-requests)"
             )
+
+    def _estimated_wait_s(self) -> float | None:
+        """The queue's estimated run time when past ``max_queue_wait_ms``, else None. Lock held."""
+        bound_s = self._options.max_queue_wait_ms / 1000.0
+        if bound_s <= 0 or self._running < self._max_in_flight or self._batch_s <= 0:
+            return None
+        batches_ahead = -(-(len(self._queue) + 1) // self._options.max_batch_size)
+        if batches_ahead <= self._max_in_flight:
+            return None  # one batch per slot may always wait
+        rounds = -(-batches_ahead // self._max_in_flight)
+        wait_s = rounds * self._batch_s
+        return wait_s if wait_s > bound_s else None
 
     def _wait_s(self, now_s: float) -> float:
         """Seconds until the head batch may be taken (<= 0: now). Caller holds the lock."""

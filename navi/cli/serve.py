@@ -53,6 +53,8 @@ OPTIONS = [
                  help="HTTP port of /metrics [default: 9000; 0 = any free port]."),
     click.option("--rest-api-port", type=click.IntRange(0, 65535),
                  help="HTTP port of TF Serving's REST API and KServe V2 HTTP [default: 8501; 0 = off]."),
+    click.option("--prometheus-host", type=str,
+                 help="Address /metrics binds [default: 0.0.0.0; 127.0.0.1 keeps it on this host]."),
     click.option("--model-dir", "-m", multiple=True, type=str,
                  help="A model's directory of versions; repeat for several models. The model's name "
                       "is its last path component. [default: the demo model models/home]"),
@@ -75,11 +77,21 @@ OPTIONS = [
     click.option("--batch-drop-millis", type=float,
                  help="A request that waited longer is answered RESOURCE_EXHAUSTED; 0 = never [default: 90]."),
     click.option("--max-batch-rows", type=int, help="Rows per batch; 0 = no limit [default: 0]."),
+    click.option("--max-queue-wait-millis", type=float,
+                 help="Refuse a request RESOURCE_EXHAUSTED before parsing it when the batches queued "
+                      "ahead of it would take longer than this (from the recent batch run time); at "
+                      "least one batch per batch thread may always wait; 0 = no bound [default: 100]."),
     click.option("--max-queued-requests", type=int,
                  help="Waiting requests per model version before new ones are refused [default: 10000]."),
     click.option("--model-check-interval-secs", type=float, help="Poll period for new versions [default: 300]."),
     click.option("--meta-json-dir", type=str, help="Where META.json lives [default: parent of the first model dir]."),
     click.option("--modelsync-cli", type=str, help="Command run before each poll."),
+    click.option("--version-settle-secs", type=float,
+                 help="Load a new version directory once its files (paths, sizes, mtimes) stood still "
+                      "this long, never half-copied; 0 = at first sight [default: 2]."),
+    click.option("--modelsync-timeout-secs", type=float,
+                 help="Kill a --modelsync-cli run (and what it started) still going after this "
+                      "long; the poll goes on with the files as they are [default: 60]."),
     click.option("--versions-per-model", type=int, help="Versions kept loaded [default: 1]."),
     click.option("--ssl-dir", "-s", type=str, help="Directory with server.crt, server.key, server.chain (mutual TLS)."),
     click.option("--max-message-bytes", type=int, help="Largest gRPC message in or out [default: 64 MiB]."),

@@ -50,6 +50,9 @@ UNLOAD_GRACE_S = 1.0
 #: prefers request and batch threads, so a large load barely moves their latency
 LOAD_THREAD_NICE = 10
 
+#: rescans at start-up while a version directory is still changing (``layout``'s rule)
+STARTUP_SETTLE_TRIES = 3
+
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
@@ -92,12 +95,12 @@ class _Version:
 class _Model:
     """One configured model: its versions and its routing table."""
 
-    def __init__(self, settings: ModelSettings, runtime: Runtime):
+    def __init__(self, settings: ModelSettings, runtime: Runtime, settle_s: float = 0.0):
         self.name = settings.name
         self.base_settings = settings
         self.settings = settings
         self.runtime = runtime
-        self.scanner = ModelDirScanner(settings.model_dir, runtime.is_complete)
+        self.scanner = ModelDirScanner(settings.model_dir, runtime.is_complete, settle_s=settle_s)
         self.meta = ModelMeta()
         self.versions: dict[int, _Version] = {}
         # (version, ServedModel) pairs, newest first; replaced whole, read lock-free
@@ -131,7 +134,7 @@ class ModelRegistry:
             if model_settings.name in self._models:
                 raise ConfigError("two models have the same name", key=model_settings.name)
             runtime = runtimes(model_settings.runtime)
-            self._models[model_settings.name] = _Model(model_settings, runtime)
+            self._models[model_settings.name] = _Model(model_settings, runtime, settle_s=settings.version_settle_s)
         self._loads = ThreadPoolExecutor(
             max_workers=settings.max_concurrent_loads, thread_name_prefix="navi-load",
             initializer=_lower_thread_priority,
@@ -150,6 +153,14 @@ class ModelRegistry:
 
         self._watcher = ModelWatcher(self, self.settings, self.metrics)
         self._watcher.poll_once()
+        # a version written just before start-up: give it its settle time now
+        # rather than start serving nothing (a few tries: a directory that never
+        # stops changing is left to the watcher)
+        for _ in range(STARTUP_SETTLE_TRIES):
+            if not self.has_pending_versions():
+                break
+            time.sleep(self.settings.version_settle_s)
+            self._watcher.poll_once()
         self.wait_for_loads()
         self._watcher.start()
 
@@ -266,6 +277,10 @@ class ModelRegistry:
         return served.version_dir.name if served.version_dir is not None else str(served.version)
 
     # ----------------------------------------------------------------- polling
+
+    def has_pending_versions(self) -> bool:
+        """Whether the last rescan held back a version whose files were still changing."""
+        return any(model.scanner.pending for model in self._models.values())
 
     def rescan(self, metas: dict[str, ModelMeta] | None) -> None:
         """Apply META.json overrides, rescan every model directory, load and evict."""

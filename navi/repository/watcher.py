@@ -3,7 +3,8 @@
 Each poll, as the original: run ``--modelsync-cli`` once with
 ``--model-spec NAME --cur-version V`` for every model (V = the directory name
 of the version now served, "" before the first load); its failure is logged
-and counted, serving goes on. Then re-read ``META.json`` from
+and counted, serving goes on. A run still going after
+``--modelsync-timeout-secs`` is killed with every process it started. Then re-read ``META.json`` from
 ``--meta-json-dir`` (default: the parent of the first model directory); a
 malformed file is logged and the last good one stays in force. Then rescan
 every model directory (the registry starts loads and evictions).
@@ -11,7 +12,9 @@ every model directory (the registry starts loads and evictions).
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -22,8 +25,34 @@ from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-#: a hung modelsync command must not stop polling for ever
-MIN_MODELSYNC_TIMEOUT_S = 60.0
+#: after killing a hung modelsync command, how long to wait for its pipes to close
+KILLED_DRAIN_S = 5.0
+
+
+def run_killable(command: list[str], timeout_s: float) -> tuple[int | None, str, str]:
+    """Run ``command``; (exit code, stdout, stderr), exit code None when it ran past ``timeout_s``.
+
+    The command runs in its own process group, and on timeout the whole group
+    is SIGKILLed: a shell script's children (``gsutil``, ``aws s3 sync``) would
+    otherwise outlive it, keep its output pipes open and hang the poll thread
+    on reading them, which ``subprocess.run(timeout=...)`` does.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+        return process.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            process.communicate(timeout=KILLED_DRAIN_S)
+        except subprocess.TimeoutExpired:  # a grandchild left its own group with our pipes
+            process.kill()
+        process.wait()
+        return None, "", ""
 
 
 def meta_json_path(settings: ServerSettings) -> Path | None:
@@ -57,11 +86,17 @@ class ModelWatcher:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._settings.model_check_interval_s):
+        while not self._stop.wait(self._next_poll_s()):
             try:
                 self.poll_once()
             except Exception:  # noqa: BLE001 - the watcher must outlive any one poll
                 log.exception("model poll failed")
+
+    def _next_poll_s(self) -> float:
+        """The poll interval; sooner while a version directory is still being copied in."""
+        interval_s = self._settings.model_check_interval_s
+        pending = getattr(self._registry, "has_pending_versions", lambda: False)()
+        return min(interval_s, self._settings.version_settle_s) if pending else interval_s
 
     def poll_once(self) -> None:
         """Run the modelsync hook, re-read META.json, rescan every model."""
@@ -76,19 +111,24 @@ class ModelWatcher:
         for name in self._registry.model_names():
             command += ["--model-spec", name,
                         "--cur-version", self._registry.current_version_dir_name(name)]
-        timeout_s = max(MIN_MODELSYNC_TIMEOUT_S, self._settings.model_check_interval_s)
+        timeout_s = self._settings.modelsync_timeout_s
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            returncode, stdout, stderr = run_killable(command, timeout_s)
+        except OSError as exc:
             log.error("modelsync command %r failed: %s", command[0], exc)
             self._metrics.modelsync_failures.inc()
             return False
-        if done.returncode != 0:
-            log.error("modelsync command %r exited %d: %s", command[0], done.returncode,
-                      done.stderr.strip()[-2000:])
+        if returncode is None:
+            log.error("modelsync command %r still running after %.0f s (--modelsync-timeout-secs): "
+                      "killed it and every process it started; polling with the files as they are",
+                      command[0], timeout_s)
             self._metrics.modelsync_failures.inc()
             return False
-        log.debug("modelsync ok: %s", done.stdout.strip()[-2000:])
+        if returncode != 0:
+            log.error("modelsync command %r exited %d: %s", command[0], returncode, stderr.strip()[-2000:])
+            self._metrics.modelsync_failures.inc()
+            return False
+        log.debug("modelsync ok: %s", stdout.strip()[-2000:])
         return True
 
     def read_meta(self) -> dict[str, ModelMeta]:

@@ -25,7 +25,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from navi._proto import POOL, add_file_of
@@ -37,11 +37,12 @@ from navi._proto.tensorflow_serving.apis import (
 from navi.errors import ConfigError
 from navi.metrics import customop_version
 from navi.server.dataplane import DataPlane
+from navi.server.health import HealthService
 from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
 from navi.server.rawrpc import add_raw_service
-from navi.server.threads import CONTROL_THREADS, HandlerPool
+from navi.server.threads import CONTROL_THREADS, HandlerPool, max_concurrent_rpcs
 from navi.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class NaviServer:
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self._server: grpc.Server | None = None
-        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self._health = HealthService(experimental_non_blocking=True)
         self._http = None
         self._rest = None
         self.rest_port: int | None = None
@@ -172,7 +173,8 @@ class NaviServer:
         self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
         self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)
         self._pools = (data_pool, control_pool)
-        server = grpc.server(control_pool, options=options)
+        server = grpc.server(control_pool, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs(
+            max(settings.grpc_threads, settings.grpc_max_threads), settings.grpc_max_waiting_requests))
         # every service parses its own requests (navi.server.rawrpc): an
         # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL
         on_data_pool = {method: data_pool for method in ("Predict", "Classify", "Regress", "MultiInference")}
@@ -223,14 +225,16 @@ class NaviServer:
             return port
 
         try:
-            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port).start()
+            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port,
+                                           host=settings.prometheus_host).start()
         except OSError as error:
-            raise ConfigError(f"cannot serve metrics on port {settings.prometheus_port}: {error}",
-                              source="--prometheus-port") from None
+            raise ConfigError(f"cannot serve metrics on {settings.prometheus_host}:{settings.prometheus_port}: "
+                              f"{error}", source="--prometheus-port") from None
         self.prometheus_port = self._http.port
         if settings.rest_api_port:
             self._start_rest(plane, data_pool)
         log.info(
+            # scripts and tests parse this line: keep its format (the metrics host is a flag)
             "navi gRPC listening on %s:%d (%s), metrics on :%d/metrics",
             settings.host, port, "mutual TLS" if settings.ssl_dir else "plaintext",
             self.prometheus_port,

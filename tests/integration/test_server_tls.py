@@ -59,7 +59,8 @@ def pki(tmp_path_factory):
     (ssl_dir / "server.crt").write_bytes(_pem(server))
     (ssl_dir / "server.key").write_bytes(_pem(server_key))
     (ssl_dir / "server.chain").write_bytes(_pem(ca))
-    return {"dir": ssl_dir, "ca": _pem(ca), "client": _pem(client), "client_key": _pem(client_key)}
+    return {"dir": ssl_dir, "ca": _pem(ca), "client": _pem(client), "client_key": _pem(client_key),
+            "ca_key": _pem(ca_key)}
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,69 @@ def test_rest_port_has_the_same_mutual_tls(chain_navi, intermediate_pki, tmp_pat
 
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         _https_predict(chain_navi, intermediate_pki, tmp_path, with_client_cert=False)
+
+
+# ---- who is refused: no certificate, an expired one, one from another CA, plaintext
+
+def _client_channel(navi, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None):
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem,
+                                               certificate_chain=cert_pem)
+    return grpc.secure_channel(navi.address, credentials,
+                               options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def _predict_code(channel) -> grpc.StatusCode:
+    try:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(), timeout=10)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_expired_client_certificate_is_refused(tls_navi, pki):
+    ca_key = serialization.load_pem_private_key(pki["ca_key"], password=None)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(_name("expired client")).issuer_name(_name("navi test CA"))
+        .public_key(client_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    with _client_channel(tls_navi, pki["ca"], _pem(expired), _pem(client_key)) as channel:
+        assert _predict_code(channel) == grpc.StatusCode.UNAVAILABLE
+    # the same CA's valid certificate is served on the same daemon
+    with _client_channel(tls_navi, pki["ca"], pki["client"], pki["client_key"]) as channel:
+        assert _predict_code(channel) == grpc.StatusCode.OK
+
+
+def test_client_certificate_from_another_ca_is_refused(tls_navi, pki):
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    # same subject name as the real CA: only the signature tells them apart
+    other_ca = _certificate("navi test CA", "navi test CA", other_key.public_key(), other_key, ca=True)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _certificate("client", "navi test CA", client_key.public_key(), other_key)
+    with _client_channel(tls_navi, pki["ca"], _pem(client) + _pem(other_ca), _pem(client_key)) as channel:
+        assert _predict_code(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_bytes_to_the_tls_port_get_no_grpc_answer(tls_navi):
+    """An HTTP/2 preface in the clear: the TLS port answers no HTTP/2 frame and closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", tls_navi.port), timeout=10) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        received = b""
+        try:
+            while len(received) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    # an HTTP/2 SETTINGS frame would start with a 3-byte length and type 0x04
+    assert not (len(received) >= 4 and received[3] == 0x04), received[:32]
+    assert b"PRI" not in received

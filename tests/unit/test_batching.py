@@ -438,3 +438,51 @@ def test_admit_refuses_what_submit_would_refuse():
     assert queued.result(WAIT_S)["y"].shape == (1, 2)
     with pytest.raises(SchedulerClosed):
         sched.admit()
+
+
+class GatedBatches:
+    """A process_batch that blocks each batch until released, while the test moves the fake clock."""
+
+    def __init__(self):
+        self.started = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+
+    def __call__(self, tasks):
+        self.started.release()
+        assert self.release.acquire(timeout=WAIT_S)
+        merged = np.concatenate([t.payload for t in tasks])
+        return split_rows({"y": merged}, [t.rows for t in tasks])
+
+
+@pytest.mark.parametrize("max_queue_wait_ms,refused", [(100, True), (1000, False), (0, False)])
+def test_admission_refuses_when_the_queue_would_take_too_long(max_queue_wait_ms, refused):
+    """Estimated wait = rounds of queued batches x recent batch time; one batch per slot may wait."""
+    clock = FakeClock()
+    gated = GatedBatches()
+    settings = BatchingSettings(max_batch_size=2, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
+                                inline_when_idle=False, max_queue_wait_ms=max_queue_wait_ms)
+    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
+    # one batch that runs 200 ms on the scheduler's clock: the recent batch time
+    first = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    clock.advance(0.2)
+    gated.release.release()
+    first.result(WAIT_S)
+    # a batch runs (the only slot is busy); one full batch may wait behind it
+    running = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    waiting = [sched.submit(payload(1), 1) for _ in range(2)]
+    if refused:
+        # a third would make two rounds = ~400 ms > 100 ms: refused before anything is parsed
+        with pytest.raises(Overloaded, match="--max-queue-wait-millis"):
+            sched.admit()
+        with pytest.raises(Overloaded, match="~400 ms"):
+            sched.submit(payload(1), 1)
+    else:
+        waiting.append(sched.submit(payload(1), 1))
+    for _ in range(1 + -(-len(waiting) // 2)):
+        gated.release.release()
+    for task in [running, *waiting]:
+        task.result(WAIT_S)
+    sched.admit()  # the queue is empty again: admitted
+    sched.close()

@@ -146,6 +146,8 @@ def test_tfrecord_round_trip_and_corruption(tmp_path):
 
 
 def make_registry(model_dir, **server):
+    # these tests rescan right after writing a version: no settle time (tested apart below)
+    server.setdefault("version_settle_s", 0)
     settings = ServerSettings(
         models=(ModelSettings(name="m", model_dir=model_dir, outputs=(),
                               batching=BatchingSettings(batch_timeout_ms=0)),),
@@ -381,7 +383,7 @@ def test_evicted_version_answers_every_queued_request(tmp_path):
         # requests sit in the queue: only the drain at eviction can run them
         batching=BatchingSettings(batch_timeout_ms=60_000, max_batch_size=100,
                                   eager_when_idle=False, batch_drop_ms=0),
-    ),))
+    ),), version_settle_s=0)
     registry = ModelRegistry(settings, Metrics())
     registry.start()
     try:

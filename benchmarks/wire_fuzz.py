@@ -1,0 +1,78 @@
+"""Wire fuzzing at scale: hostile requests to every RPC of a real `navi serve` (issue 17, item 1).
+
+    python benchmarks/wire_fuzz.py [--count 200000] [--warmup 20000] [--seed 1]
+
+Starts `navi serve --model-dir models/home --model-dir models/dense` on free
+ports and runs ``navi.bench.wirefuzz.fuzz``: every answer a status with a
+message (never UNKNOWN / INTERNAL, never a hang to the deadline), the answers
+to the valid reference requests byte-identical before and after, RSS at the
+end within 10% of RSS after the warm-up. Prints the counts per (method, code)
+and exits 1 on any violation. Take the bench lock on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from navi.bench import wirefuzz  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--warmup", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    log_path = Path(tempfile.mkdtemp()) / "navi.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "navi.cli.main", "serve", "--model-dir", "models/home",
+                                   "--model-dir", "models/dense", "--host", "127.0.0.1", "--port", "0",
+                                   "--prometheus-port", "0"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while "navi ready" not in log_path.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(log_path.read_text())
+            time.sleep(0.2)
+        port = re.search(r"listening on [^ ]+:(\d+)", log_path.read_text()).group(1)
+
+        def progress(report):
+            print(f"  {report.sent:,} sent, {time.monotonic() - started:.0f} s, "
+                  f"RSS {wirefuzz.rss_bytes(server.pid) / 2**20:.0f} MiB", flush=True)
+
+        started = time.monotonic()
+        report = wirefuzz.fuzz(f"127.0.0.1:{port}", server.pid, wirefuzz.valid_seeds(REPO / "models" / "home"),
+                               count=args.count, warmup=args.warmup, seed=args.seed, threads=args.threads,
+                               progress=progress)
+        alive = server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(30)
+    by_code: dict[str, int] = {}
+    for (method, code), n in sorted(report.codes.items()):
+        by_code[code] = by_code.get(code, 0) + n
+        print(f"{method:28s} {code:20s} {n:8,d}")
+    print("by code:", ", ".join(f"{code} {n:,}" for code, n in sorted(by_code.items(), key=lambda kv: -kv[1])))
+    print(f"sent {report.sent:,} in {report.elapsed_s:.0f} s; slowest answer {report.slowest_s * 1000:.0f} ms; "
+          f"RSS after warm-up {report.rss_warm_bytes / 2**20:.0f} MiB, at the end "
+          f"{report.rss_end_bytes / 2**20:.0f} MiB ({report.rss_growth:+.1%}); references identical: "
+          f"{report.references_identical}; daemon alive: {alive}; violations: {len(report.violations)}")
+    for violation in report.violations[:20]:
+        print("VIOLATION", violation)
+    tracebacks = log_path.read_text().count("Traceback")
+    print(f"tracebacks in the daemon's log: {tracebacks}")
+    ok = (not report.violations and report.references_identical and report.rss_growth < 0.10 and alive)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
