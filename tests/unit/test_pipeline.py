@@ -39,9 +39,9 @@ def dense_model(path, version=1.0):
     return path
 
 
-def serve(version_dir, metrics=None, **batching):
+def serve(version_dir, metrics=None, model=None, **batching):
     settings = ModelSettings(
-        name="m", model_dir=version_dir.parent, outputs=(),
+        name="m", model_dir=version_dir.parent, outputs=(), **(model or {}),
         batching=BatchingSettings(**{"batch_timeout_ms": 1.0, "batch_drop_ms": 0,
                                     "eager_when_idle": False, **batching}),
     )
@@ -148,3 +148,33 @@ def test_bpr_mode_batches_and_cuts_rows_by_candidates(tmp_path):
     with pytest.raises(DecodeError):
         served.submit({"examples": np.array([b"\x0f\xff garbage"], dtype=object)})
     served.close()
+
+
+def test_input_names_model_inputs_in_dense_mode(tmp_path):
+    version_dir = dense_model(tmp_path / "m" / "1")
+    ordered = serve(version_dir, model={"inputs": ("k", "x")})
+    assert [s.name for s in ordered.signature.inputs] == ["k", "x"]
+    ordered.close()
+    for detect in ((), ("examples",)):  # empty and the original's default both mean detect
+        detected = serve(version_dir, model={"inputs": detect})
+        assert [s.name for s in detected.signature.inputs] == ["x", "k"]
+        detected.close()
+    from navi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="missing: k"):
+        serve(version_dir, model={"inputs": ("x",)})
+    with pytest.raises(ConfigError, match="unknown: other"):  # dense mode: no client tensor to name
+        serve(version_dir, model={"inputs": ("other",)})
+
+
+def test_input_names_client_tensor_in_bpr_mode(tmp_path):
+    from navi.demo import write_home_version
+
+    version_dir = write_home_version(tmp_path / "home", hidden=(8,), version=1)
+    for model, client in [({}, "examples"), ({"inputs": ()}, "examples"), ({"inputs": ("bprs",)}, "bprs"),
+                          ({"inputs": ("bprs",), "bpr_input_name": "requests"}, "requests")]:
+        served = serve(version_dir, model=model)
+        assert served.mode == "bpr"
+        assert [(s.name, s.dtype) for s in served.signature.inputs] == [(client, np.dtype(object))]
+        assert ModelSettings(name="m", model_dir=tmp_path, **model).request_tensor_name == client
+        served.close()
