@@ -1,6 +1,6 @@
 """ServedModel: one loaded (model, version) with its batch queue.
 
-A request goes: ``submit`` validates it in the caller's thread (dense inputs:
+A request goes: ``infer`` validates it in the caller's thread (dense inputs:
 names, dtypes, shapes; BPR mode: every payload decoded once to count its rows)
 and queues it; a batch worker merges the batch's requests into one buffer per
 model input (dtype conversion on the way), runs the model, and cuts the outputs
@@ -89,8 +89,9 @@ class ServedModel:
 
     ``signature`` is what clients see: in BPR mode one string input named
     ``settings.request_tensor_name`` (default ``examples``), shape (-1,); in dense mode
-    the model's inputs. ``submit`` validates at once (raising ``InvalidInput``)
-    and returns a future of this request's outputs; ``infer`` waits for them.
+    the model's inputs. ``infer`` validates (raising ``InvalidInput``) before
+    queueing, then waits for this request's outputs; ``run_now`` runs one
+    request in the calling thread (warmup).
     """
 
     def __init__(
@@ -224,21 +225,6 @@ class ServedModel:
 
     # ----------------------------------------------------------------- public API
 
-    def submit(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        output_names: tuple[str, ...] = (),
-        deadline_s: float | None = None,
-    ) -> BatchTask:
-        """Validate and queue one request; the returned task is a future of {output name: its rows}.
-
-        Raises ``InvalidInput`` (or ``DecodeError``) for a bad request and
-        ``Overloaded`` when the queue is full, before queueing anything.
-        ``deadline_s`` is absolute, on the ``time.monotonic()`` clock.
-        """
-        payload, rows = self._prepare(inputs, output_names)
-        return self._scheduler.submit(payload, rows, deadline_s)
-
     def infer(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -252,8 +238,11 @@ class ServedModel:
         ``max_rows`` bounds the request's rows (``RequestTooLarge`` past it,
         before it is queued).
 
-        As ``submit(...).result()``, but the calling thread may run its batch
-        itself instead of waking a batch thread and being woken back.
+        Raises ``InvalidInput`` (or ``DecodeError``) for a bad request and
+        ``Overloaded`` when the queue is full, before queueing anything;
+        ``deadline_s`` is absolute, on the ``time.monotonic()`` clock. The
+        calling thread may run its batch itself instead of waking a batch
+        thread and being woken back.
         ``arrival_s`` (``time.monotonic()``) is when the request reached the
         server (the batch timeout counts from it).
         """
@@ -268,19 +257,12 @@ class ServedModel:
         """
         self._scheduler.admit()
 
-    def predict(
-        self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = (),
-        timeout_s: float | None = None,
-    ) -> dict[str, np.ndarray]:
-        """``submit`` and wait for the answer (for warmup, tools and tests)."""
-        return self.submit(inputs, output_names).result(timeout_s)
-
     def run_now(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()
     ) -> dict[str, np.ndarray]:
         """Validate and run one request in the calling thread, bypassing the queue.
 
-        For warmup: the same validation, conversion and model code as ``submit``,
+        For warmup: the same validation, conversion and model code as ``infer``,
         without waiting out ``batch_timeout_ms`` for company that cannot come.
         Feature values are not reported: the warmup's BPRs (synthetic ones
         included) are no traffic the model serves.
