@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pydantic import ValidationError
 
 from navi.errors import ConfigError
-from navi.settings import ServerSettings, parse_feature_ids
+from navi.settings import ServerSettings, parse_bool, parse_feature_ids
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -41,18 +41,6 @@ def _converter(value: str) -> str:
     return value  # "home", "auto"; anything else is rejected by the settings' Literal
 
 
-def _bool(value: Any) -> bool:
-    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (the original's flags are strings)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
 def _paths(value: Any) -> tuple[str, ...]:
     """``--customops-lib a.so,b.so`` -> ("a.so", "b.so") (comma-separated, as the original)."""
     return tuple(part.strip() for part in str(value).split(",") if part.strip())
@@ -64,8 +52,8 @@ PER_MODEL_FLAGS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "--max-batch-size": (("batching", "max_batch_size"), int),
     "--batch-time-out-millis": (("batching", "batch_timeout_ms"), float),
     "--num-batch-threads": (("batching", "num_batch_threads"), int),
-    "--batch-eager-when-idle": (("batching", "eager_when_idle"), _bool),
-    "--batch-inline-when-idle": (("batching", "inline_when_idle"), _bool),
+    "--batch-eager-when-idle": (("batching", "eager_when_idle"), parse_bool),
+    "--batch-inline-when-idle": (("batching", "inline_when_idle"), parse_bool),
     "--input": (("inputs",), _names),
     "--output": (("outputs",), _names),
     "--intra-op-parallelism": (("intra_op_parallelism",), int),

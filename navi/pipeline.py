@@ -1,6 +1,6 @@
 """ServedModel: one loaded (model, version) with its batch queue.
 
-A request goes: ``submit`` validates it in the caller's thread (dense inputs:
+A request goes: ``infer`` validates it in the caller's thread (dense inputs:
 names, dtypes, shapes; BPR mode: every payload decoded once to count its rows)
 and queues it; a batch worker merges the batch's requests into one buffer per
 model input (dtype conversion on the way), runs the model, and cuts the outputs
@@ -29,15 +29,13 @@ from navi.batching import BatchScheduler, BatchTask, Clock, split_rows
 from navi._fast.kernels import cast_into as _kernel_cast_into
 from navi.dtypes import feeds
 from navi.errors import ConfigError, InvalidInput, RequestTooLarge, quote
-from navi.plugins.base import LoadedModel, Signature, TensorSpec
+from navi.plugins.base import LoadedModel, Signature, TensorSpec, served_inputs, served_outputs
 from navi.segdense import find_spec_files, load_layout
 from navi.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 #: the settings' default input list; "default" means: detect from the model
-_DEFAULT_INPUTS = ("examples",)
-_DEFAULT_OUTPUTS = ("output_0",)
 _STRING = np.dtype(object)
 
 
@@ -90,9 +88,10 @@ class ServedModel:
     """One loaded model version behind a batch queue.
 
     ``signature`` is what clients see: in BPR mode one string input named
-    ``settings.inputs[0]`` (default ``examples``), shape (-1,); in dense mode
-    the model's inputs. ``submit`` validates at once (raising ``InvalidInput``)
-    and returns a future of this request's outputs; ``infer`` waits for them.
+    ``settings.request_tensor_name`` (default ``examples``), shape (-1,); in dense mode
+    the model's inputs. ``infer`` validates (raising ``InvalidInput``) before
+    queueing, then waits for this request's outputs; ``run_now`` runs one
+    request in the calling thread (warmup).
     """
 
     def __init__(
@@ -144,17 +143,8 @@ class ServedModel:
     # ----------------------------------------------------------------- set-up
 
     def _pick_outputs(self, sig: Signature) -> tuple[TensorSpec, ...]:
-        wanted = self.settings.outputs
-        if not wanted or (wanted == _DEFAULT_OUTPUTS and sig.output(wanted[0]) is None):
-            return sig.outputs
-        missing = [n for n in wanted if sig.output(n) is None]
-        if missing:
-            raise ConfigError(
-                f"model has no output {', '.join(missing)}; it has "
-                f"{', '.join(_describe(s) for s in sig.outputs)}",
-                source=self.name, key="outputs",
-            )
-        return tuple(sig.output(n) for n in wanted)
+        names = served_outputs(self.settings.outputs, [s.name for s in sig.outputs], source=self.name)
+        return tuple(sig.output(n) for n in names)
 
     def _wants_converter(self, sig: Signature) -> bool:
         choice = self.settings.converter
@@ -179,19 +169,10 @@ class ServedModel:
         return set(names) <= {*FEED_ORDER, "discrete"} or len(names) == len(FEED_ORDER)
 
     def _init_dense(self, sig: Signature) -> None:
-        wanted = self.settings.inputs
-        if not wanted or wanted == _DEFAULT_INPUTS:
-            inputs = sig.inputs
-        else:
-            unknown = [n for n in wanted if sig.input(n) is None]
-            unfed = [s.name for s in sig.inputs if s.name not in wanted]
-            if unknown or unfed:
-                raise ConfigError(
-                    f"configured inputs {', '.join(wanted)} do not match the model's "
-                    f"{', '.join(_describe(s) for s in sig.inputs)}",
-                    source=self.name, key="inputs",
-                )
-            inputs = tuple(sig.input(n) for n in wanted)
+        # dense mode: --input names model inputs, so one naming none of them is an error
+        names = served_inputs(self.settings.inputs, [s.name for s in sig.inputs], source=self.name,
+                              foreign_means_detect=False)
+        inputs = tuple(sig.input(n) for n in names)
         self._inputs = inputs
         self._input_names = frozenset(s.name for s in inputs)
         # a fixed first axis means the model cannot take a merged batch
@@ -236,28 +217,13 @@ class ServedModel:
                 )
         # model input name -> (layout tensor name, model dtype)
         self._feed = {s.name: (feed[s.name], s.dtype) for s in sig.inputs}
-        self._bpr_input = (self.settings.inputs or _DEFAULT_INPUTS)[0]
+        self._bpr_input = self.settings.request_tensor_name
         client_input = TensorSpec(self._bpr_input, _STRING, (-1,))
         extra = dict(sig.extra)
         extra["converter"] = "home"
         self.signature = Signature((client_input,), self._outputs, sig.method_name, extra)
 
     # ----------------------------------------------------------------- public API
-
-    def submit(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        output_names: tuple[str, ...] = (),
-        deadline_s: float | None = None,
-    ) -> BatchTask:
-        """Validate and queue one request; the returned task is a future of {output name: its rows}.
-
-        Raises ``InvalidInput`` (or ``DecodeError``) for a bad request and
-        ``Overloaded`` when the queue is full, before queueing anything.
-        ``deadline_s`` is absolute, on the ``time.monotonic()`` clock.
-        """
-        payload, rows = self._prepare(inputs, output_names)
-        return self._scheduler.submit(payload, rows, deadline_s)
 
     def infer(
         self,
@@ -272,8 +238,11 @@ class ServedModel:
         ``max_rows`` bounds the request's rows (``RequestTooLarge`` past it,
         before it is queued).
 
-        As ``submit(...).result()``, but the calling thread may run its batch
-        itself instead of waking a batch thread and being woken back.
+        Raises ``InvalidInput`` (or ``DecodeError``) for a bad request and
+        ``Overloaded`` when the queue is full, before queueing anything;
+        ``deadline_s`` is absolute, on the ``time.monotonic()`` clock. The
+        calling thread may run its batch itself instead of waking a batch
+        thread and being woken back.
         ``arrival_s`` (``time.monotonic()``) is when the request reached the
         server (the batch timeout counts from it).
         """
@@ -288,19 +257,12 @@ class ServedModel:
         """
         self._scheduler.admit()
 
-    def predict(
-        self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = (),
-        timeout_s: float | None = None,
-    ) -> dict[str, np.ndarray]:
-        """``submit`` and wait for the answer (for warmup, tools and tests)."""
-        return self.submit(inputs, output_names).result(timeout_s)
-
     def run_now(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()
     ) -> dict[str, np.ndarray]:
         """Validate and run one request in the calling thread, bypassing the queue.
 
-        For warmup: the same validation, conversion and model code as ``submit``,
+        For warmup: the same validation, conversion and model code as ``infer``,
         without waiting out ``batch_timeout_ms`` for company that cannot come.
         Feature values are not reported: the warmup's BPRs (synthetic ones
         included) are no traffic the model serves.

@@ -48,6 +48,22 @@ class BatchingSettings(_Frozen):
     )
 
 
+def parse_bool(value: Any) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case); ``ValueError`` otherwise.
+
+    The one boolean parser of navi: the original's flags and the runtimes'
+    string options (``onnx_use_parallel_mode=...``) both arrive as strings.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def parse_feature_ids(value: Any) -> tuple[int, ...]:
     """Feature ids from ``"1,-2"``, ``["1,2", "3"]`` (repeated flags) or ``[1, 2]``: int64, in order.
 
@@ -97,7 +113,14 @@ class ModelSettings(_Frozen):
     model_dir: Path
     runtime: str = "onnx"
     inputs: tuple[str, ...] = Field(
-        ("examples",), description="input tensor names; empty = detect from the model"
+        ("examples",),
+        description="dense mode: the model's input names, empty or examples = detect from the model; "
+        "BPR mode: its first name is the client's tensor unless bpr_input_name is set (the "
+        "original's --input)",
+    )
+    bpr_input_name: str = Field(
+        "", description="BPR mode: the name of the client's tensor of serialized BPRs; empty = "
+        "the first of inputs, else examples"
     )
     outputs: tuple[str, ...] = Field(
         ("output_0",), description="output tensor names; empty = all of the model's"
@@ -125,6 +148,17 @@ class ModelSettings(_Frozen):
         (), description="shared libraries of custom ops, loaded into the model's runtime "
         "(ONNX Runtime or TensorFlow) before it loads"
     )
+
+
+    @property
+    def request_tensor_name(self) -> str:
+        """BPR mode's client-facing tensor: ``bpr_input_name``, else ``--input``'s first name, else examples.
+
+        ``--input`` keeps the original's two meanings (model inputs in dense
+        mode, this name in BPR mode); ``bpr_input_name`` says the second
+        one by its own name.
+        """
+        return self.bpr_input_name or (self.inputs[0] if self.inputs else "examples")
 
 
 class RequestLimits(_Frozen):

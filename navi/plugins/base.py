@@ -9,15 +9,103 @@ compute. Plugins never import the server or the batching layers.
 from __future__ import annotations
 
 import abc
+import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from navi.dtypes import feeds
-from navi.errors import InvalidInput
+from navi.errors import ConfigError, InvalidInput
 from navi.settings import ModelSettings
+
+logger = logging.getLogger(__name__)
+
+#: the original's ``--input`` / ``--output`` defaults; each means "detect" (see ``served_inputs``)
+DEFAULT_INPUTS = ("examples",)
+DEFAULT_OUTPUTS = ("output_0",)
+
+
+def served_inputs(
+    configured: Sequence[str], available: Sequence[str], *, source: str, foreign_means_detect: bool
+) -> tuple[str, ...]:
+    """The model inputs to serve given ``--input``: the one rule of every runtime and mode.
+
+    ``--input`` empty, or the default ``examples``, means detect: every input
+    of the model (``available``, in the model's order). Otherwise it must name
+    every input of the model and nothing else; the order given is kept.
+
+    ``foreign_means_detect``: a runtime loads a model before navi knows
+    whether it is served in BPR mode, where ``--input`` is the client's
+    tensor name, not a model input; so a runtime passes True and a
+    ``--input`` naming none of the model's inputs also means detect. The
+    pipeline, which knows the mode, passes False in dense mode.
+    """
+    configured, available = tuple(configured), tuple(available)
+    if not configured or configured == DEFAULT_INPUTS:
+        return available
+    if foreign_means_detect and not set(configured) & set(available):
+        logger.info("%s: --input %s names no input of the model; serving its inputs %s",
+                    source, ",".join(configured), ",".join(available))
+        return available
+    unknown = [name for name in configured if name not in available]
+    missing = [name for name in available if name not in configured]
+    if unknown or missing:
+        raise ConfigError(
+            f"--input must name every input of the model ({', '.join(available)}); "
+            f"unknown: {', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'}",
+            source=source, key="inputs",
+        )
+    return configured
+
+
+def served_outputs(configured: Sequence[str], available: Sequence[str], *, source: str) -> tuple[str, ...]:
+    """The model outputs to serve given ``--output``: the one rule of every runtime.
+
+    ``--output`` empty, or the default ``output_0`` where the model has no
+    output of that name, means detect: every output (``available``, in the
+    model's order). Otherwise each name must be an output of the model, and
+    only those are served, in the order given.
+    """
+    configured, available = tuple(configured), tuple(available)
+    if not configured or (configured == DEFAULT_OUTPUTS and configured[0] not in available):
+        return available
+    unknown = [name for name in configured if name not in available]
+    if unknown:
+        raise ConfigError(
+            f"--output names {', '.join(unknown)}, not outputs of the model ({', '.join(available)})",
+            source=source, key="outputs",
+        )
+    return configured
+
+
+class ProcessThreadPools:
+    """A framework's intra-op / inter-op thread pools, which belong to the process, not a model.
+
+    ``configure`` applies the first caller's sizes (through ``apply``, which
+    returns the sizes actually in force) and returns them; a later caller
+    asking for other sizes gets a warning and the sizes in force.
+    """
+
+    def __init__(self, framework: str, apply: Callable[[int, int, str], tuple[int, int]]) -> None:
+        self._framework = framework
+        self._apply = apply
+        self._lock = threading.Lock()
+        self.applied: tuple[int, int] | None = None
+
+    def configure(self, intra_op: int, inter_op: int, model_name: str = "") -> tuple[int, int]:
+        with self._lock:
+            if self.applied is None:
+                self.applied = self._apply(intra_op, inter_op, model_name)
+            elif self.applied != (intra_op, inter_op):
+                logger.warning(
+                    "%s thread pools are process-wide and already set to intra_op=%d "
+                    "inter_op=%d; model %s asked for intra_op=%d inter_op=%d, ignored",
+                    self._framework, *self.applied, model_name, intra_op, inter_op,
+                )
+            return self.applied
 
 
 @dataclass(frozen=True)

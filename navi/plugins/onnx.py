@@ -24,7 +24,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure
 from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec
-from navi.settings import ModelSettings
+from navi.settings import ModelSettings, parse_bool
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,6 @@ ONNX_DTYPES: dict[str, np.dtype] = {
     "tensor(string)": np.dtype(object),
 }
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
 # The global thread pool is a property of the process-wide ONNX Runtime
 # environment: it can be set once, before the first session, and from then on
 # every session must use it. Guarded because models load on several threads.
@@ -90,12 +87,10 @@ _global_pool_sizes: tuple[int, int] | None = None
 
 
 def _parse_bool(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"expected true or false, got {value!r}", key=key)
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"expected true or false, got {value!r}", key=key) from None
 
 
 def _parse_pairs(key: str, value: str) -> dict[str, str]:

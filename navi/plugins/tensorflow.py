@@ -7,16 +7,9 @@ default); every other signature stays reachable through ``run_signature``,
 ``classify`` and ``regress``.
 
 How the served inputs and outputs are chosen (``--input`` / ``--output``):
-
-* inputs: when ``--input`` is empty, or names none of the signature's inputs
-  (the default ``examples``, or the client-facing name of BPR converter mode),
-  the signature's own inputs are used, sorted by name. When it names some of
-  them it must name all of them (a signature cannot run on part of its inputs)
-  and nothing else; the order given is kept.
-* outputs: when ``--output`` is empty, or is the default ``output_0`` and the
-  signature has no output of that name, every output of the signature is
-  served, sorted by name. Otherwise each name must be an output of the
-  signature, and only those are served.
+the rule of every runtime, ``navi.plugins.base.served_inputs`` and
+``served_outputs``, applied to the serving signature (inputs and outputs
+sorted by name where they are detected).
 
 Dtypes are the signature's: every dtype TF Serving's Predict carries works,
 strings included (``DT_STRING`` is a numpy object array of ``bytes``, e.g.
@@ -53,7 +46,9 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from navi.errors import Code, ConfigError, InvalidInput, NaviError, RuntimeFailure, Unimplemented
-from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec, conform_inputs
+from navi.plugins.base import (
+    LoadedModel, ProcessThreadPools, Runtime, Signature, TensorSpec, conform_inputs, served_inputs, served_outputs,
+)
 from navi.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
@@ -65,45 +60,25 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 CLASSIFY_INPUTS, CLASSIFY_CLASSES, CLASSIFY_SCORES = "inputs", "classes", "scores"
 REGRESS_INPUTS, REGRESS_OUTPUTS = "inputs", "outputs"
 SERVE_TAG = "serve"
-_DEFAULT_INPUTS = ("examples",)
-_DEFAULT_OUTPUTS = ("output_0",)
 _STRING = np.dtype(object)
 
-# TensorFlow's thread pools belong to the process, not to a model.
-_threads_lock = threading.Lock()
-_threads_applied: tuple[int, int] | None = None
+def _apply_threads(intra_op: int, inter_op: int, model_name: str) -> tuple[int, int]:
+    """Set TensorFlow's pools; it only accepts this before its first op runs."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        return intra_op, inter_op
+    except RuntimeError as exc:
+        # something in this process already ran TensorFlow
+        applied = (tf.config.threading.get_intra_op_parallelism_threads(),
+                   tf.config.threading.get_inter_op_parallelism_threads())
+        logger.warning("TensorFlow already initialized (%s); model %s keeps intra_op=%d inter_op=%d",
+                       exc, model_name, *applied)
+        return applied
 
 
-def configure_threads(intra_op: int, inter_op: int, model_name: str = "") -> tuple[int, int]:
-    """Set TensorFlow's process-wide thread pools once; return the values in force.
-
-    TensorFlow only accepts these before its first op runs, so the first
-    caller wins and a later caller asking for other values gets a warning.
-    """
-    global _threads_applied
-    with _threads_lock:
-        if _threads_applied is None:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-                tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-                _threads_applied = (intra_op, inter_op)
-            except RuntimeError as exc:
-                # something in this process already ran TensorFlow
-                _threads_applied = (
-                    tf.config.threading.get_intra_op_parallelism_threads(),
-                    tf.config.threading.get_inter_op_parallelism_threads(),
-                )
-                logger.warning(
-                    "TensorFlow already initialized (%s); model %s keeps intra_op=%d inter_op=%d",
-                    exc, model_name, *_threads_applied,
-                )
-        elif _threads_applied != (intra_op, inter_op):
-            logger.warning(
-                "TensorFlow thread pools are process-wide and already set to intra_op=%d "
-                "inter_op=%d; model %s asked for intra_op=%d inter_op=%d, ignored",
-                *_threads_applied, model_name, intra_op, inter_op,
-            )
-        return _threads_applied
+#: TensorFlow's process-wide thread pools: the first model loaded decides
+THREADS = ProcessThreadPools("TensorFlow", _apply_threads)
 
 
 # Custom-op libraries register their ops in the process (as the original's
@@ -180,40 +155,6 @@ def read_meta_graph(version_dir: Path, tag: str = SERVE_TAG) -> "meta_graph_pb2.
             f"SavedModel has no meta graph tagged {tag!r} (tag sets: {tag_sets})", source=str(version_dir)
         )
     return (exact or holding)[0]
-
-
-def _choose(
-    kind: str, configured: Sequence[str], default: tuple[str, ...], available: Sequence[str], source: str
-) -> tuple[str, ...]:
-    """Apply the module docstring's rule for picking served inputs / outputs."""
-    configured = tuple(configured)
-    if kind == "inputs":
-        if not configured or not set(configured) & set(available):
-            if configured and configured != default:
-                logger.info(
-                    "%s: --input %s names no input of the signature; serving its inputs %s",
-                    source, ",".join(configured), ",".join(available),
-                )
-            return tuple(available)
-        unknown = [name for name in configured if name not in available]
-        missing = [name for name in available if name not in configured]
-        if unknown or missing:
-            raise ConfigError(
-                f"--input must name every input of the signature ({', '.join(available)}); "
-                f"unknown: {', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'}",
-                source=source, key="inputs",
-            )
-        return configured
-    if not configured or (configured == default and default[0] not in available):
-        return tuple(available)
-    unknown = [name for name in configured if name not in available]
-    if unknown:
-        raise ConfigError(
-            f"--output names {', '.join(unknown)}, not outputs of the signature "
-            f"({', '.join(available)})",
-            source=source, key="outputs",
-        )
-    return configured
 
 
 def _op_error_text(exc: "tf.errors.OpError") -> str:
@@ -499,7 +440,7 @@ class TensorFlowRuntime(Runtime):
         version_dir = Path(version_dir)
         source = str(version_dir)
         load_custom_ops(settings.customops_libs)
-        configure_threads(settings.intra_op_parallelism, settings.inter_op_parallelism, settings.name)
+        THREADS.configure(settings.intra_op_parallelism, settings.inter_op_parallelism, settings.name)
         meta_graph = read_meta_graph(version_dir)
         sig_defs = {name: sd for name, sd in meta_graph.signature_def.items() if not name.startswith("__")}
         serving_name = settings.serving_signature or "serving_default"
@@ -523,8 +464,9 @@ class TensorFlowRuntime(Runtime):
         if serving_name not in runners:
             raise RuntimeFailure(f"{source}: signature {serving_name!r} could not be loaded")
         full = runners[serving_name].signature
-        input_names = _choose("inputs", settings.inputs, _DEFAULT_INPUTS, [s.name for s in full.inputs], source)
-        output_names = _choose("outputs", settings.outputs, _DEFAULT_OUTPUTS, [s.name for s in full.outputs], source)
+        input_names = served_inputs(settings.inputs, [s.name for s in full.inputs], source=source,
+                                    foreign_means_detect=True)
+        output_names = served_outputs(settings.outputs, [s.name for s in full.outputs], source=source)
         served = Signature(
             tuple(full.input(name) for name in input_names),
             tuple(full.output(name) for name in output_names),
@@ -538,4 +480,4 @@ class TensorFlowRuntime(Runtime):
         return TensorFlowModel(settings.name, loaded, runners, serving_name, served)
 
 
-__all__ = ["TensorFlowModel", "TensorFlowRuntime", "configure_threads", "read_meta_graph"]
+__all__ = ["TensorFlowModel", "TensorFlowRuntime", "THREADS", "read_meta_graph"]

@@ -33,12 +33,9 @@ named by ``--output`` (default ``output_0``; a tuple result beyond one output
 is named ``output_0``, ``output_1``, ... when ``--output`` is left at its
 default).
 
-``--input``: when empty, or naming none of the inputs (the default
-``examples``, or the client-facing name of BPR converter mode), the names
-above are served; otherwise it must name exactly those inputs (the order is
-``forward``'s either way). ``--output``: when empty, or the default
-``output_0`` and the model declares no such output, all declared outputs;
-otherwise the named ones.
+``--input`` / ``--output``: the rule of every runtime,
+``navi.plugins.base.served_inputs`` and ``served_outputs`` (the inputs are
+checked only, and stay in ``forward``'s order).
 
 Threads: ``--intra-op-parallelism`` becomes ``torch.set_num_threads`` and
 ``--inter-op-parallelism`` ``torch.set_num_interop_threads``; both are
@@ -56,22 +53,23 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 # Without PyTorch importing this module fails and navi.plugins.resolve_runtime says what to install.
 import torch
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure
-from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec, conform_inputs
+from navi.plugins.base import (
+    DEFAULT_OUTPUTS, LoadedModel, ProcessThreadPools, Runtime, Signature, TensorSpec, conform_inputs, served_inputs,
+    served_outputs,
+)
 from navi.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.pt"
 SPEC_FILENAME = "model.json"
-_DEFAULT_INPUTS = ("examples",)
-_DEFAULT_OUTPUTS = ("output_0",)
 #: dtypes a TorchScript model can take from a TF Serving request
 _DTYPES = {
     name: np.dtype(name)
@@ -80,38 +78,30 @@ _DTYPES = {
 #: BPR layout tensors that are not float32 (see navi.segdense)
 _LAYOUT_INT_INPUTS = frozenset({"binary", "discrete"})
 
-_threads_lock = threading.Lock()
-_threads_applied: tuple[int, int] | None = None
 _thread_local = threading.local()
 
 
-def configure_threads(intra_op: int, inter_op: int, model_name: str = "") -> tuple[int, int]:
-    """Size PyTorch's process-wide thread pools once; return the values in force (0 = default)."""
-    global _threads_applied
-    with _threads_lock:
-        if _threads_applied is None:
-            if intra_op > 0:
-                torch.set_num_threads(intra_op)
-            if inter_op > 0:
-                try:
-                    torch.set_num_interop_threads(inter_op)
-                except RuntimeError as exc:
-                    # PyTorch refuses once its inter-op pool has started
-                    logger.warning("model %s: inter-op threads stay %d (%s)",
-                                   model_name, torch.get_num_interop_threads(), exc)
-            _threads_applied = (intra_op, inter_op)
-        elif _threads_applied != (intra_op, inter_op):
-            logger.warning(
-                "PyTorch thread pools are process-wide and already set to intra_op=%d "
-                "inter_op=%d; model %s asked for intra_op=%d inter_op=%d, ignored",
-                *_threads_applied, model_name, intra_op, inter_op,
-            )
-        return _threads_applied
+def _apply_threads(intra_op: int, inter_op: int, model_name: str) -> tuple[int, int]:
+    """Size PyTorch's pools (0 = its default); the inter-op pool only before PyTorch first uses it."""
+    if intra_op > 0:
+        torch.set_num_threads(intra_op)
+    if inter_op > 0:
+        try:
+            torch.set_num_interop_threads(inter_op)
+        except RuntimeError as exc:
+            # PyTorch refuses once its inter-op pool has started
+            logger.warning("model %s: inter-op threads stay %d (%s)",
+                           model_name, torch.get_num_interop_threads(), exc)
+    return intra_op, inter_op
+
+
+#: PyTorch's process-wide thread pools: the first model loaded decides
+THREADS = ProcessThreadPools("PyTorch", _apply_threads)
 
 
 def _apply_threads_here() -> None:
     """Apply the intra-op thread count in the calling thread (OpenMP keeps it per thread)."""
-    applied = _threads_applied
+    applied = THREADS.applied
     if applied is None or applied[0] <= 0 or getattr(_thread_local, "intra_op", None) == applied[0]:
         return
     torch.set_num_threads(applied[0])
@@ -166,32 +156,6 @@ def _forward_arguments(module) -> list[str] | None:
     except (AttributeError, RuntimeError):
         return None
     return [argument.name for argument in arguments[1:]]
-
-
-def _choose_inputs(configured: Sequence[str], names: Sequence[str], source: str) -> None:
-    """Check ``--input`` against the model's input names (module docstring's rule)."""
-    configured = tuple(configured)
-    if not configured or not set(configured) & set(names):
-        return
-    if set(configured) != set(names):
-        raise ConfigError(
-            f"--input must name every input of the model ({', '.join(names)}); got {', '.join(configured)}",
-            source=source, key="inputs",
-        )
-
-
-def _choose_outputs(configured: Sequence[str], declared: Sequence[str], source: str) -> tuple[str, ...]:
-    """The served output names out of the declared ones (module docstring's rule)."""
-    configured = tuple(configured)
-    if not configured or (configured == _DEFAULT_OUTPUTS and configured[0] not in declared):
-        return tuple(declared)
-    unknown = [name for name in configured if name not in declared]
-    if unknown:
-        raise ConfigError(
-            f"--output names {', '.join(unknown)}, not outputs of the model ({', '.join(declared)})",
-            source=source, key="outputs",
-        )
-    return configured
 
 
 def _error_text(exc: BaseException) -> str:
@@ -306,7 +270,7 @@ class TorchRuntime(Runtime):
         """Load ``model.pt`` (and ``model.json`` when present) from ``version_dir``."""
         version_dir = Path(version_dir)
         source = str(version_dir / MODEL_FILENAME)
-        configure_threads(settings.intra_op_parallelism, settings.inter_op_parallelism, settings.name)
+        THREADS.configure(settings.intra_op_parallelism, settings.inter_op_parallelism, settings.name)
         declared_inputs: tuple[TensorSpec, ...] | None = None
         declared_outputs: tuple[TensorSpec, ...] | None = None
         spec_path = version_dir / SPEC_FILENAME
@@ -338,16 +302,16 @@ class TorchRuntime(Runtime):
                 "%s: no %s; inputs %s taken as sent (the BPR converter feeds float32, binary/discrete int64)",
                 source, SPEC_FILENAME, ", ".join(arguments),
             )
-        _choose_inputs(settings.inputs, [spec.name for spec in inputs], source)
+        served_inputs(settings.inputs, [spec.name for spec in inputs], source=source, foreign_means_detect=True)
         auto_name_tuples = False
         if declared_outputs is None:
-            names = tuple(settings.outputs) or _DEFAULT_OUTPUTS
-            auto_name_tuples = names == _DEFAULT_OUTPUTS
+            names = tuple(settings.outputs) or DEFAULT_OUTPUTS
+            auto_name_tuples = names == DEFAULT_OUTPUTS
             declared_outputs = tuple(TensorSpec(name, np.dtype("float32"), (-1, -1)) for name in names)
             served_names = names
             was_declared = False
         else:
-            served_names = _choose_outputs(settings.outputs, [spec.name for spec in declared_outputs], source)
+            served_names = served_outputs(settings.outputs, [spec.name for spec in declared_outputs], source=source)
             was_declared = True
         by_name = {spec.name: spec for spec in declared_outputs}
         signature = Signature(inputs, tuple(by_name[name] for name in served_names))
@@ -365,4 +329,4 @@ class TorchRuntime(Runtime):
         )
 
 
-__all__ = ["TorchModel", "TorchRuntime", "configure_threads", "read_model_json"]
+__all__ = ["TorchModel", "TorchRuntime", "THREADS", "read_model_json"]

@@ -82,6 +82,7 @@ defaults:
 models:
   - model_dir: repo/home
     batching: {max_batch_size: 32}
+    bpr_input_name: requests
   - name: dense
     model_dir: /abs/dense_dir
     runtime: onnx
@@ -95,6 +96,7 @@ batch_timeout_ms = 5
 [[models]]
 model_dir = "repo/home"
 batching = { max_batch_size = 32 }
+bpr_input_name = "requests"
 [[models]]
 name = "dense"
 model_dir = "/abs/dense_dir"
@@ -111,6 +113,9 @@ def test_config_file(tmp_path, suffix, text):
     assert settings.port == 8600
     assert home.name == "home" and home.model_dir == tmp_path / "repo" / "home"
     assert home.batching.max_batch_size == 32 and home.batching.batch_timeout_ms == 5
+    # the BPR client's tensor by its own key; --input keeps its default
+    assert home.request_tensor_name == "requests" and home.inputs == ("examples",)
+    assert dense.request_tensor_name == "examples"
     assert dense.name == "dense" and dense.model_dir == Path("/abs/dense_dir") and dense.inputs == ()
 
 
@@ -190,8 +195,9 @@ def test_cli_original_short_and_repeated_flags(tmp_path, monkeypatch):
 
 
 def test_bool_flag_values():
-    from navi.config import _bool
+    from navi.settings import parse_bool
 
-    assert _bool("true") is True and _bool("OFF") is False and _bool(True) is True
-    with pytest.raises(ValueError):
-        _bool("maybe")
+    assert parse_bool("true") is True and parse_bool("OFF") is False and parse_bool(True) is True
+    assert parse_bool(" Yes ") is True and parse_bool("0") is False
+    with pytest.raises(ValueError, match="expected true or false"):
+        parse_bool("maybe")

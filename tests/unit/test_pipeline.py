@@ -1,6 +1,8 @@
 """ServedModel on real ONNX models built in the test (dense and BPR modes)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnx
 import pytest
@@ -39,15 +41,23 @@ def dense_model(path, version=1.0):
     return path
 
 
-def serve(version_dir, metrics=None, **batching):
+def serve(version_dir, metrics=None, model=None, **batching):
     settings = ModelSettings(
-        name="m", model_dir=version_dir.parent, outputs=(),
+        name="m", model_dir=version_dir.parent, outputs=(), **(model or {}),
         batching=BatchingSettings(**{"batch_timeout_ms": 1.0, "batch_drop_ms": 0,
                                     "eager_when_idle": False, **batching}),
     )
     runtime = resolve_runtime("onnx")
     loaded = runtime.load(version_dir, settings)
     return ServedModel("m", 1, settings, loaded, version_dir=version_dir, metrics=metrics)
+
+
+def concurrent_infer(served, requests):
+    """Each request's ``infer`` on its own thread, as the servers' handler threads call it."""
+    pool = ThreadPoolExecutor(len(requests))
+    futures = [pool.submit(served.infer, r) for r in requests]
+    pool.shutdown(wait=False)
+    return futures
 
 
 def test_dense_signature_detected_from_model(tmp_path):
@@ -68,7 +78,7 @@ def test_dense_requests_batched_and_split_with_dtype_conversion(tmp_path):
         {"x": np.full((3, 3), 3.0, np.float32), "k": np.array([[0], [0], [0]], np.int64)},
         {"x": np.full((1, 3), 4.0, np.float32), "k": np.array([[9]], np.int64)},
     ]
-    futures = [served.submit(r) for r in requests]
+    futures = concurrent_infer(served, requests)
     results = [f.result(WAIT_S) for f in futures]
     for request, result in zip(requests, results):
         expected = request["x"].astype(np.float32) * 2 + 5
@@ -82,12 +92,11 @@ def test_dense_requests_batched_and_split_with_dtype_conversion(tmp_path):
 
 def test_output_filter(tmp_path):
     served = serve(dense_model(tmp_path / "m" / "1"))
-    out = served.predict({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64)},
-                         ("count",), timeout_s=WAIT_S)
+    out = served.infer({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64)}, ("count",))
     assert list(out) == ["count"]
     with pytest.raises(InvalidInput, match="no output 'nope'"):
-        served.submit({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64)},
-                      ("nope",))
+        served.infer({"x": np.zeros((1, 3), np.float32), "k": np.zeros((1, 1), np.int64)},
+                     ("nope",))
     served.close()
 
 
@@ -105,7 +114,7 @@ def test_output_filter(tmp_path):
 def test_dense_invalid_inputs(tmp_path, inputs, message):
     served = serve(dense_model(tmp_path / "m" / "1"))
     with pytest.raises(InvalidInput, match=message):
-        served.submit(inputs)
+        served.infer(inputs)
     served.close()
 
 
@@ -137,14 +146,44 @@ def test_bpr_mode_batches_and_cuts_rows_by_candidates(tmp_path):
     layout = load_layout_from_dir(version_dir)
     requests = [make_bprs(layout, 1, candidates=c, seed=c, continuous_per_candidate=50)
                 for c in (3, 1, 5)]
-    futures = [served.submit({"any_name": np.array(r, dtype=object)}) for r in requests]
+    futures = concurrent_infer(served, [{"any_name": np.array(r, dtype=object)} for r in requests])
     results = [f.result(WAIT_S)["output_0"] for f in futures]
     assert [r.shape for r in results] == [(3, 1), (1, 1), (5, 1)]
     # the same rows alone give the same answers: nothing leaked between requests
-    alone = served.predict({"examples": np.array(requests[2], dtype=object)}, timeout_s=WAIT_S)
+    alone = served.infer({"examples": np.array(requests[2], dtype=object)})
     np.testing.assert_allclose(alone["output_0"], results[2], rtol=1e-5)
     assert metrics.registry.get_sample_value(":navi:converter_time_count",
                                              {"model_name": "m"}) >= 1
     with pytest.raises(DecodeError):
-        served.submit({"examples": np.array([b"\x0f\xff garbage"], dtype=object)})
+        served.infer({"examples": np.array([b"\x0f\xff garbage"], dtype=object)})
     served.close()
+
+
+def test_input_names_model_inputs_in_dense_mode(tmp_path):
+    version_dir = dense_model(tmp_path / "m" / "1")
+    ordered = serve(version_dir, model={"inputs": ("k", "x")})
+    assert [s.name for s in ordered.signature.inputs] == ["k", "x"]
+    ordered.close()
+    for detect in ((), ("examples",)):  # empty and the original's default both mean detect
+        detected = serve(version_dir, model={"inputs": detect})
+        assert [s.name for s in detected.signature.inputs] == ["x", "k"]
+        detected.close()
+    from navi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="missing: k"):
+        serve(version_dir, model={"inputs": ("x",)})
+    with pytest.raises(ConfigError, match="unknown: other"):  # dense mode: no client tensor to name
+        serve(version_dir, model={"inputs": ("other",)})
+
+
+def test_input_names_client_tensor_in_bpr_mode(tmp_path):
+    from navi.demo import write_home_version
+
+    version_dir = write_home_version(tmp_path / "home", hidden=(8,), version=1)
+    for model, client in [({}, "examples"), ({"inputs": ()}, "examples"), ({"inputs": ("bprs",)}, "bprs"),
+                          ({"inputs": ("bprs",), "bpr_input_name": "requests"}, "requests")]:
+        served = serve(version_dir, model=model)
+        assert served.mode == "bpr"
+        assert [(s.name, s.dtype) for s in served.signature.inputs] == [(client, np.dtype(object))]
+        assert ModelSettings(name="m", model_dir=tmp_path, **model).request_tensor_name == client
+        served.close()

@@ -187,3 +187,26 @@ def test_real_builtin_without_its_framework_gives_the_install_line(runtime, fram
     assert result.returncode == 0, result.stderr
     hint = f"(the navi[{runtime}] extra); install with: {shlex.quote(sys.executable)} -m pip install {requirement}"
     assert hint in result.stdout, result.stdout
+
+
+def test_served_names_rule_of_every_runtime():
+    from navi.errors import ConfigError
+    from navi.plugins.base import served_inputs, served_outputs
+
+    model = ("a", "b")
+    for foreign in (True, False):
+        assert served_inputs((), model, source="m", foreign_means_detect=foreign) == model
+        assert served_inputs(("examples",), model, source="m", foreign_means_detect=foreign) == model
+        assert served_inputs(("b", "a"), model, source="m", foreign_means_detect=foreign) == ("b", "a")
+        with pytest.raises(ConfigError, match="missing: b"):
+            served_inputs(("a",), model, source="m", foreign_means_detect=foreign)
+    # a runtime cannot tell a BPR client's tensor name from a wrong input name; dense mode can
+    assert served_inputs(("bprs",), model, source="m", foreign_means_detect=True) == model
+    with pytest.raises(ConfigError, match="unknown: bprs"):
+        served_inputs(("bprs",), model, source="m", foreign_means_detect=False)
+    assert served_outputs((), model, source="m") == model
+    assert served_outputs(("output_0",), model, source="m") == model
+    assert served_outputs(("output_0",), ("output_0", "b"), source="m") == ("output_0",)
+    assert served_outputs(("b",), model, source="m") == ("b",)
+    with pytest.raises(ConfigError, match="not outputs of the model"):
+        served_outputs(("c",), model, source="m")

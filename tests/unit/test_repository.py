@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -158,7 +160,7 @@ def make_registry(model_dir, **server):
 
 def answer(registry, version=None, label=None):
     served = registry.get("m", version=version, label=label)
-    out = served.predict({"x": np.zeros((1, 1), np.float32)}, timeout_s=30)
+    out = served.infer({"x": np.zeros((1, 1), np.float32)})
     return served.version, float(out["output_0"][0, 0])
 
 
@@ -388,7 +390,13 @@ def test_evicted_version_answers_every_queued_request(tmp_path):
     registry.start()
     try:
         old = registry.get("m")
-        queued = [old.submit({"x": np.full((1, 1), i, np.float32)}) for i in range(5)]
+        pool = ThreadPoolExecutor(5)  # handler threads, each waiting on its request
+        queued = [pool.submit(old.infer, {"x": np.full((1, 1), i, np.float32)}) for i in range(5)]
+        pool.shutdown(wait=False)
+        waited_until = time.monotonic() + 30
+        while old.num_queued < 5:
+            assert time.monotonic() < waited_until, "the requests never queued"
+            time.sleep(0.01)
         write_version(tmp_path / "m", 2)
         registry.rescan({})
         registry.wait_for_loads(30)

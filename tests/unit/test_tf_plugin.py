@@ -134,7 +134,7 @@ def test_configured_inputs_and_outputs(models):
     assert set(model.run(typed_batch(1))) == {"score", "text_len"}
     with pytest.raises(ConfigError, match="missing: f64"):
         runtime.load(path, settings(path, inputs=("text", "f32")))
-    with pytest.raises(ConfigError, match="not outputs of the signature"):
+    with pytest.raises(ConfigError, match="not outputs of the model"):
         runtime.load(path, settings(path, outputs=("score", "nope")))
     with pytest.raises(ConfigError, match="no signature 'other'"):
         runtime.load(path, settings(path, serving_signature="other"))

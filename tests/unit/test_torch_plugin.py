@@ -231,7 +231,7 @@ def test_home_layout_model_in_bpr_converter_mode(tmp_path):
     try:
         assert served.mode == "bpr"
         bprs = make_bprs(layout, 2, candidates=3, seed=5, continuous_per_candidate=40)
-        got = served.predict({"examples": np.array(bprs, dtype=object)}, timeout_s=30.0)
+        got = served.infer({"examples": np.array(bprs, dtype=object)})
         dense = BprConverter(layout).convert(bprs)
         scripted = torch.jit.load(str(version_dir / "model.pt"))
         with torch.no_grad():
@@ -266,9 +266,9 @@ def test_an_answer_aliasing_the_batch_buffer_survives_the_next_batch(tmp_path):
                          version_dir=version_dir)
     try:
         first_bprs, second_bprs = (make_bprs(layout, 1, candidates=4, seed=seed) for seed in (1, 2))
-        first = served.predict({"examples": np.array(first_bprs, dtype=object)}, timeout_s=30.0)
+        first = served.infer({"examples": np.array(first_bprs, dtype=object)})
         kept = first["output_0"].copy()
-        served.predict({"examples": np.array(second_bprs, dtype=object)}, timeout_s=30.0)
+        served.infer({"examples": np.array(second_bprs, dtype=object)})
         expected = BprConverter(layout).convert(first_bprs)["user_embedding"][:, :3]
         np.testing.assert_array_equal(first["output_0"], kept)
         np.testing.assert_array_equal(first["output_0"], expected)
