@@ -13,7 +13,7 @@ caller's thread into a typed payload and its row count) and ``process`` (run
 one batch of those payloads, one result per task).
 """
 from navi.modes.bpr import BprMode, BprPayload, wants_converter
-from navi.modes.cast import cast_into, castable
 from navi.modes.dense import DenseMode, DensePayload
+from navi.modes.shared import cast_into, castable
 
 __all__ = ["BprMode", "BprPayload", "DenseMode", "DensePayload", "cast_into", "castable", "wants_converter"]

@@ -11,20 +11,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from navi._fast.kernels import cast_into as _kernel_cast_into
 from navi.batching import BatchTask, split_rows
 from navi.errors import ConfigError, InvalidInput, quote
-from navi.modes.cast import STRING, describe
+from navi.modes.shared import STRING, RunModel, describe
 from navi.plugins.base import Signature, TensorSpec
 from navi.segdense import find_spec_files, load_layout
 from navi.settings import ModelSettings
-
-#: runs the model on merged feeds: (feeds, output names) -> outputs
-RunModel = Callable[[dict, tuple], dict]
 
 
 @dataclass(frozen=True, slots=True)

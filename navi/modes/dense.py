@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from navi.batching import BatchTask, split_rows
 from navi.errors import InvalidInput, quote
-from navi.modes.cast import STRING, cast_into, castable, describe
+from navi.modes.shared import STRING, RunModel, cast_into, castable, describe
 from navi.plugins.base import Signature, TensorSpec, served_inputs
 from navi.settings import ModelSettings
 
 log = logging.getLogger(__name__)
-
-#: runs the model on merged feeds: (feeds, output names) -> outputs
-RunModel = Callable[[dict, tuple], dict]
 
 
 @dataclass(frozen=True, slots=True)

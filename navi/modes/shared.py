@@ -1,5 +1,7 @@
-"""Helpers both modes share: writing request rows into a batch buffer, describing an input."""
+"""What both modes share: writing request rows into a batch buffer, describing an input, the model runner's type."""
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -8,6 +10,9 @@ from navi.dtypes import feeds
 from navi.plugins.base import TensorSpec
 
 STRING = np.dtype(object)
+
+#: runs the model on merged feeds: (feeds, output names) -> outputs (ServedModel._run_model)
+RunModel = Callable[[dict, tuple], dict]
 
 
 def _numpy_cast_into(src: np.ndarray, dst: np.ndarray, row_start: int) -> None:
