@@ -24,7 +24,7 @@ from navi.segdense import find_spec_files, load_layout
 from navi.settings import ModelSettings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BprPayload:
     """One validated BPR request: its serialized records, rows per record, and the outputs it asked for."""
 

@@ -16,7 +16,7 @@ from navi.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DensePayload:
     """One validated dense request: its inputs by model input name, and the outputs it asked for."""
 
