@@ -69,7 +69,7 @@ class Server:
 
     def __init__(self, model_dirs: list[Path], interval_s: float, hugepages: bool = False):
         command = [sys.executable, "-m", "navi.cli.main", "serve", "--host", "127.0.0.1",
-                   "--port", "0", "--prometheus-port", "0", "--batch-drop-millis", "0",
+                   "--port", "0", "--prometheus-port", "0", "--rest-api-port", "0", "--batch-drop-millis", "0",
                    "--model-check-interval-secs", str(interval_s), "--output", ""]
         for model_dir in model_dirs:
             command += ["--model-dir", str(model_dir)]

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             port, prometheus_port = free_port(), free_port()
             command = [sys.executable, "-m", "navi.cli.main", "serve", "--workers", str(count), "--host", "127.0.0.1",
-                       "--port", str(port), "--prometheus-port", str(prometheus_port),
+                       "--port", str(port), "--prometheus-port", str(prometheus_port), "--rest-api-port", "0",
                        "--model-dir", str(models / "home"), "--model-dir", str(models / "dense"),
                        "--input", "examples", "--input", "", "--output", "", *args.server_arg]
             if plan:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from daemon import start_navi  # noqa: E402 - benchmarks/daemon.py, beside this script
 
 
 def memory_mib(pid: int) -> dict[str, int]:
@@ -24,18 +25,8 @@ def memory_mib(pid: int) -> dict[str, int]:
 
 
 def main() -> None:
-    log_path = Path(tempfile.mkdtemp()) / "navi.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "navi.cli.main", "serve", "--model-dir", "models/home",
-                                   "--model-dir", "models/dense", "--host", "127.0.0.1", "--port", "0",
-                                   "--prometheus-port", "0"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    server, port = start_navi(["models/home", "models/dense"], Path(tempfile.mkdtemp()) / "navi.log")
     try:
-        deadline = time.monotonic() + 120
-        while "navi ready" not in log_path.read_text():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(log_path.read_text())
-            time.sleep(0.2)
-        port = re.search(r"listening on [^ ]+:(\d+)", log_path.read_text()).group(1)
         time.sleep(1)
         print("ready (MiB):", memory_mib(server.pid))
         for model, workload in (("home", ["--workload", "home", "--candidates", "100"]), ("dense", ["--workload", "dense"])):

@@ -76,7 +76,7 @@ def run_serve_suite(
     # too, answers more with fewer threads, and the ceiling must be its best
     threads = str(default_grpc_threads())
     navi_cmd = [sys.executable, "-m", "navi.cli.main", "serve", "--port", str(navi_port), "--host", "127.0.0.1",
-                "--prometheus-port", "0", "--grpc-threads", threads,
+                "--prometheus-port", "0", "--rest-api-port", "0", "--grpc-threads", threads,
                 "--model-dir", str(heavy_dir), "--model-dir", str(small_dir), "--model-dir", str(dense_dir),
                 "--input", "examples", "--input", "examples", "--input", "", "--output", "", *server_args]
     bare_cmd = [sys.executable, "-m", "navi.cli.main", "bench", "bare-server", "--port", str(bare_port),

@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from daemon import start_navi  # noqa: E402 - benchmarks/daemon.py, beside this script
 sys.path.insert(0, str(REPO))
 
 #: kind -> the status code it must get
@@ -138,19 +138,9 @@ def main() -> int:
     for name in ("dense", "home"):
         shutil.copytree(REPO / "models" / name, root / name)
     log_path = root / "navi.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "navi.cli.main", "serve", "--model-dir", str(root / "dense"),
-             "--model-dir", str(root / "home"), "--host", "127.0.0.1", "--port", "0", "--prometheus-port", "0",
-             "--model-check-interval-secs", "5"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    server, port = start_navi([root / "dense", root / "home"], log_path, "--model-check-interval-secs", "5")
     samples: list[tuple[float, dict]] = []
     try:
-        deadline = time.monotonic() + 120
-        while "navi ready" not in log_path.read_text():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(log_path.read_text())
-            time.sleep(0.2)
-        port = re.search(r"listening on [^ ]+:(\d+)", log_path.read_text()).group(1)
         duration_s = args.minutes * 60
         started = time.monotonic()
         stop_at = started + duration_s

@@ -12,14 +12,13 @@ and exits 1 on any violation. Take the bench lock on a shared machine.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from daemon import start_navi  # noqa: E402 - benchmarks/daemon.py, beside this script
 sys.path.insert(0, str(REPO))
 
 from navi.bench import wirefuzz  # noqa: E402
@@ -33,17 +32,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
     log_path = Path(tempfile.mkdtemp()) / "navi.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "navi.cli.main", "serve", "--model-dir", "models/home",
-                                   "--model-dir", "models/dense", "--host", "127.0.0.1", "--port", "0",
-                                   "--prometheus-port", "0"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    server, port = start_navi(["models/home", "models/dense"], log_path)
     try:
-        deadline = time.monotonic() + 120
-        while "navi ready" not in log_path.read_text():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(log_path.read_text())
-            time.sleep(0.2)
-        port = re.search(r"listening on [^ ]+:(\d+)", log_path.read_text()).group(1)
 
         def progress(report):
             print(f"  {report.sent:,} sent, {time.monotonic() - started:.0f} s, "
