@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import gc
 import math
-import os
-import platform
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Sequence
+
+from navi.bench.machine import machine_info
 
 
 METHODS = ("cython", "cython_per_request", "cython_2threads", "cython_per_request_2threads", "thriftpy2",
@@ -42,18 +41,6 @@ METHODS = ("cython", "cython_per_request", "cython_2threads", "cython_per_reques
 
 #: features the report A/B methods count
 REPORTED_FEATURES = 10
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def _time(run: Callable[[int], None], passes: int = 1) -> float:
@@ -262,7 +249,7 @@ def run_convert_bench(layout, payloads: Sequence[bytes], rounds: int = 7, refere
         "workload": {"bprs": len(payloads), "candidates": int(sum(available[chosen[0]][1:2])),
                      "input_mb": sum(len(p) for p in payloads) / 1e6, "rounds": rounds,
                      "min_round_s": min_round_s},
-        "machine": _machine(),
+        "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -277,5 +264,5 @@ def render(report: dict) -> str:
         lines.append(f"{name}: {value:.2f}x")
     w = report["workload"]
     lines.append(f"workload: {w['bprs']} BPRs, {w['candidates']} candidates, {w['input_mb']:.1f} MB; "
-                 f"{w['rounds']} rounds of >= {w.get('min_round_s', 0):g} s per method; machine: {report['machine']['cpu']} ({report['machine']['cores']} cores)")
+                 f"{w['rounds']} rounds of >= {w.get('min_round_s', 0):g} s per method; machine: {report['machine']['cpu_model']} ({report['machine']['cores']} cores)")
     return "\n".join(lines)
