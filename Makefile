@@ -23,8 +23,8 @@ install: $(VENV_PYTHON)
 	$(PIP) install $(PIP_FLAGS) -r requirements/build.txt
 	$(PIP) install $(PIP_FLAGS) --no-build-isolation -e ".[$(EXTRAS)]"
 
-serve: install
-	$(VENV_PYTHON) -m navi.cli.main serve
+serve: install   ## both demo models, as the README says (plain `navi serve` serves models/home only)
+	$(VENV_PYTHON) -m navi.cli.main serve --model-dir models/home --model-dir models/dense
 
 test: install
 	$(VENV_PYTHON) -m pytest -m "not slow" -q -p no:cacheprovider
