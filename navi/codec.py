@@ -496,7 +496,8 @@ def ndarray_to_tensor_proto(
 _ONE_BYTE_VARINTS = [bytes([n]) for n in range(128)]
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """Protobuf varint bytes of ``value`` (a negative int64 as its ten-byte two's complement)."""
     if 0 <= value < 128:
         return _ONE_BYTE_VARINTS[value]
     value &= (1 << 64) - 1  # negative int64: ten bytes, two's complement
@@ -510,7 +511,7 @@ def _varint(value: int) -> bytes:
 
 def _field(tag: bytes, body: bytes) -> bytes:
     """A length-delimited field: tag, length, body."""
-    return tag + _varint(len(body)) + body
+    return tag + encode_varint(len(body)) + body
 
 
 @functools.lru_cache(maxsize=1024)
@@ -520,7 +521,7 @@ def model_spec_bytes(name: str, version: int | None, signature_name: str) -> byt
     if name:
         body += _field(b"\x0a", name.encode())
     if version is not None:
-        body += _field(b"\x12", b"\x08" + _varint(version) if version else b"")
+        body += _field(b"\x12", b"\x08" + encode_varint(version) if version else b"")
     if signature_name:
         body += _field(b"\x1a", signature_name.encode())
     return body
@@ -532,8 +533,8 @@ def _tensor_bytes(array: np.ndarray) -> bytes:
     if dtype is None or dtype == types_pb2.DT_STRING or not array.flags.c_contiguous \
             or not _LITTLE_ENDIAN_HOST:
         return ndarray_to_tensor_proto(array).SerializeToString()
-    shape = b"".join([_field(b"\x12", b"\x08" + _varint(size) if size else b"") for size in array.shape])
-    body = b"\x08" + _varint(dtype)
+    shape = b"".join([_field(b"\x12", b"\x08" + encode_varint(size) if size else b"") for size in array.shape])
+    body = b"\x08" + encode_varint(dtype)
     if shape:  # a scalar has no tensor_shape at all
         body += _field(b"\x12", shape)
     content = array.tobytes()

@@ -48,6 +48,7 @@ from navi._proto.tensorflow_serving.apis import (
     predict_pb2,
     regression_pb2,
 )
+from navi.codec import encode_varint
 
 PREDICTION = "/tensorflow.serving.PredictionService/"
 MODEL_SERVICE = "/tensorflow.serving.ModelService/"
@@ -404,18 +405,6 @@ def structured_mutation(rng: random.Random, seed: Seed) -> bytes:
 
 # ----------------------------------------------------------------- byte-level mutations
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def byte_mutation(rng: random.Random, payload: bytes, other: bytes) -> bytes:
     """``payload`` damaged at the byte level."""
     choice = rng.randrange(7)
@@ -432,7 +421,7 @@ def byte_mutation(rng: random.Random, payload: bytes, other: bytes) -> bytes:
         # a length-delimited field declared longer than what follows
         number = rng.choice([1, 2, 3, 4, 5, 6, 7])
         declared = rng.choice([len(data) + 1, 2**31 - 1, 2**32 + 5, 2**62])
-        return bytes(data) + _varint(number << 3 | 2) + _varint(declared) + b"abc"
+        return bytes(data) + encode_varint(number << 3 | 2) + encode_varint(declared) + b"abc"
     if choice == 4 and data:
         at = rng.randrange(len(data))
         return bytes(data[:at] + data[at + rng.randrange(1, 9):])

@@ -63,9 +63,8 @@ def pki(tmp_path_factory):
             "ca_key": _pem(ca_key)}
 
 
-@pytest.fixture(scope="module")
-def tls_navi(start_navi, pki, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tls-repo")
+def _write_adder(root) -> None:
+    """root/adder/1/model.onnx: out = a + b, float [N, 2] each."""
     graph = helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["out"])], "add",
         [helper.make_tensor_value_info(n, T.FLOAT, ["N", 2]) for n in ("a", "b")],
@@ -75,6 +74,12 @@ def tls_navi(start_navi, pki, tmp_path_factory):
     model.ir_version = 8
     (root / "adder" / "1").mkdir(parents=True)
     (root / "adder" / "1" / "model.onnx").write_bytes(model.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def tls_navi(start_navi, pki, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls-repo")
+    _write_adder(root)
     config = root / "navi.yaml"
     config.write_text(
         f"ssl_dir: {pki['dir']}\n"
@@ -158,15 +163,7 @@ def intermediate_pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def chain_navi(start_navi, intermediate_pki, tmp_path_factory):
     root = tmp_path_factory.mktemp("tls-chain-repo")
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "b"], ["out"])], "add",
-        [helper.make_tensor_value_info(n, T.FLOAT, ["N", 2]) for n in ("a", "b")],
-        [helper.make_tensor_value_info("out", T.FLOAT, ["N", 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (root / "adder" / "1").mkdir(parents=True)
-    (root / "adder" / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    _write_adder(root)
     return start_navi("--model-dir", root / "adder", "--input", "", "--output", "",
                       "--ssl-dir", intermediate_pki["dir"])
 
