@@ -13,16 +13,8 @@ request that will be refused can be refused before it is parsed). Answers may
 be messages or their serialized bytes.
 
 A call whose gRPC deadline has already passed when a thread picks it up is
-answered DEADLINE_EXCEEDED, and one its pool refused (``threads.refusal``)
-RESOURCE_EXHAUSTED, without being parsed. The methods that run on a pool of
-their own (the model-running ones) are registered as client-streaming, which
-a unary client cannot tell on the wire, so that they read their message
-only after those checks: grpcio's unary handlers receive it before the
-handler runs, so a refusal cost the whole message (2.4 MB: most of a light
-model's served request) and its thread waited for the bytes while holding
-its running place. The read is announced to the pool as a sleep
-(``navi.batching.sleep``): a request whose bytes are still arriving lets
-one whose bytes are there run meanwhile.
+answered DEADLINE_EXCEEDED, and one its pool refused (too many waiting for a
+handler thread: ``threads.refusal``) RESOURCE_EXHAUSTED, without being parsed.
 """
 from __future__ import annotations
 
@@ -33,10 +25,9 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from navi.batching import sleep
 from navi.errors import DeadlineExceeded, InvalidInput, Overloaded
 from navi.server.status import status_of
-from navi.server.threads import MIN_SLEEP_S, refusal
+from navi.server.threads import refusal
 
 
 def parse_request(request_type, raw: bytes):
@@ -63,27 +54,13 @@ def check_deadline(context) -> None:
         raise DeadlineExceeded("the call's deadline passed before it could run")
 
 
-def _read_one(messages) -> bytes:
-    """The one message of a call registered client-streaming (its thread sleeps meanwhile)."""
-    sleep.sleeping(MIN_SLEEP_S)
-    try:
-        raw = next(messages, None)
-    finally:
-        sleep.awake()
-    if raw is None:
-        raise InvalidInput("the call carried no request message")
-    return raw
-
-
 def raw_handler(behavior: Callable, request_type, name: str,
-                pool: futures.ThreadPoolExecutor | None = None, read_late: bool = False) -> Callable:
+                pool: futures.ThreadPoolExecutor | None = None) -> Callable:
     """``behavior(request, context, ...)`` as a handler of ``(raw bytes, context, ...)``.
 
     ``request_type`` None passes the bytes on unparsed. The behaviour's own
     grpcio attributes (``experimental_non_blocking``, as the health service's
     Watch has) are kept; ``pool`` names the thread pool grpcio runs it on.
-    ``read_late``: the handler takes the call's message iterator (register it
-    client-streaming) and reads the message after the refusal and deadline checks.
     """
 
     def handler(raw, context, *args, **kwargs):
@@ -92,8 +69,6 @@ def raw_handler(behavior: Callable, request_type, name: str,
             if refused is not None:
                 raise Overloaded(refused)
             check_deadline(context)
-            if read_late:
-                raw = _read_one(raw)
             request = raw if request_type is None else parse_request(request_type, raw)
         except Exception as error:  # noqa: BLE001 - the edge: every error gets a status
             code, details = status_of(error, name)
@@ -119,9 +94,7 @@ def add_raw_service(server: grpc.Server, service, servicer: Any, *,
     ``servicer.<Method>`` implements each; ``pools`` maps method names to the
     thread pool they run on (default: the server's); ``raw_methods`` receive
     the request's bytes unparsed. Client or bidirectional streaming methods
-    are not supported (none of navi's services has one). Methods given a
-    pool read their message late (``raw_handler``'s ``read_late``). Returns
-    the handlers.
+    are not supported (none of navi's services has one). Returns the handlers.
     """
     pools = dict(pools or {})
     raw_methods = frozenset(raw_methods)
@@ -130,15 +103,8 @@ def add_raw_service(server: grpc.Server, service, servicer: Any, *,
         if method.client_streaming:
             raise ValueError(f"{service.full_name}.{method.name} is client-streaming")
         request_type = None if method.name in raw_methods else message_factory.GetMessageClass(method.input_type)
-        pool = pools.get(method.name)
-        read_late = pool is not None and not method.server_streaming
-        handler = raw_handler(getattr(servicer, method.name), request_type, method.name, pool, read_late)
-        if read_late:
-            make = grpc.stream_unary_rpc_method_handler
-        elif method.server_streaming:
-            make = grpc.unary_stream_rpc_method_handler
-        else:
-            make = grpc.unary_unary_rpc_method_handler
+        handler = raw_handler(getattr(servicer, method.name), request_type, method.name, pools.get(method.name))
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(handler, request_deserializer=None, response_serializer=_serialize)
     unknown = (set(pools) | raw_methods) - set(handlers)
     if unknown:

@@ -82,8 +82,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
     ``--batch-drop-millis`` does not (see ``BatchScheduler``).
 
     Waiting here is bounded twice, and work refused runs with ``refusal()``
-    set, so its RPC is answered RESOURCE_EXHAUSTED before its message is even
-    read (``navi.server.rawrpc``): by time, ``max_wait_s`` from arrival (work
+    set, so its RPC is answered RESOURCE_EXHAUSTED before its message is
+    parsed (``navi.server.rawrpc``; grpcio has received it by then): by time, ``max_wait_s`` from arrival (work
     that waited longer when a thread takes it is refused, and while the
     oldest waiting work has waited longer, new work is refused at once: the
     queue is not draining in time, so a newcomer would not be served in time
@@ -159,7 +159,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
         # Past a bound the call still needs a thread (grpcio answers it from
         # inside the work), but not one of ours: the refuser runs it at once
         # with ``refusal()`` set, and the RPC handler answers RESOURCE_EXHAUSTED
-        # before reading anything.
+        # before parsing anything.
         return refuser.submit(_refusing, reason, fn, args, kwargs)
 
     def _late(self, waited_s: float, who: str) -> str:

@@ -66,7 +66,7 @@ def test_a_flood_past_the_bounds_is_refused_resource_exhausted_and_the_admitted_
         assert codes == {"OK", "RESOURCE_EXHAUSTED"}, [a for a in answers if a[0] not in ("OK", "RESOURCE_EXHAUSTED")][:3]
         refused = [details for code, details in answers if code == "RESOURCE_EXHAUSTED"]
         assert all(any(rule in details for rule in RULES) for details in refused), refused[:3]
-        # refused before the handler read the message: the time and count bounds of the pool
+        # refused before parsing: the time and count bounds of the handler pool
         assert any("for a handler thread" in details for details in refused), refused[:3]
         # after the flood, a request is served as before
         assert _answers(channel, payload, 3) == [("OK", "")] * 3
