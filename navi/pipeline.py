@@ -119,13 +119,15 @@ class ServedModel:
         payload, rows = self._prepare(inputs, output_names, max_rows)
         return self._scheduler.run(payload, rows, deadline_s, arrival_s)
 
-    def admit(self) -> None:
+    def admit(self, arrival_s: float | None = None) -> None:
         """Raise ``Overloaded`` (or ``SchedulerClosed``) now if a request would be refused at its queue.
 
         For the servers, before a request's tensors are parsed: a request the
-        queue will refuse costs no more than finding its model.
+        queue will refuse costs no more than finding its model. ``arrival_s``
+        (``time.monotonic()``): when it reached the server; its wait since
+        counts against ``max_queue_wait_ms``.
         """
-        self._scheduler.admit()
+        self._scheduler.admit(arrival_s)
 
     def run_now(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()

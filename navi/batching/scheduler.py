@@ -187,13 +187,15 @@ class BatchScheduler:
         """Whether ``close`` has been called."""
         return self._closing
 
-    def admit(self) -> None:
+    def admit(self, arrival_s: float | None = None) -> None:
         """Raise now what ``submit`` would raise for a new task: ``SchedulerClosed`` or ``Overloaded``.
 
         Lets a server refuse a request before paying for its parse and decode.
+        ``arrival_s`` (scheduler clock): when the request reached the server;
+        its wait since then counts against ``max_queue_wait_ms``.
         """
         with self._lock:
-            self._check_room()
+            self._check_room(arrival_s)
 
     def submit(self, payload: Any, rows: int, deadline_s: float | None = None) -> BatchTask:
         """Queue one request of ``rows`` rows; the returned task is its future.
@@ -307,7 +309,7 @@ class BatchScheduler:
                  owned: bool, arrival_s: float | None = None) -> tuple[BatchTask, bool]:
         """Accept a task: (task, whether the caller runs it inline now)."""
         with self._lock:
-            self._check_room()
+            self._check_room(arrival_s)
             now_s = self._clock.monotonic()
             task = BatchTask(payload, int(rows), now_s if arrival_s is None else min(arrival_s, now_s),
                              deadline_s, self)
@@ -345,16 +347,18 @@ class BatchScheduler:
             self._slots_busy_total_s += max(0.0, now_s - self._busy_since)
             self._busy_since = None
 
-    def _check_room(self) -> None:
+    def _check_room(self, arrival_s: float | None = None) -> None:
         """Raise if a new task cannot be queued now. Caller holds the lock."""
         if self._closing:
             raise SchedulerClosed(f"{self._name} is unloading")
-        wait_s = self._estimated_wait_s()
+        waited_s = 0.0 if arrival_s is None else max(0.0, self._clock.monotonic() - arrival_s)
+        wait_s = self._estimated_wait_s(waited_s)
         if wait_s is not None:
             self._count_shed(1)
             raise Overloaded(
-                f"{self._name}: the {len(self._queue)} requests queued would take ~{wait_s * 1000:.0f} ms "
-                f"to run (max_queue_wait_ms={self._options.max_queue_wait_ms:g}, --max-queue-wait-millis)"
+                f"{self._name}: the request waited {waited_s * 1000:.0f} ms and the {len(self._queue)} "
+                f"requests queued would take ~{wait_s * 1000:.0f} ms more to run "
+                f"(max_queue_wait_ms={self._options.max_queue_wait_ms:g}, --max-queue-wait-millis)"
             )
         if len(self._queue) >= self._options.max_queued_requests:
             self._count_shed(1)
@@ -363,8 +367,8 @@ class BatchScheduler:
                 f"(max_queued_requests={self._options.max_queued_requests}, --max-queued-requests)"
             )
 
-    def _estimated_wait_s(self) -> float | None:
-        """The queue's estimated run time when past ``max_queue_wait_ms``, else None. Lock held."""
+    def _estimated_wait_s(self, waited_s: float = 0.0) -> float | None:
+        """The queue's estimated run time when it and ``waited_s`` pass ``max_queue_wait_ms``, else None. Lock held."""
         bound_s = self._options.max_queue_wait_ms / 1000.0
         if bound_s <= 0 or self._running < self._max_in_flight or self._batch_s <= 0:
             return None
@@ -373,7 +377,7 @@ class BatchScheduler:
             return None  # one batch per slot may always wait
         rounds = -(-batches_ahead // self._max_in_flight)
         wait_s = rounds * self._batch_s
-        return wait_s if wait_s > bound_s else None
+        return wait_s if waited_s + wait_s > bound_s else None
 
     def _wait_s(self, now_s: float) -> float:
         """Seconds until the head batch may be taken (<= 0: now). Caller holds the lock."""

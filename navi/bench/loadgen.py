@@ -80,6 +80,13 @@ class WorkerResult:
     """What one worker (or the engine) measured during one run."""
 
     latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: latencies of the measured requests that failed (refusals: how fast they came)
+    failed_latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: measured requests: how late the client sent each, after its scheduled time
+    #: (open loop: the client's own backlog, which the latencies include)
+    send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: gRPC failures by "CODE: details" (digits as #), warm-up included
+    error_details: dict[str, int] = field(default_factory=dict)
     measured_rows: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     #: monotonic time the measured window opened (end of warm-up)
@@ -127,6 +134,8 @@ class _Recorder:
     def __init__(self, rows: Sequence[int], request_budget: int | None):
         self.rows = rows
         self.latencies: list[float] = []
+        self.failed_latencies: list[float] = []
+        self.send_lags: list[float] = []
         self.errors: dict[str, int] = {}
         self.measured_rows = 0
         self.window_end = 0.0
@@ -141,11 +150,13 @@ class _Recorder:
         self.claimed += 1
         return True
 
-    def record(self, index: int, start: float, end: float, status: str | None) -> None:
+    def record(self, index: int, start: float, sent: float, end: float, status: str | None) -> None:
+        self.send_lags.append(max(0.0, sent - start))
         if status is None:
             self.latencies.append(end - start)
             self.measured_rows += self.rows[index]
         else:
+            self.failed_latencies.append(end - start)
             self.errors[status] = self.errors.get(status, 0) + 1
         self.window_end = max(self.window_end, end)
 
@@ -195,11 +206,12 @@ async def drive(
         return request_budget is not None and recorder.claimed >= request_budget
 
     async def one_call(index: int, scheduled: float, measured: bool) -> None:
+        sent = clock()
         status = await send(index)
         end = clock()
         recorder.total += 1
         if measured:
-            recorder.record(index, scheduled, end, status)
+            recorder.record(index, scheduled, sent, end, status)
         if on_complete is not None:
             on_complete()
 
@@ -249,6 +261,8 @@ async def drive(
             await asyncio.gather(*list(in_flight))
 
     result.latencies_s = np.asarray(recorder.latencies, dtype=np.float64)
+    result.failed_latencies_s = np.asarray(recorder.failed_latencies, dtype=np.float64)
+    result.send_lags_s = np.asarray(recorder.send_lags, dtype=np.float64)
     result.measured_rows = recorder.measured_rows
     result.errors = recorder.errors
     # Closed loop, duration-bounded: the window ends at its deadline. Requests
@@ -289,6 +303,7 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
     # no serializer on either side: raw bytes out, raw bytes back, nothing parsed
     callables = [ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in opened]
     turn = [0]
+    details: dict[str, int] = {}
 
     async def send(index: int) -> str | None:
         call = callables[turn[0] % len(callables)]
@@ -297,6 +312,10 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
             await call(payloads[index], timeout=timeout_s)
             return None
         except grpc.aio.AioRpcError as error:
+            # which rule refused it, digits dropped so that one rule is one key
+            key = f"{error.code().name}: " + "".join(
+                "#" if c.isdigit() else c for c in (error.details() or ""))[:120]
+            details[key] = details.get(key, 0) + 1
             return error.code().name
         except asyncio.CancelledError:
             raise
@@ -307,6 +326,7 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
         for channel in opened:
             await channel.close()
 
+    send.error_details = details
     return send, close
 
 
@@ -430,6 +450,7 @@ async def _run_job(job: _Job, payloads, rows, worker_index: int, progress) -> Wo
     finally:
         await close()
     result.cpu_s = time.process_time() - cpu_before
+    result.error_details = dict(getattr(send, "error_details", {}))
     return result
 
 
@@ -446,6 +467,10 @@ class RunMeasurement:
     scheduled: int
     client_cpu_s: float
     client_processes: int
+    #: latencies of the failed measured requests; how late the client sent each measured request
+    failed_latencies_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    error_details: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests_per_s(self) -> float:
@@ -461,6 +486,12 @@ class RunMeasurement:
 def merge_results(results: Sequence[WorkerResult], processes: int) -> RunMeasurement:
     """Aggregate worker results of one run into one measurement."""
     latencies = np.concatenate([r.latencies_s for r in results]) if results else np.zeros(0)
+    failed = np.concatenate([r.failed_latencies_s for r in results]) if results else np.zeros(0)
+    lags = np.concatenate([r.send_lags_s for r in results]) if results else np.zeros(0)
+    details: dict[str, int] = {}
+    for r in results:
+        for key, count in r.error_details.items():
+            details[key] = details.get(key, 0) + count
     errors: dict[str, int] = {}
     for r in results:
         for code, count in r.errors.items():
@@ -478,6 +509,9 @@ def merge_results(results: Sequence[WorkerResult], processes: int) -> RunMeasure
         scheduled=sum(r.scheduled for r in results),
         client_cpu_s=sum(r.cpu_s for r in results),
         client_processes=processes,
+        failed_latencies_s=failed,
+        send_lags_s=lags,
+        error_details=details,
     )
 
 

@@ -85,7 +85,11 @@ def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeas
             "requests_per_s": measurement.requests_per_s,
             "rows_per_s": measurement.rows_per_s,
             "latency_ms": latency_summary_ms(measurement.latencies_s),
+            # how fast the failed (refused) requests were answered, and the client's own lateness
+            "failed_latency_ms": latency_summary_ms(measurement.failed_latencies_s),
+            "send_lag_ms": latency_summary_ms(measurement.send_lags_s),
             "errors": dict(sorted(measurement.errors.items())),
+            "error_details": dict(sorted(measurement.error_details.items())),
             "client_processes": measurement.client_processes,
             "client_cpu_s": measurement.client_cpu_s,
             "client_cpu_s_per_request": (

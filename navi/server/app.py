@@ -42,8 +42,8 @@ from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
 from navi.server.rawrpc import add_raw_service
-from navi.server.threads import CONTROL_THREADS, HandlerPool, max_concurrent_rpcs
-from navi.settings import ServerSettings
+from navi.server.threads import CONTROL_THREADS, HandlerPool, handler_wait_bound_s, max_concurrent_rpcs
+from navi.settings import BatchingSettings, ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,10 @@ class NaviServer:
         # model-running RPCs on the handler threads, the rest on a control
         # pool they cannot fill (see navi.server.threads)
         data_pool = HandlerPool(settings.grpc_threads, max(settings.grpc_threads, settings.grpc_max_threads),
-                                thread_name_prefix="grpc", max_waiting=settings.grpc_max_waiting_requests)
+                                thread_name_prefix="grpc", max_waiting=settings.grpc_max_waiting_requests,
+                                max_wait_s=handler_wait_bound_s(
+                                    [model.batching.max_queue_wait_ms for model in settings.models]
+                                    or [BatchingSettings().max_queue_wait_ms]))
         control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
         self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
         self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)

@@ -219,7 +219,7 @@ class DataPlane:
         try:
             served = self.model(name, request.version, request.label)
             signature_name = self.check_signature(served, request.signature_name)
-            served.admit()  # refused (queue full, unloading) before its tensors are parsed
+            served.admit(arrival_s)  # refused (queue full or late, unloading) before its tensors are parsed
             limits = self.limits
             inputs, output_names = request.decode(served, codec.RequestBudget(limits.max_request_decoded_bytes))
             outputs = served.infer(inputs, output_names, request.deadline_s, arrival_s,

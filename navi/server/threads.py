@@ -41,6 +41,18 @@ def max_concurrent_rpcs(grpc_max_threads: int, grpc_max_waiting_requests: int) -
     return grpc_max_threads + grpc_max_waiting_requests + CONTROL_RPC_HEADROOM
 
 
+def handler_wait_bound_s(queue_wait_bounds_ms) -> float:
+    """How long a request may wait for a handler thread: the models' longest ``max_queue_wait_ms``.
+
+    The pool serves every model, so it keeps the most patient model's bound
+    (0, no bound, is the most patient); each model's queue applies its own.
+    """
+    bounds = list(queue_wait_bounds_ms)
+    if any(bound <= 0 for bound in bounds):
+        return 0.0
+    return max(bounds) / 1000.0
+
+
 #: sleeps expected shorter than this keep their running place (see HandlerPool)
 MIN_SLEEP_S = 0.001
 
@@ -66,16 +78,23 @@ class HandlerPool(futures.ThreadPoolExecutor):
     It also stamps when each piece of work was handed to it: grpcio submits
     an RPC the moment the call arrives, and the response-time metric counts
     from then (``request_arrival_s`` on the thread running the RPC); the
-    batch timeout starts then too, but ``--batch-drop-millis`` does not count
-    this wait (see ``BatchScheduler``). At most ``max_waiting`` pieces of work
-    wait here; past it, new work runs at once on a thread of its own with
-    ``refusal()`` set, so its RPC is refused RESOURCE_EXHAUSTED unparsed. A
-    ``ThreadPoolExecutor`` by type only, as grpcio requires; the threads and
-    the queue are its own.
+    batch timeout and ``--max-queue-wait-millis`` count from then too, but
+    ``--batch-drop-millis`` does not (see ``BatchScheduler``).
+
+    Waiting here is bounded twice, and work refused runs with ``refusal()``
+    set, so its RPC is answered RESOURCE_EXHAUSTED before its message is
+    parsed (``navi.server.rawrpc``; grpcio has received it by then): by time, ``max_wait_s`` from arrival (work
+    that waited longer when a thread takes it is refused, and while the
+    oldest waiting work has waited longer, new work is refused at once: the
+    queue is not draining in time, so a newcomer would not be served in time
+    either); and by count, ``max_waiting``. Refusals run at once on a thread
+    of their own. A ``ThreadPoolExecutor`` by type only, as grpcio requires;
+    the threads and the queue are its own.
     """
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
-                 min_sleep_s: float = MIN_SLEEP_S, max_waiting: int | None = None):
+                 min_sleep_s: float = MIN_SLEEP_S, max_waiting: int | None = None,
+                 max_wait_s: float = 0.0):
         if active_threads < 1 or max_threads < active_threads:
             raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
@@ -94,6 +113,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._waking = 0  # threads woken (or started) and not yet at the queue
         self._closed = False
         self._max_waiting = max_waiting
+        self._max_wait_s = max_wait_s  # 0: no bound by time
         self._refuser: futures.ThreadPoolExecutor | None = None
 
     @property
@@ -122,21 +142,29 @@ class HandlerPool(futures.ThreadPoolExecutor):
         with self._pool_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
-            waiting = len(self._pending)
-            if self._max_waiting is None or waiting < self._max_waiting:
-                self._pending.append((future, fn, args, kwargs, time.monotonic()))
+            pending = self._pending
+            now_s = time.monotonic()
+            if self._max_waiting is not None and len(pending) >= self._max_waiting:
+                reason = (f"{len(pending)} requests are waiting for a handler thread "
+                          f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
+            elif self._max_wait_s and pending and now_s - pending[0][4] > self._max_wait_s:
+                reason = self._late(now_s - pending[0][4], "the oldest request waiting has waited")
+            else:
+                pending.append((future, fn, args, kwargs, now_s))
                 self._admit()
                 return future
             if self._refuser is None:
                 self._refuser = futures.ThreadPoolExecutor(1, thread_name_prefix=f"{self._name_prefix}-refuse")
             refuser = self._refuser
-        # Past the bound the call still needs a thread (grpcio answers it from
+        # Past a bound the call still needs a thread (grpcio answers it from
         # inside the work), but not one of ours: the refuser runs it at once
         # with ``refusal()`` set, and the RPC handler answers RESOURCE_EXHAUSTED
         # before parsing anything.
-        reason = (f"{waiting} requests are waiting for a handler thread "
-                  f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
         return refuser.submit(_refusing, reason, fn, args, kwargs)
+
+    def _late(self, waited_s: float, who: str) -> str:
+        return (f"{who} {waited_s * 1000:.0f} ms for a handler thread "
+                f"(max_queue_wait_ms={self._max_wait_s * 1000:g}, --max-queue-wait-millis)")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; queued work still runs unless ``cancel_futures``."""
@@ -215,6 +243,10 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 lock.release()
                 try:
                     if future.set_running_or_notify_cancel():
+                        waited_s = time.monotonic() - arrival_s
+                        # too late to be served in time: refused unread, on this thread (cheap)
+                        _current.refusal = (self._late(waited_s, "the request waited")
+                                            if self._max_wait_s and waited_s > self._max_wait_s else None)
                         _current.arrival_s = arrival_s
                         try:
                             future.set_result(fn(*args, **kwargs))
@@ -222,6 +254,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
                             future.set_exception(error)
                         finally:
                             _current.arrival_s = None
+                            _current.refusal = None
                     del future, fn, args, kwargs
                 finally:
                     lock.acquire()

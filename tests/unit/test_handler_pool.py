@@ -257,3 +257,28 @@ def test_work_past_the_waiting_bound_runs_at_once_marked_refused():
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_work_that_waited_past_the_time_bound_is_refused_and_so_is_new_work_behind_it():
+    """max_wait_s counts from arrival: late work is refused when a thread takes it, and while
+    the oldest waiting work is past the bound new work is refused at once, unqueued."""
+    from navi.server.threads import refusal
+
+    release = threading.Event()
+    pool = HandlerPool(1, 1, max_wait_s=1e-6)
+    try:
+        running = threading.Event()
+        held = pool.submit(lambda: (running.set(), release.wait(WAIT_S)))
+        assert running.wait(WAIT_S)
+        late = pool.submit(refusal)  # waits for the one thread, far past 1 µs
+        time.sleep(0.01)  # not a timing assertion: only makes the wait certainly pass 1 µs
+        behind = pool.submit(refusal)
+        reason = behind.result(WAIT_S)  # answered while the pool's thread is still held
+        assert "the oldest request waiting has waited" in reason and "--max-queue-wait-millis" in reason
+        assert not held.done() and pool.waiting == 1
+        release.set()
+        late_reason = late.result(WAIT_S)
+        assert late_reason.startswith("the request waited") and "--max-queue-wait-millis" in late_reason
+    finally:
+        release.set()
+        pool.shutdown()
