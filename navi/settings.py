@@ -148,6 +148,11 @@ class ModelSettings(_Frozen):
         (), description="shared libraries of custom ops, loaded into the model's runtime "
         "(ONNX Runtime or TensorFlow) before it loads"
     )
+    shared_weights_dir: Path | None = Field(
+        None, description="where the model's large read-only weights are extracted once and mapped "
+        "by every process serving it (ONNX; see navi.plugins.onnx_shared); None = each process "
+        "holds its own copy. `navi serve --workers N` (N > 1) sets a private directory of the fleet"
+    )
 
 
     @property
