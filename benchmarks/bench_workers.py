@@ -50,6 +50,8 @@ sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
+
 from navi.bench.loadgen import ClientPool, LoadSpec  # noqa: E402
 from navi.bench.machine import machine_info, process_tree  # noqa: E402
 from navi.bench.requests import fetch_inputs  # noqa: E402
@@ -187,6 +189,112 @@ def markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
+def tree_memory(root_pid: int, worker_pids: list[int]) -> dict:
+    """RSS/PSS/USS (MiB) of every process of a server, per worker and in all (PSS sums to the host's share)."""
+    members = process_tree(root_pid)
+    per_pid = {pid: memory_bytes(pid) for pid in members}
+    mib = {key: sum(m.get(key, 0) for m in per_pid.values()) / 2**20 for key in ("rss", "pss", "uss")}
+    workers = [{key: per_pid.get(pid, {}).get(key, 0) / 2**20 for key in ("rss", "pss", "uss")}
+               for pid in worker_pids]
+    return {"processes": len(members), "total": mib, "workers": workers}
+
+
+def sweep_requests(table_rows: int, rows_per_request: int = 512) -> list:
+    """PredictRequests whose ids cover every row of the table once (to touch every weight page);
+    small enough that the sweep leaves little else behind in the workers' arenas."""
+    from navi import codec
+    from navi._proto.tensorflow_serving.apis import predict_pb2
+    from navi.bench.embedding_model import IDS_INPUT, IDS_PER_ROW
+
+    ids = np.arange(-(-table_rows // IDS_PER_ROW) * IDS_PER_ROW, dtype=np.int64) % table_rows
+    ids = ids.reshape(-1, IDS_PER_ROW)
+    requests = []
+    for start in range(0, len(ids), rows_per_request):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ranker"
+        codec.ndarray_to_tensor_proto(ids[start:start + rows_per_request], request.inputs[IDS_INPUT])
+        requests.append(request)
+    return requests
+
+
+def touch_every_worker(address: str, prometheus_port: int, workers: int, requests: list) -> None:
+    """Send the sweep on fresh connections until every worker answered it whole."""
+    import grpc
+
+    from navi._proto.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    for _ in range(8 * workers):
+        text = scrape(prometheus_port)
+        counts = ([sample(text, ":navi:worker_requests", f'{{worker="{i}"}}') or 0 for i in range(workers)]
+                  if workers > 1 else [sample(text, ":navi:num_requests") or 0])
+        if min(counts) >= len(requests):
+            return
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
+                                                     ("grpc.max_send_message_length", 64 << 20)]) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for request in requests:
+                stub.Predict(request, timeout=120)
+    raise RuntimeError("the kernel never gave every worker a sweep connection")
+
+
+def shared_weights_main(args, counts: list[int]) -> int:
+    """Memory of `--workers W` with and without --share-weights on a model of ``args.shared_weights_mb``."""
+    from navi.bench.embedding_model import write_embedding_model
+
+    dim = 64
+    table_rows = args.shared_weights_mb * 2**20 // (dim * 4)
+    model_dir = args.out / "ranker"
+    model_file = model_dir / "1" / "model.onnx"
+    if not model_file.is_file():
+        log(f"writing a {args.shared_weights_mb} MiB embedding model to {model_file}")
+        write_embedding_model(model_file, rows=table_rows, dim=dim)
+    requests = sweep_requests(table_rows)
+    configurations = [(1, False)] + [(count, share) for count in counts if count > 1 for share in (False, True)]
+    rows = []
+    for count, share in configurations:
+        port, prometheus_port = free_port(), free_port()
+        command = [sys.executable, "-m", "navi.cli.main", "serve", "--workers", str(count), "--host", "127.0.0.1",
+                   "--port", str(port), "--prometheus-port", str(prometheus_port), "--rest-api-port", "0",
+                   "--model-dir", str(model_dir), "--input", "", "--output", "",
+                   "--share-weights", "true" if share else "false"]
+        name = f"workers={count}" + (", shared" if share else "")
+        log(f"starting {name}")
+        started = time.monotonic()
+        process = launch_server(command, f"127.0.0.1:{port}", log_path=args.out / f"navi-mem-{count}-{share}.log")
+        try:
+            ready_s = time.monotonic() - started
+            text = scrape(prometheus_port)
+            worker_pids = ([int(sample(text, ":navi:worker_pid", f'{{worker="{i}"}}')) for i in range(count)]
+                           if count > 1 else [process.pid])
+            at_start = tree_memory(process.pid, worker_pids)
+            touch_every_worker(f"127.0.0.1:{port}", prometheus_port, count, requests)
+            touched = tree_memory(process.pid, worker_pids)
+        finally:
+            stop_server(process)
+        rows.append({"server": name, "workers": count, "shared": share, "ready_s": ready_s,
+                     "at_start": at_start, "every_row_touched": touched})
+        log(f"  {name}: ready in {ready_s:.1f} s; PSS in all {at_start['total']['pss']:.0f} MiB at start, "
+            f"{touched['total']['pss']:.0f} MiB with every row touched; per worker USS "
+            + ", ".join(f"{w['uss']:.0f}" for w in touched["workers"]) + " MiB")
+    document = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info(),
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model_weight_mib": args.shared_weights_mb, "rows": rows}
+    lines = [f"`{document['command']}`, {document['started_at'][:10]}: a {args.shared_weights_mb} MiB embedding "
+             "model (`navi.bench.embedding_model`), every table row looked up on every worker before the second "
+             "figure.", "",
+             "| server | processes | PSS in all, at start / every row touched (MiB) | per worker RSS / PSS / USS, "
+             "touched (MiB) | ready after (s) |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        start, touched = row["at_start"], row["every_row_touched"]
+        per_worker = "; ".join(f"{w['rss']:.0f} / {w['pss']:.0f} / {w['uss']:.0f}" for w in touched["workers"])
+        lines.append(f"| {row['server']} | {touched['processes']} | {start['total']['pss']:.0f} / "
+                     f"{touched['total']['pss']:.0f} | {per_worker} | {row['ready_s']:.1f} |")
+    (args.out / "shared_weights.json").write_text(json.dumps(document, indent=1, default=str))
+    (args.out / "shared_weights.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def _migrate_req() -> str:
     try:
         return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
@@ -209,8 +317,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the SIGKILL-a-worker figure: N kills, each in its own run")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `navi serve` argument")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench-workers")
+    parser.add_argument("--shared-weights-mb", type=int, default=0, metavar="MIB",
+                        help="instead of the load phases: memory of each --workers count with and without "
+                             "--share-weights, serving an embedding model of MIB MiB of weights")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    if args.shared_weights_mb:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return shared_weights_main(args, counts)
     phases = [p for p in args.phases.split(",") if p]
     args.out.mkdir(parents=True, exist_ok=True)
     models = REPO / "models"

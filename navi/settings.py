@@ -213,6 +213,10 @@ class ServerSettings(_Frozen):
         description="server processes sharing the gRPC port (SO_REUSEPORT) under one supervisor; "
         "1 = one process, no supervisor; \"auto\" = the usable cores",
     )
+    share_weights: bool = Field(
+        True, description="with workers > 1, every model whose shared_weights_dir is unset gets the "
+        "fleet's cache: large read-only weights mapped from one file by all workers (ONNX)"
+    )
     grpc_threads: int = Field(
         default_factory=lambda: default_grpc_threads(),
         ge=1,

@@ -39,6 +39,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +185,22 @@ def extract(model_file: Path, entry: Path) -> None:
     (entry / INDEX_FILE).write_text(json.dumps(index))
 
 
+#: exit code of ``python -m navi.plugins.onnx_shared`` for "nothing worth sharing" (reason on stderr)
+_NOT_SHARED_EXIT = 3
+
+
+def extract_in_child(model_file: Path, entry: Path) -> None:
+    """``extract`` in a child process: parsing the model (and importing onnx) would
+    leave a worker holding about the model's size again in heap it never uses."""
+    done = subprocess.run([sys.executable, "-m", "navi.plugins.onnx_shared", str(model_file), str(entry)],
+                          capture_output=True, text=True)
+    reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+    if done.returncode == _NOT_SHARED_EXIT:
+        raise NotShared(reason)
+    if done.returncode != 0:
+        raise NotShared(f"extracting the weights failed: {reason}")
+
+
 def _map(entry: Path) -> tuple[dict[str, np.ndarray], int]:
     index = json.loads((entry / INDEX_FILE).read_text())
     mapped = np.memmap(entry / WEIGHTS_FILE, dtype=np.uint8, mode="r")
@@ -210,7 +229,7 @@ def _acquire(model_file: Path, cache_dir: Path, entry: Path) -> SharedWeights:
                 if not (entry / INDEX_FILE).is_file():
                     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir))
                     try:
-                        extract(model_file, staging)
+                        extract_in_child(model_file, staging)
                         shutil.rmtree(entry, ignore_errors=True)
                         staging.rename(entry)
                     except BaseException:
@@ -278,3 +297,11 @@ def release(weights: SharedWeights) -> None:
 
 
 __all__ = ["MIN_TENSOR_BYTES", "MIN_TOTAL_BYTES", "NotShared", "SharedWeights", "log_once", "open_shared", "release"]
+
+
+if __name__ == "__main__":  # extract_in_child's child
+    try:
+        extract(Path(sys.argv[1]), Path(sys.argv[2]))
+    except NotShared as why:
+        print(why, file=sys.stderr)
+        sys.exit(_NOT_SHARED_EXIT)

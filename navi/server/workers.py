@@ -424,7 +424,7 @@ class Supervisor:
     def _worker_settings(self) -> ServerSettings:
         # every worker binds the port the supervisor holds (port 0 resolved once), and
         # maps large weights from the fleet's cache (navi.plugins.onnx_shared)
-        models = tuple(model if model.shared_weights_dir is not None
+        models = tuple(model if model.shared_weights_dir is not None or not self.settings.share_weights
                        else model.model_copy(update={"shared_weights_dir": self._weights_dir})
                        for model in self.settings.models)
         return self.settings.model_copy(update={"port": self.port, "models": models})
