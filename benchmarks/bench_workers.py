@@ -78,6 +78,13 @@ def sample(text: str, name: str, labels: str = "") -> float | None:
     return float(match.group(1)) if match else None
 
 
+def worker_counts(text: str, workers: int) -> list[float]:
+    """Requests each worker received (``:navi:worker_requests``), in worker order."""
+    if workers < 2:
+        return []
+    return [sample(text, ":navi:worker_requests", f'{{worker="{i}"}}') or 0.0 for i in range(workers)]
+
+
 def latest_version_dir(model_dir: Path) -> Path:
     return max((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
@@ -165,8 +172,8 @@ def markdown(document: dict) -> str:
         lines += [f"{phase}: {data['workload']['description']}, {data['workload']['mean_request_bytes'] / 1024:,.1f} KiB "
                   "per request", "",
                   "| server | req/s median (min) | x workers=1 median (min) | rows/s | p50 ms | p99 ms | "
-                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed | busiest worker |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, row in data["summary"].items():
             ratio = row.get("vs_workers_1")
             bare = row.get("cpu_vs_bare")
@@ -179,7 +186,8 @@ def markdown(document: dict) -> str:
                 f"{row['rows_per_s_median']:,.0f} | {row['p50_ms_median']:.2f} | {row['p99_ms_median']:.2f} | "
                 + (f"{cpu:.3f}" if cpu is not None else "-") + " | "
                 + (f"{bare['median']:.2f}x" if bare else "-") + f" | {row['client_cpu_utilization_median']:.2f} | "
-                f"{counted} |")
+                f"{counted} | "
+                + (f"{row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "-") + " |")
         lines.append("")
     kill = document.get("kill")
     if kill:
@@ -310,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop requests in flight")
     parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument("--channels-per-process", type=int, default=2)
+    # A channel is one connection and the kernel hashes each to a worker: with 4
+    # connections all land on one of 2 workers 1 time in 8 (and 3:1 half the time);
+    # 16 spread as many clients' connections do
+    parser.add_argument("--channels-per-process", type=int, default=8)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-bare", action="store_true", help="leave out the bare transport server")
     parser.add_argument("--kill", type=int, default=0, metavar="N",
@@ -388,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                                              spec_dir=latest_version_dir(models / "home"))
                     phase_targets = [t for t in targets if t.name != "bare"]
                 counted_before = {n: sample(scrape(p), ":navi:num_requests") for n, p in metrics_ports.items()}
+                spread_before = {n: worker_counts(scrape(p), workers[n]) for n, p in metrics_ports.items()}
                 log(f"phase {phase}: {workload.description}")
                 config = ServeBenchConfig(targets=phase_targets, concurrencies=[args.concurrency],
                                           duration_s=args.duration, warmup_s=args.warmup_s, repeats=args.repeats,
@@ -403,12 +415,16 @@ def main(argv: list[str] | None = None) -> int:
                     summary[name]["merged_num_requests"] = counted
                     summary[name]["requests_sent"] = sent
                     summary[name]["merged_failed"] = sample(text, ":navi:num_requests_failed")
+                    if workers[name] > 1:
+                        per_worker = [a - b for a, b in zip(worker_counts(text, workers[name]), spread_before[name])]
+                        summary[name]["busiest_worker_share"] = max(per_worker) / max(1.0, sum(per_worker))
                 document["phases"][phase] = {"workload": result["workload"], "summary": summary, "runs": runs}
                 for name, row in summary.items():
                     log(f"  {name:10} {row['requests_per_s']['median']:8,.0f} req/s (min {row['requests_per_s']['min']:,.0f})"
                         f"  p50 {row['p50_ms_median']:.2f} ms  p99 {row['p99_ms_median']:.2f} ms"
                         f"  server CPU {row['server_cpu_ms_per_request_median'] or float('nan'):.3f} ms/req"
                         f"  client CPU use {row['client_cpu_utilization_median']:.2f}"
+                        + (f"  busiest worker {row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "")
                         + (f"  x{row['vs_workers_1']['median']:.2f} of workers=1 (min {row['vs_workers_1']['min']:.2f})"
                            if "vs_workers_1" in row else "")
                         + (f"  CPU/bare {row['cpu_vs_bare']['median']:.2f}" if "cpu_vs_bare" in row else "")
