@@ -50,6 +50,8 @@ sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
+
 from navi.bench.loadgen import ClientPool, LoadSpec  # noqa: E402
 from navi.bench.machine import machine_info, process_tree  # noqa: E402
 from navi.bench.requests import fetch_inputs  # noqa: E402
@@ -74,6 +76,13 @@ def scrape(port: int) -> str:
 def sample(text: str, name: str, labels: str = "") -> float | None:
     match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else None
+
+
+def worker_counts(text: str, workers: int) -> list[float]:
+    """Requests each worker received (``:navi:worker_requests``), in worker order."""
+    if workers < 2:
+        return []
+    return [sample(text, ":navi:worker_requests", f'{{worker="{i}"}}') or 0.0 for i in range(workers)]
 
 
 def latest_version_dir(model_dir: Path) -> Path:
@@ -163,8 +172,8 @@ def markdown(document: dict) -> str:
         lines += [f"{phase}: {data['workload']['description']}, {data['workload']['mean_request_bytes'] / 1024:,.1f} KiB "
                   "per request", "",
                   "| server | req/s median (min) | x workers=1 median (min) | rows/s | p50 ms | p99 ms | "
-                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed | busiest worker |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, row in data["summary"].items():
             ratio = row.get("vs_workers_1")
             bare = row.get("cpu_vs_bare")
@@ -177,7 +186,8 @@ def markdown(document: dict) -> str:
                 f"{row['rows_per_s_median']:,.0f} | {row['p50_ms_median']:.2f} | {row['p99_ms_median']:.2f} | "
                 + (f"{cpu:.3f}" if cpu is not None else "-") + " | "
                 + (f"{bare['median']:.2f}x" if bare else "-") + f" | {row['client_cpu_utilization_median']:.2f} | "
-                f"{counted} |")
+                f"{counted} | "
+                + (f"{row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "-") + " |")
         lines.append("")
     kill = document.get("kill")
     if kill:
@@ -185,6 +195,112 @@ def markdown(document: dict) -> str:
                   + "; ".join(f"back after {k.get('back_after_s', float('nan')):.2f} s, {k['failed']} of "
                               f"{k['requests']} failed" for k in kill["kills"]), ""]
     return "\n".join(lines)
+
+
+def tree_memory(root_pid: int, worker_pids: list[int]) -> dict:
+    """RSS/PSS/USS (MiB) of every process of a server, per worker and in all (PSS sums to the host's share)."""
+    members = process_tree(root_pid)
+    per_pid = {pid: memory_bytes(pid) for pid in members}
+    mib = {key: sum(m.get(key, 0) for m in per_pid.values()) / 2**20 for key in ("rss", "pss", "uss")}
+    workers = [{key: per_pid.get(pid, {}).get(key, 0) / 2**20 for key in ("rss", "pss", "uss")}
+               for pid in worker_pids]
+    return {"processes": len(members), "total": mib, "workers": workers}
+
+
+def sweep_requests(table_rows: int, rows_per_request: int = 512) -> list:
+    """PredictRequests whose ids cover every row of the table once (to touch every weight page);
+    small enough that the sweep leaves little else behind in the workers' arenas."""
+    from navi import codec
+    from navi._proto.tensorflow_serving.apis import predict_pb2
+    from navi.bench.embedding_model import IDS_INPUT, IDS_PER_ROW
+
+    ids = np.arange(-(-table_rows // IDS_PER_ROW) * IDS_PER_ROW, dtype=np.int64) % table_rows
+    ids = ids.reshape(-1, IDS_PER_ROW)
+    requests = []
+    for start in range(0, len(ids), rows_per_request):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ranker"
+        codec.ndarray_to_tensor_proto(ids[start:start + rows_per_request], request.inputs[IDS_INPUT])
+        requests.append(request)
+    return requests
+
+
+def touch_every_worker(address: str, prometheus_port: int, workers: int, requests: list) -> None:
+    """Send the sweep on fresh connections until every worker answered it whole."""
+    import grpc
+
+    from navi._proto.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    for _ in range(8 * workers):
+        text = scrape(prometheus_port)
+        counts = ([sample(text, ":navi:worker_requests", f'{{worker="{i}"}}') or 0 for i in range(workers)]
+                  if workers > 1 else [sample(text, ":navi:num_requests") or 0])
+        if min(counts) >= len(requests):
+            return
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
+                                                     ("grpc.max_send_message_length", 64 << 20)]) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for request in requests:
+                stub.Predict(request, timeout=120)
+    raise RuntimeError("the kernel never gave every worker a sweep connection")
+
+
+def shared_weights_main(args, counts: list[int]) -> int:
+    """Memory of `--workers W` with and without --share-weights on a model of ``args.shared_weights_mb``."""
+    from navi.bench.embedding_model import write_embedding_model
+
+    dim = 64
+    table_rows = args.shared_weights_mb * 2**20 // (dim * 4)
+    model_dir = args.out / "ranker"
+    model_file = model_dir / "1" / "model.onnx"
+    if not model_file.is_file():
+        log(f"writing a {args.shared_weights_mb} MiB embedding model to {model_file}")
+        write_embedding_model(model_file, rows=table_rows, dim=dim)
+    requests = sweep_requests(table_rows)
+    configurations = [(1, False)] + [(count, share) for count in counts if count > 1 for share in (False, True)]
+    rows = []
+    for count, share in configurations:
+        port, prometheus_port = free_port(), free_port()
+        command = [sys.executable, "-m", "navi.cli.main", "serve", "--workers", str(count), "--host", "127.0.0.1",
+                   "--port", str(port), "--prometheus-port", str(prometheus_port), "--rest-api-port", "0",
+                   "--model-dir", str(model_dir), "--input", "", "--output", "",
+                   "--share-weights", "true" if share else "false"]
+        name = f"workers={count}" + (", shared" if share else "")
+        log(f"starting {name}")
+        started = time.monotonic()
+        process = launch_server(command, f"127.0.0.1:{port}", log_path=args.out / f"navi-mem-{count}-{share}.log")
+        try:
+            ready_s = time.monotonic() - started
+            text = scrape(prometheus_port)
+            worker_pids = ([int(sample(text, ":navi:worker_pid", f'{{worker="{i}"}}')) for i in range(count)]
+                           if count > 1 else [process.pid])
+            at_start = tree_memory(process.pid, worker_pids)
+            touch_every_worker(f"127.0.0.1:{port}", prometheus_port, count, requests)
+            touched = tree_memory(process.pid, worker_pids)
+        finally:
+            stop_server(process)
+        rows.append({"server": name, "workers": count, "shared": share, "ready_s": ready_s,
+                     "at_start": at_start, "every_row_touched": touched})
+        log(f"  {name}: ready in {ready_s:.1f} s; PSS in all {at_start['total']['pss']:.0f} MiB at start, "
+            f"{touched['total']['pss']:.0f} MiB with every row touched; per worker USS "
+            + ", ".join(f"{w['uss']:.0f}" for w in touched["workers"]) + " MiB")
+    document = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": machine_info(),
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model_weight_mib": args.shared_weights_mb, "rows": rows}
+    lines = [f"`{document['command']}`, {document['started_at'][:10]}: a {args.shared_weights_mb} MiB embedding "
+             "model (`navi.bench.embedding_model`), every table row looked up on every worker before the second "
+             "figure.", "",
+             "| server | processes | PSS in all, at start / every row touched (MiB) | per worker RSS / PSS / USS, "
+             "touched (MiB) | ready after (s) |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        start, touched = row["at_start"], row["every_row_touched"]
+        per_worker = "; ".join(f"{w['rss']:.0f} / {w['pss']:.0f} / {w['uss']:.0f}" for w in touched["workers"])
+        lines.append(f"| {row['server']} | {touched['processes']} | {start['total']['pss']:.0f} / "
+                     f"{touched['total']['pss']:.0f} | {per_worker} | {row['ready_s']:.1f} |")
+    (args.out / "shared_weights.json").write_text(json.dumps(document, indent=1, default=str))
+    (args.out / "shared_weights.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def _migrate_req() -> str:
@@ -202,15 +318,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop requests in flight")
     parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument("--channels-per-process", type=int, default=2)
+    # A channel is one connection and the kernel hashes each to a worker: with 4
+    # connections all land on one of 2 workers 1 time in 8 (and 3:1 half the time);
+    # 16 spread as many clients' connections do
+    parser.add_argument("--channels-per-process", type=int, default=8)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-bare", action="store_true", help="leave out the bare transport server")
     parser.add_argument("--kill", type=int, default=0, metavar="N",
                         help="add the SIGKILL-a-worker figure: N kills, each in its own run")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `navi serve` argument")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench-workers")
+    parser.add_argument("--shared-weights-mb", type=int, default=0, metavar="MIB",
+                        help="instead of the load phases: memory of each --workers count with and without "
+                             "--share-weights, serving an embedding model of MIB MiB of weights")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    if args.shared_weights_mb:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return shared_weights_main(args, counts)
     phases = [p for p in args.phases.split(",") if p]
     args.out.mkdir(parents=True, exist_ok=True)
     models = REPO / "models"
@@ -274,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                                              spec_dir=latest_version_dir(models / "home"))
                     phase_targets = [t for t in targets if t.name != "bare"]
                 counted_before = {n: sample(scrape(p), ":navi:num_requests") for n, p in metrics_ports.items()}
+                spread_before = {n: worker_counts(scrape(p), workers[n]) for n, p in metrics_ports.items()}
                 log(f"phase {phase}: {workload.description}")
                 config = ServeBenchConfig(targets=phase_targets, concurrencies=[args.concurrency],
                                           duration_s=args.duration, warmup_s=args.warmup_s, repeats=args.repeats,
@@ -289,12 +415,16 @@ def main(argv: list[str] | None = None) -> int:
                     summary[name]["merged_num_requests"] = counted
                     summary[name]["requests_sent"] = sent
                     summary[name]["merged_failed"] = sample(text, ":navi:num_requests_failed")
+                    if workers[name] > 1:
+                        per_worker = [a - b for a, b in zip(worker_counts(text, workers[name]), spread_before[name])]
+                        summary[name]["busiest_worker_share"] = max(per_worker) / max(1.0, sum(per_worker))
                 document["phases"][phase] = {"workload": result["workload"], "summary": summary, "runs": runs}
                 for name, row in summary.items():
                     log(f"  {name:10} {row['requests_per_s']['median']:8,.0f} req/s (min {row['requests_per_s']['min']:,.0f})"
                         f"  p50 {row['p50_ms_median']:.2f} ms  p99 {row['p99_ms_median']:.2f} ms"
                         f"  server CPU {row['server_cpu_ms_per_request_median'] or float('nan'):.3f} ms/req"
                         f"  client CPU use {row['client_cpu_utilization_median']:.2f}"
+                        + (f"  busiest worker {row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "")
                         + (f"  x{row['vs_workers_1']['median']:.2f} of workers=1 (min {row['vs_workers_1']['min']:.2f})"
                            if "vs_workers_1" in row else "")
                         + (f"  CPU/bare {row['cpu_vs_bare']['median']:.2f}" if "cpu_vs_bare" in row else "")

@@ -107,6 +107,7 @@ SERVER_FLAGS: dict[str, str] = {
     "--max-request-decoded-bytes": "max_request_decoded_bytes",
     "--shutdown-grace-secs": "shutdown_grace_s",
     "--workers": "workers",
+    "--share-weights": "share_weights",
 }
 
 #: the original's flag -> navi's flag of the same meaning; navi's own wins when both are given

@@ -148,6 +148,11 @@ class ModelSettings(_Frozen):
         (), description="shared libraries of custom ops, loaded into the model's runtime "
         "(ONNX Runtime or TensorFlow) before it loads"
     )
+    shared_weights_dir: Path | None = Field(
+        None, description="where the model's large read-only weights are extracted once and mapped "
+        "by every process serving it (ONNX; see navi.plugins.onnx_shared); None = each process "
+        "holds its own copy. `navi serve --workers N` (N > 1) sets a private directory of the fleet"
+    )
 
 
     @property
@@ -208,10 +213,15 @@ class ServerSettings(_Frozen):
         description="server processes sharing the gRPC port (SO_REUSEPORT) under one supervisor; "
         "1 = one process, no supervisor; \"auto\" = the usable cores",
     )
+    share_weights: bool = Field(
+        True, description="with workers > 1, every model whose shared_weights_dir is unset gets the "
+        "fleet's cache: large read-only weights mapped from one file by all workers (ONNX)"
+    )
     grpc_threads: int = Field(
-        default_factory=lambda: default_grpc_threads(),
+        default_factory=lambda data: default_grpc_threads(data.get("workers", 1)),
         ge=1,
-        description="gRPC handler threads running at once; default: usable cores, 2 to 8",
+        description="gRPC handler threads running at once, per process; default: the usable cores "
+        "divided by the workers, 2 to 8",
     )
     max_request_rows: int = Field(
         10_000, ge=1, description="rows one request may carry; past it RESOURCE_EXHAUSTED"
@@ -248,8 +258,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_grpc_threads() -> int:
-    """Handler threads of ``navi serve`` when not configured: the usable cores, 2 to 8.
+def default_grpc_threads(workers: int = 1) -> int:
+    """Handler threads of ``navi serve`` when not configured: the usable cores over
+    ``workers`` (each worker process has its own), 2 to 8.
 
     Every handler thread runs Python under one GIL, so threads beyond the
     cores only add GIL hand-offs and context switches: fewer threads
@@ -258,4 +269,4 @@ def default_grpc_threads() -> int:
     batch do not count: up to
     ``grpc_max_threads`` hold requests (``navi.server.threads.HandlerPool``).
     """
-    return max(2, min(8, usable_cores()))
+    return max(2, min(8, usable_cores() // max(1, workers)))

@@ -126,6 +126,9 @@ OPTIONS = [
                  help="Server processes sharing the gRPC port (SO_REUSEPORT), each with its own models, "
                       "under one supervisor that serves the merged /metrics; auto = usable cores. "
                       "A client channel stays on one worker. [default: 1]"),
+    click.option("--share-weights", type=str,
+                 help="With --workers > 1: map a model's large read-only weights (ONNX initializers) "
+                      "from one file for every worker instead of a copy in each [default: true]."),
     # repeatable and comma-separated, as the original's clap Vec<(k, v)> options
     click.option("--onnx-ep-options", multiple=True, type=str,
                  help="k=v,... options of --onnx-gpu-ep's execution provider; without it, of the CPU "

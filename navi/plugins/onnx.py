@@ -24,6 +24,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from navi.errors import ConfigError, InvalidInput, RuntimeFailure
 from navi.plugins.base import LoadedModel, Runtime, Signature, TensorSpec
+from navi.plugins.onnx_shared import NotShared, SharedWeights, log_once, open_shared, release
 from navi.settings import ModelSettings, parse_bool
 
 logger = logging.getLogger(__name__)
@@ -314,10 +315,13 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
 class OnnxModel(LoadedModel):
     """One ONNX model version loaded into an ``InferenceSession``."""
 
-    def __init__(self, session: ort.InferenceSession, path: Path, options: OnnxOptions):
+    def __init__(self, session: ort.InferenceSession, path: Path, options: OnnxOptions,
+                 shared: SharedWeights | None = None):
         self._session: ort.InferenceSession | None = session
         self.path = path
         self.options = options
+        #: the mapped weights the session computes from: they must outlive it
+        self.shared = shared
         meta = session.get_modelmeta()
         self._signature = Signature(
             inputs=tuple(_tensor_spec(arg) for arg in session.get_inputs()),
@@ -393,6 +397,10 @@ class OnnxModel(LoadedModel):
         if session is not None and self.options.profiling_prefix:
             profile = session.end_profiling()
             logger.info("ONNX Runtime profile of %s written to %s", self.path, profile)
+        del session  # a run still in flight holds its own reference; the mapping outlives it
+        if self.shared is not None:
+            # the entry's files may go now; pages stay mapped while this process holds the arrays
+            release(self.shared)
 
 
 class OnnxRuntime(Runtime):
@@ -400,6 +408,20 @@ class OnnxRuntime(Runtime):
 
     name = "onnx"
     model_filename = "model.onnx"
+
+    @staticmethod
+    def _share(path: Path, settings: ModelSettings, options: OnnxOptions) -> SharedWeights | None:
+        """The version's weights mapped from the fleet's cache, or None (the reason logged once)."""
+        if settings.shared_weights_dir is None:
+            return None
+        if options.gpu_ep is not None:
+            log_once(path, f"execution provider {options.gpu_ep} keeps its own copy on the device")
+            return None
+        try:
+            return open_shared(path, settings.shared_weights_dir)
+        except NotShared as reason:
+            log_once(path, str(reason))
+            return None
 
     def check_options(self, settings: ModelSettings) -> OnnxOptions:
         """Parse the model's ONNX options now (start-up), raising ``ConfigError`` if bad.
@@ -419,11 +441,19 @@ class OnnxRuntime(Runtime):
         if not path.is_file():
             raise RuntimeFailure(f"{path} does not exist")
         so, providers = session_options(options)
+        shared = self._share(path, settings, options)
+        if shared is not None:
+            shared.add_to(so)
         try:
-            session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            session = ort.InferenceSession(str(shared.model_path if shared else path), sess_options=so,
+                                           providers=providers)
         except Exception as exc:
-            raise RuntimeFailure(f"ONNX Runtime cannot load {path}: {exc}") from exc
-        model = OnnxModel(session, path, options)
+            if shared is None:
+                raise RuntimeFailure(f"ONNX Runtime cannot load {path}: {exc}") from exc
+            release(shared)
+            log_once(path, f"ONNX Runtime refused the shared weights ({exc})", logging.WARNING)
+            return self.load(version_dir, settings.model_copy(update={"shared_weights_dir": None}))
+        model = OnnxModel(session, path, options, shared)
         requested = [p for p in providers if p != "CPUExecutionProvider"]
         if requested and model.providers[0] == "CPUExecutionProvider":
             # listed as available but failed to start (e.g. CUDA libraries missing):
@@ -431,8 +461,10 @@ class OnnxRuntime(Runtime):
             logger.warning("%s: execution provider %s did not start; running on CPU",
                            path, options.gpu_ep)
         logger.info(
-            "loaded %s (providers %s, intra-op threads %d, inter-op threads %d)",
+            "loaded %s (providers %s, intra-op threads %d, inter-op threads %d%s)",
             path, ",".join(model.providers), options.intra_op_threads, options.inter_op_threads,
+            f", {shared.shared_bytes / 2**20:.0f} MiB of weights mapped from {shared.model_path.parent}"
+            if shared else "",
         )
         return model
 

@@ -43,8 +43,10 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -145,8 +147,9 @@ def _hint_migrate_req() -> None:
 
 
 def memory_bytes(pid: int) -> dict[str, int]:
-    """Resident (``rss``) and proportional (``pss``: shared pages divided among their
-    sharers) bytes of a process, from /proc/<pid>/smaps_rollup; {} if unreadable."""
+    """Resident (``rss``), proportional (``pss``: shared pages divided among their
+    sharers) and private (``uss``: mapped by this process alone) bytes of a process,
+    from /proc/<pid>/smaps_rollup; {} if unreadable."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
@@ -156,6 +159,8 @@ def memory_bytes(pid: int) -> dict[str, int]:
         key, _, rest = line.partition(":")
         if key in ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty"):
             found[key.lower()] = int(rest.split()[0]) * 1024
+    if found:
+        found["uss"] = found.get("private_clean", 0) + found.get("private_dirty", 0)
     return found
 
 
@@ -363,6 +368,8 @@ class Supervisor:
         self._holder: socket.socket | None = None
         self._http: MetricsHTTPServer | None = None
         self.port: int | None = None
+        #: the fleet's shared-weights cache: private to this supervisor, removed when it stops
+        self._weights_dir = Path(tempfile.mkdtemp(prefix="navi-weights-"))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -415,8 +422,12 @@ class Supervisor:
             pass
 
     def _worker_settings(self) -> ServerSettings:
-        # every worker binds the port the supervisor holds (port 0 resolved once)
-        return self.settings.model_copy(update={"port": self.port})
+        # every worker binds the port the supervisor holds (port 0 resolved once), and
+        # maps large weights from the fleet's cache (navi.plugins.onnx_shared)
+        models = tuple(model if model.shared_weights_dir is not None or not self.settings.share_weights
+                       else model.model_copy(update={"shared_weights_dir": self._weights_dir})
+                       for model in self.settings.models)
+        return self.settings.model_copy(update={"port": self.port, "models": models})
 
     def _spawn(self, slot: _Slot) -> None:
         parent, child = self._context.Pipe(duplex=True)
@@ -469,8 +480,9 @@ class Supervisor:
             slot.ever_ready = slot.ever_ready or ready
         if first and slot.pid:
             memory = memory_bytes(slot.pid)
-            log.info("worker %d ready (pid %d): RSS %.0f MiB, PSS %.0f MiB", slot.index, slot.pid,
-                     memory.get("rss", 0) / 2**20, memory.get("pss", 0) / 2**20)
+            log.info("worker %d ready (pid %d): RSS %.0f MiB, PSS %.0f MiB, private %.0f MiB", slot.index,
+                     slot.pid, memory.get("rss", 0) / 2**20, memory.get("pss", 0) / 2**20,
+                     memory.get("uss", 0) / 2**20)
         elif lost:
             log.warning("worker %d no longer has every model ready", slot.index)
         self._update_fleet()
@@ -579,6 +591,7 @@ class Supervisor:
             self._http.stop()
         if self._holder is not None:
             self._holder.close()
+        shutil.rmtree(self._weights_dir, ignore_errors=True)
 
     # ------------------------------------------------------------ metrics
 

@@ -5,6 +5,7 @@ import os
 import signal
 import time
 import urllib.request
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -226,3 +227,41 @@ def test_workers_of_a_killed_supervisor_drain_and_exit(start_navi):
 
     wait_for(lambda: all(gone(pid) for pid in pids), 30, "workers gone", daemon)
     assert "supervisor gone, draining" in daemon.log_text()
+
+
+def test_workers_map_one_copy_of_a_large_models_weights(start_navi, tmp_path):
+    import onnxruntime as ort
+
+    from navi.bench.embedding_model import IDS_INPUT, SCORE_OUTPUT, ids_batch, write_embedding_model
+
+    table_rows = 80_000  # 20 MiB of table: above what navi.plugins.onnx_shared shares
+    model_file = tmp_path / "ranker" / "1" / "model.onnx"
+    write_embedding_model(model_file, rows=table_rows)
+    daemon = start_navi("--workers", "2", "--model-dir", str(tmp_path / "ranker"), "--input", "", "--output", "")
+    samples = metrics(daemon)
+    pids = [int(samples[(":navi:worker_pid", (("worker", str(i)),))]) for i in range(2)]
+
+    def weights_files(pid: int) -> set[str]:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        return {line.split()[-1] for line in lines if line.endswith("/weights.bin")}
+
+    mapped = [weights_files(pid) for pid in pids]
+    assert len(mapped[0]) == 1 and mapped[0] == mapped[1], mapped
+    cache_dir = Path(next(iter(mapped[0]))).parent.parent
+    assert cache_dir.name.startswith("navi-weights-")
+
+    ids = ids_batch(5, table_rows)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ranker"
+    codec.ndarray_to_tensor_proto(ids, request.inputs[IDS_INPUT])
+    results = predict_from_channels(daemon, request, CHANNELS, per_channel=2)
+    assert not [r for r in results if isinstance(r, grpc.RpcError)]
+    expected = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"]).run(None, {IDS_INPUT: ids})[0]
+    for result in results:
+        np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(result.outputs[SCORE_OUTPUT]), expected)
+    per_worker = metrics(daemon)
+    assert all(per_worker[(":navi:worker_requests", (("worker", str(i)),))] > 0 for i in range(2))
+
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.wait_exit(timeout_s=60) == 0
+    assert not cache_dir.exists()

@@ -5,7 +5,7 @@ import pytest
 
 from navi.config import build_settings
 from navi.errors import ConfigError
-from navi.settings import usable_cores
+from navi.settings import ServerSettings, usable_cores
 
 
 def test_workers_from_the_flag_and_from_the_config_file(tmp_path):
@@ -23,3 +23,13 @@ def test_workers_from_the_flag_and_from_the_config_file(tmp_path):
 def test_a_bad_workers_value_names_the_flag(tmp_path, value):
     with pytest.raises(ConfigError, match="--workers"):
         build_settings({"--workers": value}, None, [tmp_path / "m"])
+
+
+def test_default_handler_threads_divide_the_cores_among_the_workers(monkeypatch):
+    import navi.settings
+
+    monkeypatch.setattr(navi.settings, "usable_cores", lambda: 16)
+    assert ServerSettings().grpc_threads == 8
+    assert ServerSettings(workers=4).grpc_threads == 4
+    assert ServerSettings(workers="auto").grpc_threads == 2  # never fewer than 2
+    assert ServerSettings(workers=4, grpc_threads=6).grpc_threads == 6  # a given value wins
