@@ -148,9 +148,12 @@ def first_score(outputs) -> float | None:
     if not outputs:
         return None
     array = next(iter(outputs.values()))
-    if getattr(array, "size", 0) == 0 or array.dtype.kind not in "fiub":
+    try:
+        if array.dtype.kind not in "fiub":
+            return None
+        score = float(array.item(0))
+    except (AttributeError, IndexError):  # not an array, or an empty one
         return None
-    score = float(array.flat[0])
     return score if 0.0 <= score < float("inf") else None
 
 
