@@ -286,6 +286,9 @@ def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[tuple[int, ...]
     if proto.tensor_shape.unknown_rank:
         raise InvalidInput(f"input {quote(name)}: tensor_shape has unknown rank")
     shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    count = math.prod(shape)
+    if 0 <= count <= MAX_ELEMENTS and min(shape, default=0) >= 0:
+        return shape, count  # the usual shape, checked in C
     return shape, element_count(shape, name)
 
 

@@ -506,10 +506,8 @@ class BatchScheduler:
         if not live:
             return outcomes
         self._observe(live, now_s)
-        # The run itself (the model, mostly outside the GIL) lets the caller's
-        # pool admit another request meanwhile, so requests keep being parsed
-        # and joining the queue while batches run (navi.batching.sleep).
-        sleep.sleeping(self._batch_s)
+        # (the model's run itself, outside the GIL, is announced to the caller's
+        # pool by ``process_batch``: see ServedModel._run_model)
         try:
             results = self._process_batch(live)
             if len(results) != len(live):
@@ -525,8 +523,6 @@ class BatchScheduler:
             self._count_inference_failed(len(live))
             error = RuntimeFailure(f"{self._name}: {type(exc).__name__}: {exc}")
             return outcomes + [(task, None, error) for task in live]
-        finally:
-            sleep.awake()
         failed = 0
         for task, result in zip(live, results):
             if isinstance(result, BaseException):
