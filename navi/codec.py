@@ -283,9 +283,10 @@ def element_count(shape: Sequence[int], name: str) -> int:
 
 def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[tuple[int, ...], int]:
     """(shape, element count) of a TensorProto, checked."""
-    if proto.tensor_shape.unknown_rank:
+    tensor_shape = proto.tensor_shape
+    if tensor_shape.unknown_rank:
         raise InvalidInput(f"input {quote(name)}: tensor_shape has unknown rank")
-    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    shape = tuple([dim.size for dim in tensor_shape.dim])
     count = math.prod(shape)
     if 0 <= count <= MAX_ELEMENTS and min(shape, default=0) >= 0:
         return shape, count  # the usual shape, checked in C
@@ -327,16 +328,17 @@ def tensor_proto_to_ndarray(
     value count that does not match the shape; ``RequestTooLarge`` when
     ``budget`` has no room for the decoded (broadcast: expanded) tensor.
     """
-    dtype = TF_TO_NUMPY.get(proto.dtype)
+    tf_dtype = proto.dtype
+    dtype = TF_TO_NUMPY.get(tf_dtype)
     if dtype is None:
         raise InvalidInput(
-            f"input {quote(name)}: dtype {tf_dtype_name(proto.dtype)} is not supported "
+            f"input {quote(name)}: dtype {tf_dtype_name(tf_dtype)} is not supported "
             "(float, double, int8/16/32/64, uint8/16/32/64, half, bool, string)"
         )
     shape, count = _shape_of(proto, name)
     if budget is None:
         budget = RequestBudget()
-    if proto.dtype == types_pb2.DT_STRING:
+    if tf_dtype == types_pb2.DT_STRING:
         values = list(proto.string_val) if strings is None else strings
         _check_fill(len(values), count, shape, name, "string_val")
         value_bytes = sum(map(len, values)) if len(values) == count else len(values[0]) * count
@@ -350,11 +352,11 @@ def tensor_proto_to_ndarray(
         if len(content) != expected:
             raise InvalidInput(
                 f"input {quote(name)}: tensor_content has {len(content)} bytes but "
-                f"{tf_dtype_name(proto.dtype)}{list(shape)[:8]} needs {expected}"
+                f"{tf_dtype_name(tf_dtype)}{list(shape)[:8]} needs {expected}"
             )
         budget.charge(expected, name)
-        return np.frombuffer(content, dtype=_TF_WIRE_DTYPE[proto.dtype]).reshape(shape)
-    field_name, number, kind = _TF_TYPED_FIELD[proto.dtype]
+        return np.frombuffer(content, dtype=_TF_WIRE_DTYPE[tf_dtype]).reshape(shape)
+    field_name, number, kind = _TF_TYPED_FIELD[tf_dtype]
     values = _packed_array(proto, number, kind, dtype)
     _check_fill(values.size, count, shape, name, field_name)
     budget.charge(count * dtype.itemsize, name)
@@ -385,42 +387,40 @@ def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[
                      for name, where in spans.items()}
 
 
-def _top_level_fields(raw, wanted: tuple[int, ...], what: str) -> dict[int, memoryview]:
-    """The last occurrence of each length-delimited top-level field in ``wanted`` (a peek, no parse).
+def _top_level_spans(raw, wanted: tuple[int, ...], what: str) -> dict[int, tuple[int, int]]:
+    """Where the last occurrence of each length-delimited top-level field in ``wanted`` lies (a peek, no parse).
 
     Only the message's top-level records are walked (``_fast.top_level_spans``),
     so finding the model a request names costs the same whatever the size of
     its tensors. ``InvalidInput`` when the records do not add up to the message.
     """
     try:
-        spans = top_level_spans(raw, wanted)
+        return top_level_spans(raw, wanted)
     except ValueError as error:
         reason, offset = error.args
         raise InvalidInput(f"malformed {what} ({len(raw)} bytes): {reason} (at byte {offset})") from None
-    view = memoryview(raw)
-    return {number: view[start:end] for number, (start, end) in spans.items()}
 
 
-def _utf8(view: memoryview | None, what: str) -> str:
-    if view is None:
+def _utf8(raw, span: tuple[int, int] | None, what: str) -> str:
+    if span is None:
         return ""
     try:
-        return bytes(view).decode("utf-8")
+        return str(raw[span[0]:span[1]], "utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"malformed ModelInferRequest: {what} is not UTF-8") from None
 
 
 def peek_kserve_model(raw) -> tuple[str, str]:
     """(model_name, model_version) of a serialized ``ModelInferRequest``, without parsing its tensors."""
-    fields = _top_level_fields(raw, (1, 2), "ModelInferRequest")
-    return _utf8(fields.get(1), "model_name"), _utf8(fields.get(2), "model_version")
+    spans = _top_level_spans(raw, (1, 2), "ModelInferRequest")
+    return _utf8(raw, spans.get(1), "model_name"), _utf8(raw, spans.get(2), "model_version")
 
 
 def peek_predict_model_spec(raw) -> model_pb2.ModelSpec:
     """The ``ModelSpec`` of a serialized ``PredictRequest``, without parsing its tensors."""
-    spec = _top_level_fields(raw, (1,), "PredictRequest").get(1)
+    span = _top_level_spans(raw, (1,), "PredictRequest").get(1)
     try:
-        return model_pb2.ModelSpec.FromString(spec if spec is not None else b"")
+        return model_pb2.ModelSpec.FromString(raw[span[0]:span[1]] if span is not None else b"")
     except (DecodeProtoError, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"malformed PredictRequest.model_spec: {exc}") from None
 
