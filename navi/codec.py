@@ -21,10 +21,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError as DecodeProtoError
 
-from navi._fast import split_length_prefixed, split_string_values
+from navi._fast import split_length_prefixed, split_string_values, top_level_spans
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from navi._proto.tensorflow.core.framework import tensor_pb2, types_pb2
-from navi._proto.tensorflow_serving.apis import predict_pb2
+from navi._proto.tensorflow_serving.apis import model_pb2, predict_pb2
 from navi.errors import InvalidInput, RequestTooLarge, quote
 
 # ---------------------------------------------------------------------------
@@ -283,9 +283,13 @@ def element_count(shape: Sequence[int], name: str) -> int:
 
 def _shape_of(proto: tensor_pb2.TensorProto, name: str) -> tuple[tuple[int, ...], int]:
     """(shape, element count) of a TensorProto, checked."""
-    if proto.tensor_shape.unknown_rank:
+    tensor_shape = proto.tensor_shape
+    if tensor_shape.unknown_rank:
         raise InvalidInput(f"input {quote(name)}: tensor_shape has unknown rank")
-    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    shape = tuple([dim.size for dim in tensor_shape.dim])
+    count = math.prod(shape)
+    if 0 <= count <= MAX_ELEMENTS and min(shape, default=0) >= 0:
+        return shape, count  # the usual shape, checked in C
     return shape, element_count(shape, name)
 
 
@@ -324,16 +328,17 @@ def tensor_proto_to_ndarray(
     value count that does not match the shape; ``RequestTooLarge`` when
     ``budget`` has no room for the decoded (broadcast: expanded) tensor.
     """
-    dtype = TF_TO_NUMPY.get(proto.dtype)
+    tf_dtype = proto.dtype
+    dtype = TF_TO_NUMPY.get(tf_dtype)
     if dtype is None:
         raise InvalidInput(
-            f"input {quote(name)}: dtype {tf_dtype_name(proto.dtype)} is not supported "
+            f"input {quote(name)}: dtype {tf_dtype_name(tf_dtype)} is not supported "
             "(float, double, int8/16/32/64, uint8/16/32/64, half, bool, string)"
         )
     shape, count = _shape_of(proto, name)
     if budget is None:
         budget = RequestBudget()
-    if proto.dtype == types_pb2.DT_STRING:
+    if tf_dtype == types_pb2.DT_STRING:
         values = list(proto.string_val) if strings is None else strings
         _check_fill(len(values), count, shape, name, "string_val")
         value_bytes = sum(map(len, values)) if len(values) == count else len(values[0]) * count
@@ -347,11 +352,11 @@ def tensor_proto_to_ndarray(
         if len(content) != expected:
             raise InvalidInput(
                 f"input {quote(name)}: tensor_content has {len(content)} bytes but "
-                f"{tf_dtype_name(proto.dtype)}{list(shape)[:8]} needs {expected}"
+                f"{tf_dtype_name(tf_dtype)}{list(shape)[:8]} needs {expected}"
             )
         budget.charge(expected, name)
-        return np.frombuffer(content, dtype=_TF_WIRE_DTYPE[proto.dtype]).reshape(shape)
-    field_name, number, kind = _TF_TYPED_FIELD[proto.dtype]
+        return np.frombuffer(content, dtype=_TF_WIRE_DTYPE[tf_dtype]).reshape(shape)
+    field_name, number, kind = _TF_TYPED_FIELD[tf_dtype]
     values = _packed_array(proto, number, kind, dtype)
     _check_fill(values.size, count, shape, name, field_name)
     budget.charge(count * dtype.itemsize, name)
@@ -382,63 +387,40 @@ def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[
                      for name, where in spans.items()}
 
 
-def _top_level_fields(raw, wanted: frozenset[int], what: str) -> dict[int, memoryview]:
-    """The last occurrence of each length-delimited top-level field in ``wanted`` (a peek, no parse).
+def _top_level_spans(raw, wanted: tuple[int, ...], what: str) -> dict[int, tuple[int, int]]:
+    """Where the last occurrence of each length-delimited top-level field in ``wanted`` lies (a peek, no parse).
 
-    Walks only the message's top-level records (a handful per request, each
-    skipped by its length), so finding the model a request names costs
-    microseconds whatever the size of its tensors. ``InvalidInput`` when the
-    records do not add up to the message.
+    Only the message's top-level records are walked (``_fast.top_level_spans``),
+    so finding the model a request names costs the same whatever the size of
+    its tensors. ``InvalidInput`` when the records do not add up to the message.
     """
-    view = memoryview(raw)
-    found: dict[int, memoryview] = {}
-    pos, end = 0, len(view)
     try:
-        while pos < end:
-            tag, pos = _read_varint(view, pos)
-            number, wire_type = tag >> 3, tag & 7
-            if wire_type == 0:
-                _, pos = _read_varint(view, pos)
-            elif wire_type in (1, 5):
-                pos += 8 if wire_type == 1 else 4
-            elif wire_type == 2:
-                length, pos = _read_varint(view, pos)
-                if length > end - pos:
-                    raise InvalidInput(f"field {number} runs past the message's end")
-                if number in wanted:
-                    found[number] = view[pos:pos + length]
-                pos += length
-            else:
-                raise InvalidInput(f"wire type {wire_type} at the top level")
-        if pos > end:
-            raise InvalidInput("the last field runs past the message's end")
-    except InvalidInput as error:
-        raise InvalidInput(f"malformed {what} ({end} bytes): {error.message} (at byte {min(pos, end)})") from None
-    return found
+        return top_level_spans(raw, wanted)
+    except ValueError as error:
+        reason, offset = error.args
+        raise InvalidInput(f"malformed {what} ({len(raw)} bytes): {reason} (at byte {offset})") from None
 
 
-def _utf8(view: memoryview | None, what: str) -> str:
-    if view is None:
+def _utf8(raw, span: tuple[int, int] | None, what: str) -> str:
+    if span is None:
         return ""
     try:
-        return bytes(view).decode("utf-8")
+        return str(raw[span[0]:span[1]], "utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"malformed ModelInferRequest: {what} is not UTF-8") from None
 
 
 def peek_kserve_model(raw) -> tuple[str, str]:
     """(model_name, model_version) of a serialized ``ModelInferRequest``, without parsing its tensors."""
-    fields = _top_level_fields(raw, frozenset((1, 2)), "ModelInferRequest")
-    return _utf8(fields.get(1), "model_name"), _utf8(fields.get(2), "model_version")
+    spans = _top_level_spans(raw, (1, 2), "ModelInferRequest")
+    return _utf8(raw, spans.get(1), "model_name"), _utf8(raw, spans.get(2), "model_version")
 
 
-def peek_predict_model_spec(raw):
+def peek_predict_model_spec(raw) -> model_pb2.ModelSpec:
     """The ``ModelSpec`` of a serialized ``PredictRequest``, without parsing its tensors."""
-    from navi._proto.tensorflow_serving.apis import model_pb2
-
-    spec = _top_level_fields(raw, frozenset((1,)), "PredictRequest").get(1)
+    span = _top_level_spans(raw, (1,), "PredictRequest").get(1)
     try:
-        return model_pb2.ModelSpec.FromString(bytes(spec) if spec is not None else b"")
+        return model_pb2.ModelSpec.FromString(raw[span[0]:span[1]] if span is not None else b"")
     except (DecodeProtoError, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"malformed PredictRequest.model_spec: {exc}") from None
 
@@ -527,27 +509,45 @@ def model_spec_bytes(name: str, version: int | None, signature_name: str) -> byt
     return body
 
 
-def _tensor_bytes(array: np.ndarray) -> bytes:
-    """A serialized ``TensorProto`` of ``array`` (as ``ndarray_to_tensor_proto`` makes it)."""
-    dtype = _NUMPY_TO_TF.get(array.dtype)
-    if dtype is None or dtype == types_pb2.DT_STRING or not array.flags.c_contiguous \
-            or not _LITTLE_ENDIAN_HOST:
-        return ndarray_to_tensor_proto(array).SerializeToString()
-    shape = b"".join([_field(b"\x12", b"\x08" + encode_varint(size) if size else b"") for size in array.shape])
-    body = b"\x08" + encode_varint(dtype)
+@functools.lru_cache(maxsize=4096)
+def _output_head(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes | None:
+    """The bytes of a ``PredictResponse.outputs`` entry before its ``tensor_content`` value.
+
+    Every length in them follows from the name, dtype and shape, so an
+    entry is this head and the array's bytes (cached: an answer's outputs
+    keep their dtypes and a few row counts). None for what is not written by
+    hand: strings, dtypes without a TF number type, non-native byte order.
+    """
+    tf_dtype = _NUMPY_TO_TF.get(dtype)
+    if tf_dtype is None or tf_dtype == types_pb2.DT_STRING or not _LITTLE_ENDIAN_HOST:
+        return None
+    content_bytes = math.prod(shape) * dtype.itemsize
+    tensor_head = b"\x08" + encode_varint(tf_dtype)
     if shape:  # a scalar has no tensor_shape at all
-        body += _field(b"\x12", shape)
-    content = array.tobytes()
-    if content:
-        body += _field(b"\x22", content)
-    return body
+        tensor_head += _field(b"\x12", b"".join(
+            [_field(b"\x12", b"\x08" + encode_varint(size) if size else b"") for size in shape]))
+    if content_bytes:
+        tensor_head += b"\x22" + encode_varint(content_bytes)
+    tensor_bytes = len(tensor_head) + content_bytes
+    key = _field(b"\x0a", name.encode())
+    value_head = b"\x12" + encode_varint(tensor_bytes)
+    entry_bytes = len(key) + len(value_head) + tensor_bytes
+    return b"\x0a" + encode_varint(entry_bytes) + key + value_head + tensor_head
 
 
 def encode_predict_response(outputs: dict, model_spec: bytes) -> bytes:
     """A serialized ``PredictResponse`` of ``outputs`` {name: array} and a ``model_spec_bytes``."""
     parts = []
     for name, array in outputs.items():
-        parts.append(_field(b"\x0a", _field(b"\x0a", name.encode()) + _field(b"\x12", _tensor_bytes(np.asarray(array)))))
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
+        head = _output_head(name, array.dtype, array.shape) if array.flags.c_contiguous else None
+        if head is not None:
+            parts.append(head)
+            parts.append(array.tobytes())
+        else:
+            tensor = ndarray_to_tensor_proto(array).SerializeToString()
+            parts.append(_field(b"\x0a", _field(b"\x0a", name.encode()) + _field(b"\x12", tensor)))
     parts.append(_field(b"\x12", model_spec))
     return b"".join(parts)
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from navi.batching import BatchScheduler, BatchTask, Clock
+from navi.batching import BatchScheduler, BatchTask, Clock, sleep
 from navi.errors import InvalidInput, RequestTooLarge, quote
 from navi.modes import BprMode, DenseMode, cast_into, castable, wants_converter
 from navi.plugins.base import LoadedModel, Signature, TensorSpec, served_outputs
@@ -53,8 +53,10 @@ class ServedModel:
         self.version_dir = Path(version_dir) if version_dir is not None else None
         self._metrics = metrics
         self._inference_time = None  # the metric series, looked up when first observed
+        self._run_s = 0.0  # moving average of the model's run time (how long a run sleeps)
         model_sig = model.signature
         self._outputs = self._pick_outputs(model_sig)
+        self._output_names = tuple(s.name for s in self._outputs)  # what a request naming none gets
         if wants_converter(settings, self.version_dir, model_sig, name):
             self._mode: DenseMode | BprMode = BprMode(
                 name, settings, model_sig, self._outputs, self._run_model,
@@ -182,7 +184,7 @@ class ServedModel:
 
     def _check_outputs(self, output_names: Sequence[str]) -> tuple[str, ...]:
         if not output_names:
-            return tuple(s.name for s in self._outputs)
+            return self._output_names
         model_sig = self.model.signature
         unknown = [n for n in output_names if model_sig.output(n) is None]
         if unknown:
@@ -208,14 +210,26 @@ class ServedModel:
         return self._mode.process(tasks, wanted, report_features)
 
     def _run_model(self, feeds: dict, wanted: tuple[str, ...]) -> dict:
+        # The run releases the GIL: one expected to be long lets the calling
+        # thread's pool admit another request meanwhile, so requests keep being
+        # parsed and joining the queue while the model runs; a short one keeps
+        # its place (navi.batching.sleep). Only the run counts: the batch's
+        # conversion holds the GIL, and announcing it too admitted threads that
+        # could only wait (benchmarks/RESULTS.md, "Per-request cost").
         started = time.monotonic()
-        outputs = self.model.run(feeds, wanted)
+        sleep.sleeping(self._run_s)
+        try:
+            outputs = self.model.run(feeds, wanted)
+        finally:
+            sleep.awake()
+        run_s = time.monotonic() - started
+        self._run_s = run_s if self._run_s == 0.0 else 0.8 * self._run_s + 0.2 * run_s
         # rows predicted are counted by the server per answered request (warmup excluded)
         if self._metrics is not None:
             series = self._inference_time
             if series is None:
                 series = self._inference_time = self._metrics.model_inference_time.labels(self.name)
-            series.observe((time.monotonic() - started) * 1e3)  # milliseconds
+            series.observe(run_s * 1e3)  # milliseconds
         return outputs
 
 

@@ -196,3 +196,41 @@ def split_length_prefixed(object raw, Py_ssize_t count):
     if pos != end:
         raise ValueError(f"{end - pos} trailing bytes after {count} BYTES elements")
     return items
+
+
+def top_level_spans(object raw, tuple numbers):
+    """``{number: (start, end)}``: where the last length-delimited top-level field of each of
+    ``numbers`` lies in ``raw``; ``ValueError(reason, byte offset)`` when the records do
+    not add up to the message. As ``_pbscan_ref.top_level_spans``.
+    """
+    cdef const uint8_t[::1] data = raw
+    cdef Py_ssize_t end = data.shape[0]
+    cdef const uint8_t* buf = &data[0] if end > 0 else NULL
+    cdef Py_ssize_t pos = 0, start
+    cdef uint64_t tag, value, number
+    cdef int wire
+    cdef dict found = {}
+    while pos < end:
+        start = pos
+        if read_varint(buf, &pos, end, &tag):
+            raise ValueError("truncated or overlong varint", start)
+        number = tag >> 3
+        wire = <int>(tag & 7)
+        if wire == 0:
+            if read_varint(buf, &pos, end, &value):
+                raise ValueError("truncated or overlong varint", pos)
+        elif wire == 1 or wire == 5:
+            if end - pos < (8 if wire == 1 else 4):
+                raise ValueError(f"field {number} runs past the message's end", start)
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            if read_varint(buf, &pos, end, &value):
+                raise ValueError("truncated or overlong varint", pos)
+            if value > <uint64_t>(end - pos):
+                raise ValueError(f"field {number} runs past the message's end", start)
+            if number in numbers:
+                found[number] = (pos, pos + <Py_ssize_t>value)
+            pos += <Py_ssize_t>value
+        else:
+            raise ValueError(f"wire type {wire} at the top level", start)
+    return found

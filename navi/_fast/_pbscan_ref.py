@@ -161,7 +161,7 @@ def _split(raw: bytes):
     return b"".join(pieces), spans_by_name
 
 
-__all__ = ["split_string_values"]
+
 
 
 def split_length_prefixed(raw, count: int) -> list[memoryview]:
@@ -189,3 +189,50 @@ def split_length_prefixed(raw, count: int) -> list[memoryview]:
     if pos != end:
         raise ValueError(f"{end - pos} trailing bytes after {count} BYTES elements")
     return items
+
+
+def top_level_spans(raw, numbers: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    """Where the last length-delimited top-level field of each of ``numbers`` lies in ``raw``.
+
+    ``{number: (start, end)}`` of each found (a peek: only the top-level
+    records are walked, each skipped by its length, so finding the model a
+    request names costs the same whatever its tensors hold).
+    ``ValueError(reason, byte offset)`` when the records do not add up to the
+    message: a varint truncated or longer than 10 bytes, a field running past
+    the end, a group or invalid wire type.
+    """
+    buf = memoryview(raw).cast("B")
+    end = len(buf)
+    pos = 0
+    found: dict[int, tuple[int, int]] = {}
+    while pos < end:
+        start = pos
+        got = _varint(buf, pos, end)
+        if got is None:
+            raise ValueError("truncated or overlong varint", start)
+        tag, pos = got
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            got = _varint(buf, pos, end)
+            if got is None:
+                raise ValueError("truncated or overlong varint", pos)
+            pos = got[1]
+        elif wire in (1, 5):
+            if end - pos < (8 if wire == 1 else 4):
+                raise ValueError(f"field {number} runs past the message's end", start)
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            got = _varint(buf, pos, end)
+            if got is None:
+                raise ValueError("truncated or overlong varint", pos)
+            length, pos = got
+            if length > end - pos:
+                raise ValueError(f"field {number} runs past the message's end", start)
+            if number in numbers:
+                found[number] = (pos, pos + length)
+            pos += length
+        else:
+            raise ValueError(f"wire type {wire} at the top level", start)
+    return found
+
+__all__ = ["split_length_prefixed", "split_string_values", "top_level_spans"]

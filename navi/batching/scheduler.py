@@ -220,7 +220,7 @@ class BatchScheduler:
         """
         task, inline = self._enqueue(payload, rows, deadline_s, owned=True, arrival_s=arrival_s)
         if inline:
-            self._execute([task], self._clock.monotonic())
+            self._execute([task], task.queued_s)
         return task.result()
 
     def wait_for(self, task: BatchTask, timeout_s: float | None = None) -> None:
@@ -472,21 +472,22 @@ class BatchScheduler:
     def _execute(self, batch: list[BatchTask], now_s: float) -> None:
         """Run a taken batch, answer each of its tasks and free its slot."""
         outcomes = None
-        started_s = self._clock.monotonic()
+        started_s = now_s  # taken just now (one clock read fewer per batch)
         self._batches_running(+1)
         try:
             outcomes = self._outcomes(batch, now_s)
         finally:
             self._batches_running(-1)
             with self._lock:
-                run_s = self._clock.monotonic() - started_s
+                ended_s = self._clock.monotonic()
+                run_s = ended_s - started_s
                 self._batch_s = run_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * run_s
                 if outcomes is None:  # interrupted (e.g. KeyboardInterrupt): nobody is left hanging
                     error = RuntimeFailure(f"{self._name}: batch interrupted")
                     outcomes = [(task, None, error) for task in batch]
                 for task, value, error in outcomes:
                     task.settle(value, error)
-                self._slot_freed(self._clock.monotonic())
+                self._slot_freed(ended_s)
                 if self._queue:
                     self._wake_leader()
                 elif self._closing and self._running == 0:
@@ -510,10 +511,8 @@ class BatchScheduler:
         if not live:
             return outcomes
         self._observe(live, now_s)
-        # The run itself (the model, mostly outside the GIL) lets the caller's
-        # pool admit another request meanwhile, so requests keep being parsed
-        # and joining the queue while batches run (navi.batching.sleep).
-        sleep.sleeping(self._batch_s)
+        # (the model's run itself, outside the GIL, is announced to the caller's
+        # pool by ``process_batch``: see ServedModel._run_model)
         try:
             results = self._process_batch(live)
             if len(results) != len(live):
@@ -529,8 +528,6 @@ class BatchScheduler:
             self._count_inference_failed(len(live))
             error = RuntimeFailure(f"{self._name}: {type(exc).__name__}: {exc}")
             return outcomes + [(task, None, error) for task in live]
-        finally:
-            sleep.awake()
         failed = 0
         for task, result in zip(live, results):
             if isinstance(result, BaseException):

@@ -13,7 +13,11 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-_local = threading.local()
+class _Hooks(threading.local):
+    hooks: tuple[Callable[[float], None], Callable[[], None]] | None = None  # a thread without: None
+
+
+_local = _Hooks()
 
 
 def set_sleep_hooks(on_sleep: Callable[[float], None], on_wake: Callable[[], None]) -> None:
@@ -23,13 +27,13 @@ def set_sleep_hooks(on_sleep: Callable[[float], None], on_wake: Callable[[], Non
 
 def sleeping(expected_s: float) -> None:
     """The calling thread is about to wait about ``expected_s`` for an answer (it must call ``awake`` after)."""
-    hooks = getattr(_local, "hooks", None)
+    hooks = _local.hooks
     if hooks is not None:
         hooks[0](expected_s)
 
 
 def awake() -> None:
     """The calling thread's wait, announced with ``sleeping``, is over."""
-    hooks = getattr(_local, "hooks", None)
+    hooks = _local.hooks
     if hooks is not None:
         hooks[1]()

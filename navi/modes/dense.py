@@ -56,6 +56,12 @@ class DenseMode:
         inputs = tuple(sig.input(n) for n in names)
         self._inputs = inputs
         self._input_names = frozenset(s.name for s in inputs)
+        # per input: (spec, the rank it needs: at least 1, for the batch axis; the dims after a
+        # free batch axis when they are all fixed (one tuple compare per request), else None)
+        self._checks = tuple(
+            (s, len(s.shape) if s.shape else -1,
+             tuple(s.shape[1:]) if s.shape and s.shape[0] < 0 and min(s.shape[1:], default=0) >= 0 else None)
+            for s in inputs)
         # a fixed first axis means the model cannot take a merged batch
         self._fixed_batch = any(s.shape and s.shape[0] >= 0 for s in inputs)
         self.signature = Signature(inputs, outputs, sig.method_name, sig.extra)
@@ -71,16 +77,19 @@ class DenseMode:
             self._check_input_names(inputs)
         rows = None
         checked = {}
-        for spec in self._inputs:
-            array = np.asarray(inputs[spec.name])
+        for spec, rank, tail in self._checks:
+            array = inputs[spec.name]
+            if type(array) is not np.ndarray:
+                array = np.asarray(array)
             if spec.declared:
-                dtype_ok, wanted = castable(array.dtype, spec.dtype), spec.dtype.name
-                ok_shape = array.ndim == len(spec.shape) and array.ndim >= 1 and all(
-                    want < 0 or want == got for want, got in zip(spec.shape, array.shape)
-                )
+                dtype_ok = array.dtype == spec.dtype or castable(array.dtype, spec.dtype)
+                ok_shape = array.ndim == rank and (
+                    array.shape[1:] == tail if tail is not None else all(
+                        want < 0 or want == got for want, got in zip(spec.shape, array.shape)))
             else:  # navi's guess of an input must not refuse what the model takes
-                dtype_ok, wanted, ok_shape = array.dtype.kind in "biuf", "numbers", array.ndim >= 1
+                dtype_ok, ok_shape = array.dtype.kind in "biuf", array.ndim >= 1
             if not dtype_ok:
+                wanted = spec.dtype.name if spec.declared else "numbers"
                 raise InvalidInput(
                     f"input {spec.name!r} has dtype {array.dtype.name}; model {self._model_name} takes {wanted}"
                 )

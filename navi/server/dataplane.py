@@ -115,12 +115,13 @@ class RequestMetrics:
             self._children[model_name] = children
         return children
 
-    def received(self, model_name: str) -> None:
-        """A request for ``model_name`` arrived."""
+    def received(self, model_name: str) -> tuple | None:
+        """A request for ``model_name`` arrived; returns its by-model series for ``answered``."""
         self._metrics.num_requests.inc()
         children = self._of(model_name)
         if children is not None:
             children[0].inc()
+        return children
 
     def failed(self, model_name: str) -> None:
         """The request was answered with an error."""
@@ -129,9 +130,9 @@ class RequestMetrics:
         if children is not None:
             children[1].inc()
 
-    def answered(self, model_name: str, rows: int, started_s: float, outputs=None) -> None:
-        """The request was answered with ``rows`` predictions, ``outputs`` by name."""
-        children = self._of(model_name)
+    def answered(self, children: tuple | None, rows: int, started_s: float, outputs=None) -> None:
+        """The request was answered with ``rows`` predictions, ``outputs`` by name
+        (``children``: what ``received`` returned)."""
         if children is not None:
             children[2].inc()
             children[3].observe((time.monotonic() - started_s) * 1e3)  # milliseconds, as the original
@@ -148,9 +149,12 @@ def first_score(outputs) -> float | None:
     if not outputs:
         return None
     array = next(iter(outputs.values()))
-    if getattr(array, "size", 0) == 0 or array.dtype.kind not in "fiub":
+    try:
+        if array.dtype.kind not in "fiub":
+            return None
+        score = float(array.item(0))
+    except (AttributeError, IndexError):  # not an array, or an empty one
         return None
-    score = float(array.flat[0])
     return score if 0.0 <= score < float("inf") else None
 
 
@@ -215,7 +219,7 @@ class DataPlane:
         started_s = arrival_s if arrival_s is not None else time.monotonic()
         name = request.model_name
         counts = self.counts
-        counts.received(name)
+        series = counts.received(name)
         try:
             served = self.model(name, request.version, request.label)
             signature_name = self.check_signature(served, request.signature_name)
@@ -231,7 +235,7 @@ class DataPlane:
         except Exception:
             counts.failed(name)
             raise
-        counts.answered(name, result.rows, started_s, outputs)
+        counts.answered(series, result.rows, started_s, outputs)
         return answer
 
     # ----------------------------------------------------------------- model information

@@ -206,9 +206,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 def _predict_inputs(request, strings, budget) -> tuple[dict, tuple[str, ...]]:
     """A parsed ``PredictRequest``'s inputs (string values from ``strings`` when lifted out) and output filter."""
+    tensors = request.inputs  # a protobuf map: indexing it beats its items() view
     inputs = {
-        name: codec.tensor_proto_to_ndarray(tensor, name, strings.get(name), budget)
-        for name, tensor in request.inputs.items()
+        name: codec.tensor_proto_to_ndarray(tensors[name], name, strings.get(name), budget)
+        for name in tensors
     }
     return inputs, tuple(request.output_filter)
 

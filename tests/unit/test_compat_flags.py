@@ -147,9 +147,9 @@ def test_request_metrics_in_milliseconds_and_score_sum():
 
     metrics = Metrics()
     counts = RequestMetrics(metrics, _Registry())
-    counts.received("m")
-    counts.answered("m", 3, time.monotonic() - 0.05, {"p": np.array([[0.25], [0.5], [0.75]], np.float32)})
-    counts.answered("m", 1, time.monotonic(), {"p": np.array([[-2.0]], np.float32)})  # not added
+    series = counts.received("m")
+    counts.answered(series, 3, time.monotonic() - 0.05, {"p": np.array([[0.25], [0.5], [0.75]], np.float32)})
+    counts.answered(series, 1, time.monotonic(), {"p": np.array([[-2.0]], np.float32)})  # not added
     value = metrics.registry.get_sample_value
     assert 50 <= value(":navi:response_time_sum", {"model_name": "m"}) < 5000  # ms, not s
     assert value(":navi:num_predictions", {"model_name": "m"}) == 2

@@ -167,3 +167,58 @@ def test_bytes_split_never_trusts_the_count():
     for function in (cy_split_bytes, _pbscan_ref.split_length_prefixed):
         with pytest.raises(ValueError, match="end after 2 of 1099511627776"):
             function(raw, 2**40)
+
+
+# --------------------------------------------------------------------------- top-level peek
+
+from navi._fast._pbscan import top_level_spans as cy_spans  # noqa: E402
+
+
+def _spans_outcome(function, raw, numbers):
+    try:
+        return function(raw, numbers)
+    except ValueError as error:
+        return ("ValueError", error.args)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.data())
+def test_top_level_spans_twins_agree_and_find_what_protobuf_reads(raw, data):
+    numbers = (1, 2, 3)
+    found = cy_spans(raw, numbers)
+    assert found == _pbscan_ref.top_level_spans(raw, numbers)
+    request = predict_pb2.PredictRequest.FromString(raw)
+    if 1 in found:
+        start, end = found[1]
+        assert type(request.model_spec).FromString(raw[start:end]) == request.model_spec
+    else:
+        assert not request.HasField("model_spec")
+    # damaged bytes: the same spans or the same reason and offset from both, never a crash
+    cut = data.draw(st.integers(0, len(raw)))
+    mutated = bytearray(raw[:cut])
+    if mutated and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[i] ^= 1 << data.draw(st.integers(0, 7))
+    for source in (bytes(mutated), memoryview(bytes(mutated))):
+        assert _spans_outcome(cy_spans, source, numbers) == _spans_outcome(_pbscan_ref.top_level_spans,
+                                                                          bytes(mutated), numbers)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (bytes([2 << 3 | 3]), "wire type 3 at the top level"),
+    (bytes([2 << 3 | 2, 50]) + b"abc", "field 2 runs past the message's end"),
+    (bytes([2 << 3 | 0]) + b"\xff" * 11, "truncated or overlong varint"),
+    (bytes([1 << 3 | 1]) + b"1234567", "field 1 runs past the message's end"),
+])
+def test_top_level_spans_name_what_is_wrong(raw, reason):
+    for function in (cy_spans, _pbscan_ref.top_level_spans):
+        with pytest.raises(ValueError) as caught:
+            function(raw, (1,))
+        assert caught.value.args[0] == reason
+
+
+def test_top_level_spans_keep_the_last_occurrence():
+    raw = _field(1, 2, b"first") + _field(3, 0, b"\x01") + _field(1, 2, b"last")
+    for function in (cy_spans, _pbscan_ref.top_level_spans):
+        assert function(raw, (1,)) == {1: (len(raw) - 4, len(raw))}
+        assert function(b"", (1,)) == {}

@@ -187,3 +187,36 @@ def test_input_names_client_tensor_in_bpr_mode(tmp_path):
         assert [(s.name, s.dtype) for s in served.signature.inputs] == [(client, np.dtype(object))]
         assert ModelSettings(name="m", model_dir=tmp_path, **model).request_tensor_name == client
         served.close()
+
+
+def test_a_model_run_is_announced_to_the_handler_pool_as_a_sleep_of_its_usual_length(tmp_path):
+    """The run (outside the GIL) lets the caller's pool admit another request; its expected
+    length is the model's recent run time, so a long model run gives its place and a short one does not."""
+    import time
+
+    from navi.batching import sleep
+
+    served = serve(dense_model(tmp_path / "1"), eager_when_idle=True)
+    run = served.model.run
+
+    def slow_run(feeds, wanted):
+        time.sleep(0.03)  # a model that runs 30 ms
+        return run(feeds, wanted)
+
+    served.model.run = slow_run
+    announced, woken = [], []
+
+    def caller():
+        sleep.set_sleep_hooks(announced.append, lambda: woken.append(len(announced)))
+        request = {"x": np.ones((2, 3), np.float32), "k": np.ones((2, 1), np.int64)}
+        return [served.infer(request)["output_0"].tolist() for _ in range(3)]
+
+    try:
+        with ThreadPoolExecutor(1) as thread:
+            answers = thread.submit(caller).result(WAIT_S)
+    finally:
+        served.close()
+    assert answers == [[[3.0] * 3] * 2] * 3
+    assert announced[0] == 0.0  # nothing measured yet
+    assert all(expected >= 0.03 for expected in announced[1:])  # the run's own length
+    assert woken == [1, 2, 3]  # each announced sleep ends when its run does
