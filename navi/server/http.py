@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from navi.errors import Overloaded, RequestTooLarge
+from navi.errors import InvalidInput, Overloaded, RequestTooLarge
 from navi.server.status import http_status_of
 from navi.server.threads import refusal
 
@@ -68,22 +68,42 @@ class ModelCalls:
         return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request's body (inflated when gzipped); ``RequestTooLarge`` (413) past ``max_message_bytes``."""
+async def read_body(request: web.Request) -> bytes | bytearray:
+    """The request's body (inflated when gzipped); ``RequestTooLarge`` (413) past ``max_message_bytes``.
+
+    With a Content-Length (the common case) the body is copied once, chunk by
+    chunk as aiohttp's parser hands them over, into a buffer of that size:
+    ``request.read()`` would copy a 2.5 MB body three more times (join, extend,
+    ``bytes``) on the event-loop thread, holding the GIL that the handler
+    threads need (benchmarks/RESULTS.md "REST").
+    """
     # read here, not with request.read(): past the bound, aiohttp 3.14's read()
     # fails building its own 413 (a TypeError, which would answer 500)
     limit = request.app._client_max_size  # noqa: SLF001 - the Application's client_max_size
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise RequestTooLarge(_too_large_message(limit))
-    if request.content_length is not None and "Content-Encoding" not in request.headers:
-        # the common case, as sent: read() takes it in large chunks (a body cannot pass its length)
-        return await request.read()
+    stream = request.content
+    if length is not None and "Content-Encoding" not in request.headers:
+        # the parser never feeds more than Content-Length bytes
+        body = bytearray(length)
+        view = memoryview(body)
+        filled = 0
+        while filled < length:
+            chunk, _ = await stream.readchunk()
+            if not chunk:
+                break
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != length:
+            raise InvalidInput(f"the body ended after {filled} of its Content-Length {length} bytes")
+        return body
     body = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in stream.iter_any():
         body += chunk
         if len(body) > limit:
             raise RequestTooLarge(_too_large_message(limit))
-    return bytes(body)
+    return body
 
 
 def _too_large_message(max_size) -> str:

@@ -330,17 +330,21 @@ class TfRestApi:
             name, version, label, metadata, verb = _route(request)
             if metadata or verb not in _VERBS:
                 raise _NotFound(f"POST {quote(request.path)}: the verb must be one of :{', :'.join(_VERBS)}")
-            body = await _read_json(request)
-            signature_name = body.get("signature_name")
-            if signature_name is not None and not isinstance(signature_name, str):
-                raise InvalidInput("'signature_name' must be a string")
-            if verb == "predict":
-                answer = await self._calls.run(self._predict, name, version, label, signature_name, body)
-            else:
-                answer = await self._calls.run(self._delegate, name, version, label, signature_name, body, verb)
+            raw = await read_body(request)
+            answer = await self._calls.run(self._answer, name, version, label, verb, raw)
             return compressed(request, web.Response(body=answer, content_type="application/json"))
         except Exception as error:  # noqa: BLE001 - the edge: every error gets a status
             return await answer_error(error, f"POST {request.path}")
+
+    def _answer(self, name, version, label, verb, raw) -> bytes:
+        """On a handler thread (the JSON parse of a large body must not hold the event loop)."""
+        body = _parse_json(raw)
+        signature_name = body.get("signature_name")
+        if signature_name is not None and not isinstance(signature_name, str):
+            raise InvalidInput("'signature_name' must be a string")
+        if verb == "predict":
+            return self._predict(name, version, label, signature_name, body)
+        return self._delegate(name, version, label, signature_name, body, verb)
 
     def _predict(self, name, version, label, signature_name, body) -> bytes:
         """On a handler thread: decode, run through the data plane, encode."""
@@ -360,8 +364,7 @@ class TfRestApi:
         return dumps(_classify_body(produced) if verb == "classify" else _regress_body(produced))
 
 
-async def _read_json(request: web.Request) -> dict:
-    raw = await read_body(request)
+def _parse_json(raw) -> dict:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
