@@ -264,13 +264,19 @@ def examples_input(body: dict) -> input_pb2.Input:
 def _classify_body(produced) -> dict:
     result = classification_pb2.ClassificationResult()
     result.ParseFromString(produced) if isinstance(produced, (bytes, bytearray)) else result.CopyFrom(produced)
-    return {"result": [[[item.label, item.score] for item in entry.classes] for entry in result.classifications]}
+    return {"result": [list(zip([item.label for item in entry.classes], _float32s([item.score for item in entry.classes])))
+                       for entry in result.classifications]}
 
 
 def _regress_body(produced) -> dict:
     result = regression_pb2.RegressionResult()
     result.ParseFromString(produced) if isinstance(produced, (bytes, bytearray)) else result.CopyFrom(produced)
-    return {"result": [entry.value for entry in result.regressions]}
+    return {"result": _float32s([entry.value for entry in result.regressions])}
+
+
+def _float32s(values: list[float]) -> list[float]:
+    """Scores and regression values (float fields) written as float32 outputs are: their shortest decimal."""
+    return _json_values(np.array(values, dtype=np.float32), "")
 
 
 # ---------------------------------------------------------------------------
