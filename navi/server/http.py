@@ -30,6 +30,16 @@ from navi.server.threads import refusal
 
 log = logging.getLogger(__name__)
 
+
+def _not_a_client_payload_error(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's "Unhandled exception" for a body that failed to decode (bad gzip):
+    the handler has answered it 400; aiohttp logs a traceback again draining the rest."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, web.RequestPayloadError)
+
+
+logging.getLogger("aiohttp.server").addFilter(_not_a_client_payload_error)
+
 #: answers at least this big are gzipped when the client accepts gzip (as gRPC's)
 COMPRESS_MIN_BYTES = 4096
 
@@ -63,7 +73,11 @@ class ModelCalls:
 
         def guarded():
             refuse_if_overloaded()
-            return work(*args)
+            try:
+                return work(*args)
+            except RecursionError:
+                # JSON nested past Python's recursion limit (json.loads, or a walk of its lists)
+                raise InvalidInput("the JSON body nests too deeply") from None
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
 
@@ -83,6 +97,17 @@ async def read_body(request: web.Request) -> bytes | bytearray:
     length = request.content_length
     if length is not None and length > limit:
         raise RequestTooLarge(_too_large_message(limit))
+    try:
+        return await _read_body(request, length, limit)
+    except web.RequestPayloadError as error:
+        # a body that is not what its Content-Encoding says (bad gzip), or a coding aiohttp cannot undo
+        raise InvalidInput(f"the body could not be read: {str(error).replace(chr(10), ' ')}") from None
+    except ConnectionError:
+        # the client went away before its body ended: nobody to answer, nothing to log
+        raise InvalidInput("the connection closed before the body ended") from None
+
+
+async def _read_body(request: web.Request, length: int | None, limit: int) -> bytes | bytearray:
     stream = request.content
     if length is not None and "Content-Encoding" not in request.headers:
         # the parser never feeds more than Content-Length bytes
