@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError as DecodeProtoError
@@ -382,6 +382,34 @@ def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[
                      for name, where in spans.items()}
 
 
+def _top_level_records(view: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, record start, value start, value end) of each top-level record.
+
+    ``InvalidInput`` (without the message's name) when the records do not add
+    up to the message; lengths are checked against what is left, nothing is allocated.
+    """
+    pos, end = 0, len(view)
+    while pos < end:
+        start = pos
+        tag, pos = _read_varint(view, pos)
+        number, wire_type = tag >> 3, tag & 7
+        value_start = pos
+        if wire_type == 0:
+            _, pos = _read_varint(view, pos)
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length, value_start = _read_varint(view, pos)
+            if length > end - value_start:
+                raise InvalidInput(f"field {number} runs past the message's end (at byte {start})")
+            pos = value_start + length
+        else:
+            raise InvalidInput(f"wire type {wire_type} at the top level (at byte {start})")
+        if pos > end:
+            raise InvalidInput(f"the last field runs past the message's end (at byte {start})")
+        yield number, wire_type, start, value_start, pos
+
+
 def _top_level_fields(raw, wanted: frozenset[int], what: str) -> dict[int, memoryview]:
     """The last occurrence of each length-delimited top-level field in ``wanted`` (a peek, no parse).
 
@@ -392,28 +420,12 @@ def _top_level_fields(raw, wanted: frozenset[int], what: str) -> dict[int, memor
     """
     view = memoryview(raw)
     found: dict[int, memoryview] = {}
-    pos, end = 0, len(view)
     try:
-        while pos < end:
-            tag, pos = _read_varint(view, pos)
-            number, wire_type = tag >> 3, tag & 7
-            if wire_type == 0:
-                _, pos = _read_varint(view, pos)
-            elif wire_type in (1, 5):
-                pos += 8 if wire_type == 1 else 4
-            elif wire_type == 2:
-                length, pos = _read_varint(view, pos)
-                if length > end - pos:
-                    raise InvalidInput(f"field {number} runs past the message's end")
-                if number in wanted:
-                    found[number] = view[pos:pos + length]
-                pos += length
-            else:
-                raise InvalidInput(f"wire type {wire_type} at the top level")
-        if pos > end:
-            raise InvalidInput("the last field runs past the message's end")
+        for number, wire_type, _, value_start, value_end in _top_level_records(view):
+            if wire_type == 2 and number in wanted:
+                found[number] = view[value_start:value_end]
     except InvalidInput as error:
-        raise InvalidInput(f"malformed {what} ({end} bytes): {error.message} (at byte {min(pos, end)})") from None
+        raise InvalidInput(f"malformed {what} ({len(view)} bytes): {error.message}") from None
     return found
 
 
@@ -681,33 +693,18 @@ def parse_kserve_request(raw) -> tuple[kserve_pb2.ModelInferRequest, list[memory
     protobuf's. ``InvalidInput`` when ``raw`` is not a ModelInferRequest.
     """
     view = memoryview(raw)
-    contents: list[memoryview] = []
+    contents: list[memoryview] | None = []
     pieces: list[memoryview] = []
-    kept_from = pos = 0
-    end = len(view)
+    kept_from = 0
     try:
-        while pos < end:
-            start = pos
-            tag, pos = _read_varint(view, pos)
-            number, wire_type = tag >> 3, tag & 7
-            if wire_type == 0:
-                _, pos = _read_varint(view, pos)
-            elif wire_type in (1, 5):
-                pos += 8 if wire_type == 1 else 4
-            elif wire_type == 2:
-                length, pos = _read_varint(view, pos)
-                if length > end - pos:
-                    break
-                if number == _RAW_INPUT_CONTENTS_FIELD:
-                    pieces.append(view[kept_from:start])
-                    contents.append(view[pos:pos + length])
-                    kept_from = pos + length
-                pos += length
-            else:
-                break
+        for number, wire_type, start, value_start, value_end in _top_level_records(view):
+            if number == _RAW_INPUT_CONTENTS_FIELD and wire_type == 2:
+                pieces.append(view[kept_from:start])
+                contents.append(view[value_start:value_end])
+                kept_from = value_end
     except InvalidInput:
-        pos = end + 1
-    if pos != end or not contents:
+        contents = None  # protobuf words the error
+    if not contents:
         contents, stripped = None, raw
     else:
         pieces.append(view[kept_from:])

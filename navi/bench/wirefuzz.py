@@ -493,9 +493,27 @@ class FuzzReport:
     reference_diffs: list = field(default_factory=list)
     elapsed_s: float = 0.0
 
+    def record(self, key, elapsed_s: float, violation: tuple | None, progress) -> None:
+        """Count one answer (``key``: route and status), keep a violation (the first 200)."""
+        self.sent += 1
+        self.codes[key] += 1
+        self.slowest_s = max(self.slowest_s, elapsed_s)
+        if violation and len(self.violations) < 200:
+            self.violations.append(violation)
+        if progress is not None and self.sent % 10_000 == 0:
+            progress(self)
+
     @property
     def rss_growth(self) -> float:
         return self.rss_end_bytes / self.rss_warm_bytes - 1 if self.rss_warm_bytes else 0.0
+
+
+def _spread(worker: Callable[[int], None], total: int, threads: int) -> None:
+    """``worker(n)`` on ``threads`` threads, the ``total`` requests shared between them."""
+    shares = [total // threads + (i < total % threads) for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(worker, n) for n in shares]:
+            done.result()
 
 
 def _check(seed: Seed, payload: bytes, code: str, details: str, elapsed_s: float, timeout_s: float) -> str:
@@ -532,23 +550,12 @@ def fuzz(address: str, pid: int, seeds: list[Seed], count: int, seed: int = 0, w
                 elapsed = time.monotonic() - t0
                 why = _check(origin, payload, code, details, elapsed, timeout_s)
                 with lock:
-                    report.sent += 1
-                    report.codes[(origin.path.rsplit("/", 1)[1], code)] += 1
-                    report.slowest_s = max(report.slowest_s, elapsed)
-                    if why and len(report.violations) < 200:
-                        report.violations.append((origin.path, why, details[:300], payload[:64].hex()))
-                    if progress is not None and report.sent % 10_000 == 0:
-                        progress(report)
+                    report.record((origin.path.rsplit("/", 1)[1], code), elapsed,
+                                  why and (origin.path, why, details[:300], payload[:64].hex()), progress)
 
-        def run(total: int) -> None:
-            shares = [total // threads + (i < total % threads) for i in range(threads)]
-            with ThreadPoolExecutor(threads) as pool:
-                for done in [pool.submit(worker, n) for n in shares]:
-                    done.result()
-
-        run(warmup)
+        _spread(worker, warmup, threads)
         report.rss_warm_bytes = rss_bytes(pid)
-        run(count)
+        _spread(worker, count, threads)
         report.rss_end_bytes = rss_bytes(pid)
         after = reference_answers(channel, seeds)
     report.references_identical = before == after
@@ -980,26 +987,14 @@ def fuzz_http(host: str, port: int, pid: int, seeds: list[HttpSeed], count: int,
                 why = "no answer within the timeout (a hang)" if status == -1 else check_http(
                     request, status, headers, body, elapsed, timeout_s)
                 with lock:
-                    report.sent += 1
-                    report.codes[(origin.route, status)] += 1
-                    report.slowest_s = max(report.slowest_s, elapsed)
-                    if why and len(report.violations) < 200:
-                        report.violations.append((f"{request.method} {request.path[:120]}", why,
-                                                  body[:300], request.body[:64].hex()))
-                    if progress is not None and report.sent % 10_000 == 0:
-                        progress(report)
+                    report.record((origin.route, status), elapsed, why and (
+                        f"{request.method} {request.path[:120]}", why, body[:300], request.body[:64].hex()), progress)
         finally:
             client.close()
 
-    def run(total: int) -> None:
-        shares = [total // threads + (i < total % threads) for i in range(threads)]
-        with ThreadPoolExecutor(threads) as pool:
-            for done in [pool.submit(worker, n) for n in shares]:
-                done.result()
-
-    run(warmup)
+    _spread(worker, warmup, threads)
     report.rss_warm_bytes = rss_bytes(pid)
-    run(count)
+    _spread(worker, count, threads)
     report.rss_end_bytes = rss_bytes(pid)
     after = http_reference_answers(reference_client, seeds)
     reference_client.close()

@@ -197,6 +197,17 @@ def tf_example(x: list[float]) -> example_pb2.Example:
     return example
 
 
+def regression_with_context(examples) -> regression_pb2.RegressionRequest:
+    """A Regress request to "estimator": ``examples`` and a context of x = [100, 100], unused = 1."""
+    regression = regression_pb2.RegressionRequest()
+    regression.model_spec.name = "estimator"
+    with_context = regression.input.example_list_with_context
+    with_context.context.features.feature["x"].float_list.value.extend([100.0, 100.0])
+    with_context.context.features.feature["unused"].int64_list.value.append(1)
+    with_context.examples.extend(tf_example(x) for x in examples)
+    return regression
+
+
 @pytest.mark.tf
 def test_tf_classify_and_regress_equal_tensorflow(tf_navi, tf_models):
     _, reference = tf_models
@@ -210,13 +221,8 @@ def test_tf_classify_and_regress_equal_tensorflow(tf_navi, tf_models):
     assert labels == [list(row) for row in reference["classes"]]
     np.testing.assert_array_equal(scores, reference["scores"])
 
-    regression = regression_pb2.RegressionRequest()
-    regression.model_spec.name = "estimator"
     # context features merge into each example; the example's own "x" wins over the context's
-    with_context = regression.input.example_list_with_context
-    with_context.context.features.feature["x"].float_list.value.extend([100.0, 100.0])
-    with_context.context.features.feature["unused"].int64_list.value.append(1)
-    with_context.examples.extend(tf_example(x) for x in reference["examples"])
+    regression = regression_with_context(reference["examples"])
     values = [r.value for r in stub.Regress(regression, timeout=TIMEOUT_S).result.regressions]
     np.testing.assert_array_equal(np.array(values, dtype=np.float32), reference["regress"])
 
@@ -268,12 +274,7 @@ def test_tf_rest_classify_and_regress_equal_grpc(tf_navi, tf_models):
 
     # context features merge into each example (the example's own "x" wins), as over gRPC
     context = {"x": [100.0, 100.0], "unused": 1}
-    regression = regression_pb2.RegressionRequest()
-    regression.model_spec.name = "estimator"
-    with_context = regression.input.example_list_with_context
-    with_context.context.features.feature["x"].float_list.value.extend([100.0, 100.0])
-    with_context.context.features.feature["unused"].int64_list.value.append(1)
-    with_context.examples.extend(tf_example(x) for x in reference["examples"])
+    regression = regression_with_context(reference["examples"])
     over_grpc = [r.value for r in stub.Regress(regression, timeout=TIMEOUT_S).result.regressions]
     for path, body in (("/v1/models/estimator:regress", {"examples": examples, "context": context}),
                        ("/v1/models/estimator/versions/1:regress",
