@@ -225,11 +225,16 @@ def _json(request: web.Request, body: dict) -> web.Response:
 def _feature(value: Any, name: str) -> feature_pb2.Feature:
     items = value if isinstance(value, list) else [value]
     feature = feature_pb2.Feature()
-    if all(isinstance(v, bool) or isinstance(v, int) for v in items) and items:
-        feature.int64_list.value.extend(int(v) for v in items)
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) and items:
-        feature.float_list.value.extend(float(v) for v in items)
-    elif all(isinstance(v, str) or _is_b64(v) for v in items):
+    try:
+        if all(isinstance(v, bool) or isinstance(v, int) for v in items) and items:
+            feature.int64_list.value.extend(int(v) for v in items)
+            return feature
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) and items:
+            feature.float_list.value.extend(float(v) for v in items)
+            return feature
+    except (OverflowError, ValueError) as error:  # an int past int64, or past a float's range
+        raise InvalidInput(f"feature {quote(name)}: {error}") from None
+    if all(isinstance(v, str) or _is_b64(v) for v in items):
         feature.bytes_list.value.extend(_b64(v) if _is_b64(v) else v.encode("utf-8") for v in items)
     else:
         raise InvalidInput(f"feature {quote(name)}: values must be all numbers or all strings")
