@@ -18,11 +18,13 @@ if PURE_PYTHON:
     BprDecoder = _bpr_ref.BprDecoder
     split_string_values = _pbscan_ref.split_string_values
     split_length_prefixed = _pbscan_ref.split_length_prefixed
+    top_level_records = _pbscan_ref.top_level_records
     top_level_spans = _pbscan_ref.top_level_spans
 else:
     try:
         from navi._fast._bpr import BprDecoder
-        from navi._fast._pbscan import split_length_prefixed, split_string_values, top_level_spans
+        from navi._fast._pbscan import (split_length_prefixed, split_string_values, top_level_records,
+                                        top_level_spans)
     except ImportError as exc:  # pragma: no cover - only on a broken install
         raise ImportError(
             "navi's compiled hot paths (navi._fast._bpr, _pbscan) are missing: reinstall with "
@@ -30,4 +32,5 @@ else:
             "or set NAVI_PURE_PYTHON=1 to run the slow reference decoder"
         ) from exc
 
-__all__ = ["BprDecoder", "PURE_PYTHON", "split_length_prefixed", "split_string_values", "top_level_spans"]
+__all__ = ["BprDecoder", "PURE_PYTHON", "split_length_prefixed", "split_string_values", "top_level_records",
+           "top_level_spans"]

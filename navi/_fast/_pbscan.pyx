@@ -198,11 +198,10 @@ def split_length_prefixed(object raw, Py_ssize_t count):
     return items
 
 
-def top_level_spans(object raw, tuple numbers):
-    """``{number: (start, end)}``: where the last length-delimited top-level field of each of
-    ``numbers`` lies in ``raw``; ``ValueError(reason, byte offset)`` when the records do
-    not add up to the message. As ``_pbscan_ref.top_level_spans``.
-    """
+cdef object walk_top_level(object raw, tuple numbers, bint every):
+    """The length-delimited top-level records numbered in ``numbers``: the last of each as
+    ``{number: (value start, value end)}``, or with ``every`` all of them in order as
+    ``[(record start, value start, value end)]``. One walk for both twins' entry points."""
     cdef const uint8_t[::1] data = raw
     cdef Py_ssize_t end = data.shape[0]
     cdef const uint8_t* buf = &data[0] if end > 0 else NULL
@@ -210,6 +209,7 @@ def top_level_spans(object raw, tuple numbers):
     cdef uint64_t tag, value, number
     cdef int wire
     cdef dict found = {}
+    cdef list records = []
     while pos < end:
         start = pos
         if read_varint(buf, &pos, end, &tag):
@@ -229,8 +229,26 @@ def top_level_spans(object raw, tuple numbers):
             if value > <uint64_t>(end - pos):
                 raise ValueError(f"field {number} runs past the message's end", start)
             if number in numbers:
-                found[number] = (pos, pos + <Py_ssize_t>value)
+                if every:
+                    records.append((start, pos, pos + <Py_ssize_t>value))
+                else:
+                    found[number] = (pos, pos + <Py_ssize_t>value)
             pos += <Py_ssize_t>value
         else:
             raise ValueError(f"wire type {wire} at the top level", start)
-    return found
+    return records if every else found
+
+
+def top_level_spans(object raw, tuple numbers):
+    """``{number: (start, end)}``: where the last length-delimited top-level field of each of
+    ``numbers`` lies in ``raw``; ``ValueError(reason, byte offset)`` when the records do
+    not add up to the message. As ``_pbscan_ref.top_level_spans``.
+    """
+    return walk_top_level(raw, numbers, False)
+
+
+def top_level_records(object raw, uint64_t number):
+    """``[(record start, value start, value end)]`` of every length-delimited top-level
+    field ``number`` in ``raw``, in order. As ``_pbscan_ref.top_level_records``.
+    """
+    return walk_top_level(raw, (number,), True)

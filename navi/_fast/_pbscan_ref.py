@@ -191,12 +191,12 @@ def split_length_prefixed(raw, count: int) -> list[memoryview]:
     return items
 
 
-def top_level_spans(raw, numbers: tuple[int, ...]) -> dict[int, tuple[int, int]]:
-    """Where the last length-delimited top-level field of each of ``numbers`` lies in ``raw``.
+def _walk_top_level(raw, numbers: tuple[int, ...], every: bool):
+    """The length-delimited top-level records numbered in ``numbers``: the last of each as
+    ``{number: (value start, value end)}``, or with ``every`` all of them in order as
+    ``[(record start, value start, value end)]``.
 
-    ``{number: (start, end)}`` of each found (a peek: only the top-level
-    records are walked, each skipped by its length, so finding the model a
-    request names costs the same whatever its tensors hold).
+    Only the top-level records are walked, each skipped by its length.
     ``ValueError(reason, byte offset)`` when the records do not add up to the
     message: a varint truncated or longer than 10 bytes, a field running past
     the end, a group or invalid wire type.
@@ -205,6 +205,7 @@ def top_level_spans(raw, numbers: tuple[int, ...]) -> dict[int, tuple[int, int]]
     end = len(buf)
     pos = 0
     found: dict[int, tuple[int, int]] = {}
+    records: list[tuple[int, int, int]] = []
     while pos < end:
         start = pos
         got = _varint(buf, pos, end)
@@ -229,10 +230,32 @@ def top_level_spans(raw, numbers: tuple[int, ...]) -> dict[int, tuple[int, int]]
             if length > end - pos:
                 raise ValueError(f"field {number} runs past the message's end", start)
             if number in numbers:
-                found[number] = (pos, pos + length)
+                if every:
+                    records.append((start, pos, pos + length))
+                else:
+                    found[number] = (pos, pos + length)
             pos += length
         else:
             raise ValueError(f"wire type {wire} at the top level", start)
-    return found
+    return records if every else found
 
-__all__ = ["split_length_prefixed", "split_string_values", "top_level_spans"]
+
+def top_level_spans(raw, numbers: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    """Where the last length-delimited top-level field of each of ``numbers`` lies in ``raw``.
+
+    ``{number: (start, end)}`` of each found (a peek: finding the model a
+    request names costs the same whatever its tensors hold). Errors as
+    ``_walk_top_level``.
+    """
+    return _walk_top_level(raw, numbers, False)
+
+
+def top_level_records(raw, number: int) -> list[tuple[int, int, int]]:
+    """``[(record start, value start, value end)]`` of every length-delimited top-level field
+    ``number`` in ``raw``, in order (``ModelInferRequest.raw_input_contents``, lifted out as
+    views). Errors as ``_walk_top_level``.
+    """
+    return _walk_top_level(raw, (number,), True)
+
+
+__all__ = ["split_length_prefixed", "split_string_values", "top_level_records", "top_level_spans"]

@@ -23,6 +23,7 @@ scale, ``tests/integration/test_wire_fuzz.py`` a CI-sized run.
 """
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -492,9 +493,27 @@ class FuzzReport:
     reference_diffs: list = field(default_factory=list)
     elapsed_s: float = 0.0
 
+    def record(self, key, elapsed_s: float, violation: tuple | None, progress) -> None:
+        """Count one answer (``key``: route and status), keep a violation (the first 200)."""
+        self.sent += 1
+        self.codes[key] += 1
+        self.slowest_s = max(self.slowest_s, elapsed_s)
+        if violation and len(self.violations) < 200:
+            self.violations.append(violation)
+        if progress is not None and self.sent % 10_000 == 0:
+            progress(self)
+
     @property
     def rss_growth(self) -> float:
         return self.rss_end_bytes / self.rss_warm_bytes - 1 if self.rss_warm_bytes else 0.0
+
+
+def _spread(worker: Callable[[int], None], total: int, threads: int) -> None:
+    """``worker(n)`` on ``threads`` threads, the ``total`` requests shared between them."""
+    shares = [total // threads + (i < total % threads) for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(worker, n) for n in shares]:
+            done.result()
 
 
 def _check(seed: Seed, payload: bytes, code: str, details: str, elapsed_s: float, timeout_s: float) -> str:
@@ -531,26 +550,456 @@ def fuzz(address: str, pid: int, seeds: list[Seed], count: int, seed: int = 0, w
                 elapsed = time.monotonic() - t0
                 why = _check(origin, payload, code, details, elapsed, timeout_s)
                 with lock:
-                    report.sent += 1
-                    report.codes[(origin.path.rsplit("/", 1)[1], code)] += 1
-                    report.slowest_s = max(report.slowest_s, elapsed)
-                    if why and len(report.violations) < 200:
-                        report.violations.append((origin.path, why, details[:300], payload[:64].hex()))
-                    if progress is not None and report.sent % 10_000 == 0:
-                        progress(report)
+                    report.record((origin.path.rsplit("/", 1)[1], code), elapsed,
+                                  why and (origin.path, why, details[:300], payload[:64].hex()), progress)
 
-        def run(total: int) -> None:
-            shares = [total // threads + (i < total % threads) for i in range(threads)]
-            with ThreadPoolExecutor(threads) as pool:
-                for done in [pool.submit(worker, n) for n in shares]:
-                    done.result()
-
-        run(warmup)
+        _spread(worker, warmup, threads)
         report.rss_warm_bytes = rss_bytes(pid)
-        run(count)
+        _spread(worker, count, threads)
         report.rss_end_bytes = rss_bytes(pid)
         after = reference_answers(channel, seeds)
     report.references_identical = before == after
     report.reference_diffs = [(i, b[:2], a[:2]) for i, (b, a) in enumerate(zip(before, after)) if a != b]
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+# ================================================================= the REST routes (HTTP)
+#
+# The same idea over the REST port: valid requests of every TF Serving REST and
+# KServe V2 HTTP route, mutated at the JSON level (wrong types, absurd shapes,
+# b64 garbage, hostile model names), at the framing of V2's binary extension
+# (Inference-Header-Content-Length and binary_data_size past the body, not
+# numbers), with gzip bodies that are bombs or not gzip at all, and bytes
+# damaged. Every answer must be a 4xx (or a route's own 501/503) with a JSON
+# ``{"error": ...}`` body, never a 5xx for a client's mistake, never a hang.
+
+
+@dataclass(frozen=True)
+class HttpSeed:
+    """One valid REST request."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def route(self) -> str:
+        """A short name of the route, for counting answers."""
+        path = self.path.split("?")[0]
+        if path.startswith("/v1/"):
+            verb = path.rsplit(":", 1)[1] if ":" in path.rsplit("/", 1)[-1] else (
+                "metadata" if path.endswith("/metadata") else "status")
+            return f"tfrest {self.method} {verb}"
+        tail = path.rsplit("/", 1)[-1]
+        tail = tail if tail in ("infer", "ready", "config", "live") else ("model" if "/models/" in path else tail)
+        return f"v2 {self.method} {tail}"
+
+
+@dataclass
+class HttpRequest:
+    """What a mutation sends: method, path, headers and body (Content-Length added unless given)."""
+
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+    #: the body is cut short of its Content-Length: closing without an answer is right
+    truncated: bool = False
+
+
+def _json_bytes(value) -> bytes:
+    import json
+
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def http_seeds(bpr_model_dir: Path, dense_model: str = "dense", bpr_model: str = "home") -> list[HttpSeed]:
+    """A valid request of every REST route (several for the inference routes)."""
+    import base64
+
+    x = np.arange(32, dtype=np.float32).reshape(2, 16) / 32
+    bpr = _bpr(bpr_model_dir)
+    json_type = (("Content-Type", "application/json"),)
+    seeds = [HttpSeed("GET", f"/v1/models/{dense_model}"),
+             HttpSeed("GET", f"/v1/models/{dense_model}/metadata"),
+             HttpSeed("GET", f"/v1/models/{bpr_model}/metadata"),
+             HttpSeed("POST", f"/v1/models/{dense_model}:predict", _json_bytes({"instances": x.tolist()}), json_type),
+             HttpSeed("POST", f"/v1/models/{dense_model}:predict", _json_bytes({"inputs": {"x": x.tolist()}}),
+                      json_type),
+             HttpSeed("POST", f"/v1/models/{bpr_model}:predict",
+                      _json_bytes({"instances": [{"b64": base64.b64encode(bpr).decode()}]}), json_type),
+             HttpSeed("POST", f"/v1/models/{dense_model}:classify", _json_bytes({"examples": [{"x": [0.5] * 16}]}),
+                      json_type),
+             HttpSeed("POST", f"/v1/models/{dense_model}:regress",
+                      _json_bytes({"examples": [{"x": [0.5] * 16}], "context": {"c": 1}}), json_type),
+             HttpSeed("GET", "/v2"), HttpSeed("GET", "/v2/health/live"), HttpSeed("GET", "/v2/health/ready"),
+             HttpSeed("GET", f"/v2/models/{dense_model}"), HttpSeed("GET", f"/v2/models/{dense_model}/ready"),
+             HttpSeed("GET", f"/v2/models/{bpr_model}/config"),
+             HttpSeed("POST", f"/v2/models/{dense_model}/infer", _json_bytes({
+                 "id": "fuzz", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 16],
+                                           "data": x.ravel().tolist()}]}), json_type)]
+    header = _json_bytes({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 16],
+                                      "parameters": {"binary_data_size": x.nbytes}}],
+                          "parameters": {"binary_data_output": True}})
+    seeds.append(HttpSeed("POST", f"/v2/models/{dense_model}/infer", header + x.tobytes(),
+                          (("Content-Type", "application/octet-stream"),
+                           ("Inference-Header-Content-Length", str(len(header))))))
+    element = len(bpr).to_bytes(4, "little") + bpr
+    header = _json_bytes({"inputs": [{"name": "examples", "datatype": "BYTES", "shape": [1],
+                                      "parameters": {"binary_data_size": len(element)}}]})
+    seeds.append(HttpSeed("POST", f"/v2/models/{bpr_model}/versions/1700000000000/infer", header + element,
+                          (("Content-Type", "application/octet-stream"),
+                           ("Inference-Header-Content-Length", str(len(header))))))
+    return seeds
+
+
+#: hostile model names in a URL (percent-encoded where a raw byte would not be a valid request line)
+HOSTILE_URL_NAMES = ("", "..", "%2e%2e", "..%2fdense", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%E6%A8%A1%E5%9E%8B",
+                     "dense%00", "a" * 5000, "%20dense", "DENSE", "%E2%80%AEdense", "%ff%fe", "home")
+#: JSON values of every type, for the places a mutation puts them
+ODD_JSON = (None, True, False, 0, -1, 2**64, -(2**63) - 1, 1e308, -1e-320, "", "x", "NaN", [], {}, [[]], [None],
+            {"b64": "***"}, {"b64": 12}, {"b64": "YQ"}, "a" * 10000, [1.5] * 3, {"": {}})
+
+
+def _rename_model(rng: random.Random, path: str) -> str:
+    parts = path.split("/")
+    if len(parts) > 3 and parts[2] == "models":
+        tail = parts[3]
+        verb = ":" + tail.split(":", 1)[1] if ":" in tail else ""
+        parts[3] = rng.choice(HOSTILE_URL_NAMES) + verb
+    return "/".join(parts)
+
+
+def _walk(value, rng: random.Random, depth: int = 0):
+    """``value`` with one node somewhere replaced by an odd JSON value."""
+    if depth > 6 or rng.random() < 0.25:
+        return rng.choice(ODD_JSON)
+    if isinstance(value, dict) and value:
+        key = rng.choice(list(value))
+        out = dict(value)
+        out[key] = _walk(value[key], rng, depth + 1)
+        return out
+    if isinstance(value, list) and value:
+        index = rng.randrange(len(value))
+        out = list(value)
+        out[index] = _walk(value[index], rng, depth + 1)
+        return out
+    return rng.choice(ODD_JSON)
+
+
+def _v2_header_and_tail(seed: HttpSeed) -> tuple[dict | None, bytes]:
+    import json
+
+    headers = dict(seed.headers)
+    length = headers.get("Inference-Header-Content-Length")
+    cut = int(length) if length is not None else len(seed.body)
+    try:
+        return json.loads(seed.body[:cut]), seed.body[cut:]
+    except ValueError:
+        return None, b""
+
+
+def http_mutation(rng: random.Random, seed: HttpSeed, other: HttpSeed) -> HttpRequest:
+    """``seed`` with one hostile change."""
+    import gzip
+    import json
+
+    request = HttpRequest(seed.method, seed.path, dict(seed.headers), seed.body)
+    choice = rng.randrange(12)
+    if choice == 0:  # hostile model names, versions and labels in the path
+        request.path = _rename_model(rng, seed.path)
+        if rng.random() < 0.5 and "/models/" in request.path:
+            marker = "/versions/" if request.path.startswith("/v2") else rng.choice(["/versions/", "/labels/"])
+            head, _, rest = request.path.partition("/models/")
+            name, sep, tail = rest.partition("/") if "/" in rest else rest.partition(":")
+            request.path = (f"/{head.strip('/')}/models/{name}{marker}"
+                            f"{rng.choice(['-1', '9' * 40, '0x10', '%20', 'latest', '..', str(2**63)])}"
+                            + ("" if not sep else (sep + tail if sep == ":" else "/" + tail)))
+    elif choice == 1 and seed.body:  # a node of the JSON replaced by a value of another type
+        header, tail = _v2_header_and_tail(seed)
+        if header is not None:
+            new = _json_bytes(_walk(header, rng)) if rng.random() < 0.9 else json.dumps(
+                _walk(header, rng), allow_nan=True).encode()
+            request.body = new + tail
+            if "Inference-Header-Content-Length" in request.headers:
+                request.headers["Inference-Header-Content-Length"] = str(len(new))
+    elif choice == 2 and seed.body:  # absurd shapes
+        header, tail = _v2_header_and_tail(seed)
+        shape = rng.choice([[2**40], [2**32, 2**32], [-1], [-5, 16], [], [0], [2**62, 4], [3, 2**63 - 1],
+                            [1.5], ["2"], [True], [10**6, 16], [2000]])
+        if header and isinstance(header.get("inputs"), list):
+            for tensor in header["inputs"]:
+                tensor["shape"] = shape
+            new = _json_bytes(header)
+        elif header and "instances" in header:
+            new = _json_bytes({"instances": np.zeros(shape[:1] if shape and isinstance(shape[0], int)
+                                                     and 0 <= shape[0] <= 2000 else [1]).tolist()})
+        else:
+            new = seed.body
+        request.body = new + tail
+        if "Inference-Header-Content-Length" in request.headers:
+            request.headers["Inference-Header-Content-Length"] = str(len(new))
+    elif choice == 3:  # the binary extension's lengths: header length and binary_data_size
+        header, tail = _v2_header_and_tail(seed)
+        if rng.random() < 0.5 or header is None:
+            request.headers["Inference-Header-Content-Length"] = rng.choice(
+                [str(len(seed.body) + 1), str(2**63), "-1", "0", "", "1e3", " 12", "0x20", "12abc", "٣"])
+        else:
+            inputs = header.get("inputs") if isinstance(header.get("inputs"), list) else []
+            for tensor in inputs:
+                tensor.setdefault("parameters", {})["binary_data_size"] = rng.choice(
+                    [len(tail) + 1, -1, 2**63, "12", None, 1.5, 0])
+            new = _json_bytes(header)
+            request.body = new + tail
+            request.headers["Inference-Header-Content-Length"] = str(len(new))
+    elif choice == 4:  # not JSON at all, or JSON of the wrong kind
+        request.body = rng.choice([b"", b"{", b"}", b"null", b"[]", b'"x"', b"1", b"\xff\xfe", b"{\"inputs\": [}",
+                                   b"[" * 100_000, b'{"a":' * 50_000, b"NaN", rng.randbytes(64)])
+        request.headers.pop("Inference-Header-Content-Length", None)
+    elif choice == 5:  # gzip: a bomb (a few KB inflating past the size limit), or not gzip
+        kind = rng.randrange(4)
+        if kind == 0:
+            request.body = _gzip_bomb()
+        elif kind == 1:
+            request.body = gzip.compress(seed.body)
+        else:
+            request.body = rng.choice([b"\x1f\x8b\x08garbage", rng.randbytes(32), _gzip_bomb()[:100]])
+        request.headers["Content-Encoding"] = rng.choice(["gzip", "gzip", "deflate", "br", "x-unknown"])
+    elif choice == 6 and seed.body:  # bytes damaged, Content-Length kept right
+        request.body = byte_mutation(rng, seed.body, other.body or seed.body)
+    elif choice == 7 and seed.body:  # the body cut short of its Content-Length
+        cut = rng.randrange(len(seed.body))
+        request.headers["Content-Length"] = str(len(seed.body))
+        request.body = seed.body[:cut]
+        request.truncated = True
+    elif choice == 8:  # the wrong method, or a route that does not exist
+        request.method = rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "GET" if seed.method == "POST" else "POST"])
+        if rng.random() < 0.5:
+            request.path = rng.choice(["/v1/models", "/v1/models/", "/v2/models", "/v1/models/dense:", "/v1",
+                                       "/v2/models/dense/infer/extra", "/v1/models/dense:predict:predict",
+                                       "/%2e%2e/%2e%2e/etc/passwd", "/v2/repository/index", "//v2//health/ready"])
+    elif choice == 9 and seed.body:  # many inputs, or huge JSON data
+        header, tail = _v2_header_and_tail(seed)
+        if header and isinstance(header.get("inputs"), list):
+            template = header["inputs"][0]
+            header["inputs"] = [dict(template, name=f"in{i}") for i in range(rng.choice([1000, 2048]))]
+            new = _json_bytes(header)
+        else:
+            new = _json_bytes({"instances": [[0.0] * 16] * rng.choice([1000, 20000]), "inputs": {}}
+                              if rng.random() < 0.5 else {"instances": [[0.0] * 16] * rng.choice([1000, 20000])})
+        request.body = new + tail
+        if "Inference-Header-Content-Length" in request.headers:
+            request.headers["Inference-Header-Content-Length"] = str(len(new))
+    elif choice == 10:  # odd headers
+        request.headers["Content-Type"] = rng.choice(["text/plain", "application/json; charset=latin-1",
+                                                      "multipart/form-data; boundary=x", "", "application/x-protobuf"])
+        if rng.random() < 0.3:
+            request.headers["Accept-Encoding"] = "gzip"
+    else:  # b64 garbage where binary strings go
+        header, tail = _v2_header_and_tail(seed)
+        if header is not None and tail == b"":
+            text = json.dumps(header)
+            request.body = text.replace('"b64": "', '"b64": "' + rng.choice(["***", "=", "YQ", "\\u0000", "é"]), 1
+                                        ).encode() if '"b64"' in text else _json_bytes(
+                {"instances": [{"b64": rng.choice(["***", "YQ", "=", 7, None, ""])}]})
+    return request
+
+
+#: what the gzip bomb inflates to: past the default max_message_bytes (64 MiB)
+GZIP_BOMB_BYTES = 256 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _gzip_bomb() -> bytes:
+    """``GZIP_BOMB_BYTES`` of a JSON-looking body, gzipped (about 250 KB), made once."""
+    import zlib
+
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    block = b" " * (1 << 20)
+    parts = [compressor.compress(b"{")] + [compressor.compress(block) for _ in range(GZIP_BOMB_BYTES >> 20)]
+    return b"".join(parts) + compressor.flush()
+
+
+def http_requests(seeds: list[HttpSeed], seed: int = 0) -> Iterator[tuple[HttpSeed, HttpRequest]]:
+    """Hostile REST requests for ever: (the seed it came from, the request)."""
+    rng = random.Random(seed)
+    while True:
+        origin = rng.choice(seeds)
+        try:
+            yield origin, http_mutation(rng, origin, rng.choice(seeds))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue  # a mutation that does not fit this seed's JSON
+
+
+class HttpClient:
+    """A minimal HTTP/1.1 client on one kept-alive socket: sends what it is given, as given.
+
+    ``http.client`` and ``requests`` refuse or repair what a fuzzer must send
+    (a Content-Length longer than the body, a non-numeric header); this one
+    writes the bytes and reads one answer (Content-Length or chunked).
+    """
+
+    def __init__(self, host: str, port: int, timeout_s: float):
+        self._address = (host, port)
+        self._timeout_s = timeout_s
+        self._sock = None
+        self._buffer = b""
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._buffer = None, b""
+
+    def send(self, request: HttpRequest) -> tuple[int, dict, bytes]:
+        import socket
+
+        reused = self._sock is not None
+        answer = self._send_once(request)
+        if answer[0] == 0 and reused and not request.truncated:
+            # the server may close a kept-alive connection between requests (after a 413 whose
+            # body it did not read): clients send again on a new one, as HTTP allows
+            answer = self._send_once(request)
+        return answer
+
+    def _send_once(self, request: HttpRequest) -> tuple[int, dict, bytes]:
+        import socket
+
+        if self._sock is None:
+            self._sock = socket.create_connection(self._address, timeout=self._timeout_s)
+        headers = {"Host": "%s:%d" % self._address, **request.headers}
+        if not any(k.lower() == "content-length" for k in headers) and (request.body or request.method == "POST"):
+            headers["Content-Length"] = str(len(request.body))
+        head = f"{request.method} {request.path} HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        try:
+            self._sock.sendall(head.encode("utf-8", "surrogateescape") + request.body)
+            if request.truncated:
+                self._sock.shutdown(socket.SHUT_WR)
+            answer = self._read()
+        except (ConnectionError, OSError) as error:
+            self.close()
+            if isinstance(error, socket.timeout):
+                raise
+            return 0, {}, b""
+        if request.truncated or answer[1].get("connection", "").lower() == "close":
+            self.close()
+        return answer
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("closed")
+        self._buffer += chunk
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            self._fill()
+        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            self._fill()
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def _read(self) -> tuple[int, dict, bytes]:
+        status = int(self._line().split()[1])
+        headers: dict[str, str] = {}
+        while line := self._line():
+            key, _, value = line.decode("latin-1").partition(":")
+            headers[key.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while size := int(self._line().split(b";")[0], 16):
+                body += self._exactly(size)
+                self._exactly(2)
+            while self._line():
+                pass
+        else:
+            body = self._exactly(int(headers.get("content-length", 0)))
+        return status, headers, body
+
+
+#: statuses a route may answer to a well-formed request that it cannot serve
+ROUTE_STATUSES = {501, 503}
+
+
+def check_http(request: HttpRequest, status: int, headers: dict, body: bytes, elapsed_s: float,
+               timeout_s: float) -> str:
+    """Why this REST answer breaks a rule, or ""."""
+    import gzip
+    import json
+
+    if status == 0:
+        return "" if request.truncated else "the connection closed without an answer"
+    if status >= 500 and status not in ROUTE_STATUSES:
+        return f"HTTP {status} for a client's request"
+    if elapsed_s > timeout_s:
+        return f"answered after {elapsed_s:.1f} s"
+    if status < 400:
+        return ""
+    if headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return f"HTTP {status} with a body that is not JSON: {body[:80]!r}"
+    if status == 503 and isinstance(answer, dict) and "ready" in answer:
+        return ""  # a readiness route's "not ready"
+    if not isinstance(answer, dict) or not isinstance(answer.get("error"), str) or not answer["error"].strip():
+        return f"HTTP {status} without an error message: {body[:80]!r}"
+    return ""
+
+
+def http_reference_answers(client: HttpClient, seeds: list[HttpSeed]) -> list[tuple[int, bytes]]:
+    """(status, body) of every valid seed, one at a time."""
+    return [client.send(HttpRequest(s.method, s.path, dict(s.headers), s.body))[::2] for s in seeds]
+
+
+def fuzz_http(host: str, port: int, pid: int, seeds: list[HttpSeed], count: int, seed: int = 0, warmup: int = 0,
+              threads: int = 4, timeout_s: float = 30.0, progress=None) -> FuzzReport:
+    """Send ``warmup`` then ``count`` hostile REST requests to ``host:port`` (the daemon is ``pid``)."""
+    import socket
+
+    report = FuzzReport()
+    lock = threading.Lock()
+    source = http_requests(seeds, seed)
+    started = time.monotonic()
+    reference_client = HttpClient(host, port, timeout_s)
+    before = http_reference_answers(reference_client, seeds)
+
+    def worker(n: int) -> None:
+        client = HttpClient(host, port, timeout_s)
+        try:
+            for _ in range(n):
+                with lock:
+                    origin, request = next(source)
+                t0 = time.monotonic()
+                try:
+                    status, headers, body = client.send(request)
+                except socket.timeout:
+                    client.close()
+                    status, headers, body = -1, {}, b""
+                elapsed = time.monotonic() - t0
+                why = "no answer within the timeout (a hang)" if status == -1 else check_http(
+                    request, status, headers, body, elapsed, timeout_s)
+                with lock:
+                    report.record((origin.route, status), elapsed, why and (
+                        f"{request.method} {request.path[:120]}", why, body[:300], request.body[:64].hex()), progress)
+        finally:
+            client.close()
+
+    _spread(worker, warmup, threads)
+    report.rss_warm_bytes = rss_bytes(pid)
+    _spread(worker, count, threads)
+    report.rss_end_bytes = rss_bytes(pid)
+    after = http_reference_answers(reference_client, seeds)
+    reference_client.close()
+    report.references_identical = before == after
+    report.reference_diffs = [(i, b[0], a[0], b[1][:80], a[1][:80]) for i, (b, a) in enumerate(zip(before, after))
+                              if a != b]
     report.elapsed_s = time.monotonic() - started
     return report

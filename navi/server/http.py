@@ -24,11 +24,21 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from navi.errors import Overloaded, RequestTooLarge
+from navi.errors import InvalidInput, Overloaded, RequestTooLarge
 from navi.server.status import http_status_of
 from navi.server.threads import refusal
 
 log = logging.getLogger(__name__)
+
+
+def _not_a_client_payload_error(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's "Unhandled exception" for a body that failed to decode (bad gzip):
+    the handler has answered it 400; aiohttp logs a traceback again draining the rest."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, web.RequestPayloadError)
+
+
+logging.getLogger("aiohttp.server").addFilter(_not_a_client_payload_error)
 
 #: answers at least this big are gzipped when the client accepts gzip (as gRPC's)
 COMPRESS_MIN_BYTES = 4096
@@ -63,27 +73,62 @@ class ModelCalls:
 
         def guarded():
             refuse_if_overloaded()
-            return work(*args)
+            try:
+                return work(*args)
+            except RecursionError:
+                # JSON nested past Python's recursion limit (json.loads, or a walk of its lists)
+                raise InvalidInput("the JSON body nests too deeply") from None
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request's body (inflated when gzipped); ``RequestTooLarge`` (413) past ``max_message_bytes``."""
+async def read_body(request: web.Request) -> bytes | bytearray:
+    """The request's body (inflated when gzipped); ``RequestTooLarge`` (413) past ``max_message_bytes``.
+
+    With a Content-Length (the common case) the body is copied once, chunk by
+    chunk as aiohttp's parser hands them over, into a buffer of that size:
+    ``request.read()`` would copy a 2.5 MB body three more times (join, extend,
+    ``bytes``) on the event-loop thread, holding the GIL that the handler
+    threads need (benchmarks/RESULTS.md "REST").
+    """
     # read here, not with request.read(): past the bound, aiohttp 3.14's read()
     # fails building its own 413 (a TypeError, which would answer 500)
     limit = request.app._client_max_size  # noqa: SLF001 - the Application's client_max_size
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise RequestTooLarge(_too_large_message(limit))
-    if request.content_length is not None and "Content-Encoding" not in request.headers:
-        # the common case, as sent: read() takes it in large chunks (a body cannot pass its length)
-        return await request.read()
+    try:
+        return await _read_body(request, length, limit)
+    except web.RequestPayloadError as error:
+        # a body that is not what its Content-Encoding says (bad gzip), or a coding aiohttp cannot undo
+        raise InvalidInput(f"the body could not be read: {str(error).replace(chr(10), ' ')}") from None
+    except ConnectionError:
+        # the client went away before its body ended: nobody to answer, nothing to log
+        raise InvalidInput("the connection closed before the body ended") from None
+
+
+async def _read_body(request: web.Request, length: int | None, limit: int) -> bytes | bytearray:
+    stream = request.content
+    if length is not None and "Content-Encoding" not in request.headers:
+        # the parser never feeds more than Content-Length bytes
+        body = bytearray(length)
+        view = memoryview(body)
+        filled = 0
+        while filled < length:
+            chunk, _ = await stream.readchunk()
+            if not chunk:
+                break
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != length:
+            raise InvalidInput(f"the body ended after {filled} of its Content-Length {length} bytes")
+        return body
     body = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in stream.iter_any():
         body += chunk
         if len(body) > limit:
             raise RequestTooLarge(_too_large_message(limit))
-    return bytes(body)
+    return body
 
 
 def _too_large_message(max_size) -> str:

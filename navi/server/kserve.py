@@ -12,7 +12,6 @@ from navi import codec
 from navi.server.dataplane import DataPlane, InferRequest, version_of
 from navi.server.grpcutil import compress_if_large, deadline_from
 from navi.server.status import grpc_errors
-from navi.server.rawrpc import parse_request
 from navi.server.threads import request_arrival_s
 
 SERVER_NAME = "navi"
@@ -74,8 +73,10 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             parsed: list = []
 
             def decode(served, budget):
-                parsed.append(parse_request(pb2.ModelInferRequest, raw))
-                return _infer_inputs(parsed[0], budget)
+                # raw_input_contents stay in ``raw``, as views (not parsed into the message)
+                message, contents = codec.parse_kserve_request(raw)
+                parsed.append(message)
+                return _infer_inputs(message, budget, contents)
         else:
             model_name, version_text = request.model_name, request.model_version
             parsed = [request]
@@ -96,6 +97,7 @@ class InferenceServicer(pb2_grpc.GRPCInferenceServiceServicer):
             arrival_s=request_arrival_s()), encode)
 
 
-def _infer_inputs(request, budget) -> tuple[dict, tuple[str, ...]]:
+def _infer_inputs(request, budget, raw_contents=None) -> tuple[dict, tuple[str, ...]]:
     """A parsed ``ModelInferRequest``'s inputs by name and the outputs it asks for."""
-    return codec.kserve_request_inputs(request, budget), tuple(output.name for output in request.outputs)
+    return (codec.kserve_request_inputs(request, budget, raw_contents),
+            tuple(output.name for output in request.outputs))

@@ -225,11 +225,16 @@ def _json(request: web.Request, body: dict) -> web.Response:
 def _feature(value: Any, name: str) -> feature_pb2.Feature:
     items = value if isinstance(value, list) else [value]
     feature = feature_pb2.Feature()
-    if all(isinstance(v, bool) or isinstance(v, int) for v in items) and items:
-        feature.int64_list.value.extend(int(v) for v in items)
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) and items:
-        feature.float_list.value.extend(float(v) for v in items)
-    elif all(isinstance(v, str) or _is_b64(v) for v in items):
+    try:
+        if all(isinstance(v, bool) or isinstance(v, int) for v in items) and items:
+            feature.int64_list.value.extend(int(v) for v in items)
+            return feature
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) and items:
+            feature.float_list.value.extend(float(v) for v in items)
+            return feature
+    except (OverflowError, ValueError) as error:  # an int past int64, or past a float's range
+        raise InvalidInput(f"feature {quote(name)}: {error}") from None
+    if all(isinstance(v, str) or _is_b64(v) for v in items):
         feature.bytes_list.value.extend(_b64(v) if _is_b64(v) else v.encode("utf-8") for v in items)
     else:
         raise InvalidInput(f"feature {quote(name)}: values must be all numbers or all strings")
@@ -264,13 +269,19 @@ def examples_input(body: dict) -> input_pb2.Input:
 def _classify_body(produced) -> dict:
     result = classification_pb2.ClassificationResult()
     result.ParseFromString(produced) if isinstance(produced, (bytes, bytearray)) else result.CopyFrom(produced)
-    return {"result": [[[item.label, item.score] for item in entry.classes] for entry in result.classifications]}
+    return {"result": [list(zip([item.label for item in entry.classes], _float32s([item.score for item in entry.classes])))
+                       for entry in result.classifications]}
 
 
 def _regress_body(produced) -> dict:
     result = regression_pb2.RegressionResult()
     result.ParseFromString(produced) if isinstance(produced, (bytes, bytearray)) else result.CopyFrom(produced)
-    return {"result": [entry.value for entry in result.regressions]}
+    return {"result": _float32s([entry.value for entry in result.regressions])}
+
+
+def _float32s(values: list[float]) -> list[float]:
+    """Scores and regression values (float fields) written as float32 outputs are: their shortest decimal."""
+    return _json_values(np.array(values, dtype=np.float32), "")
 
 
 # ---------------------------------------------------------------------------
@@ -330,17 +341,21 @@ class TfRestApi:
             name, version, label, metadata, verb = _route(request)
             if metadata or verb not in _VERBS:
                 raise _NotFound(f"POST {quote(request.path)}: the verb must be one of :{', :'.join(_VERBS)}")
-            body = await _read_json(request)
-            signature_name = body.get("signature_name")
-            if signature_name is not None and not isinstance(signature_name, str):
-                raise InvalidInput("'signature_name' must be a string")
-            if verb == "predict":
-                answer = await self._calls.run(self._predict, name, version, label, signature_name, body)
-            else:
-                answer = await self._calls.run(self._delegate, name, version, label, signature_name, body, verb)
+            raw = await read_body(request)
+            answer = await self._calls.run(self._answer, name, version, label, verb, raw)
             return compressed(request, web.Response(body=answer, content_type="application/json"))
         except Exception as error:  # noqa: BLE001 - the edge: every error gets a status
             return await answer_error(error, f"POST {request.path}")
+
+    def _answer(self, name, version, label, verb, raw) -> bytes:
+        """On a handler thread (the JSON parse of a large body must not hold the event loop)."""
+        body = _parse_json(raw)
+        signature_name = body.get("signature_name")
+        if signature_name is not None and not isinstance(signature_name, str):
+            raise InvalidInput("'signature_name' must be a string")
+        if verb == "predict":
+            return self._predict(name, version, label, signature_name, body)
+        return self._delegate(name, version, label, signature_name, body, verb)
 
     def _predict(self, name, version, label, signature_name, body) -> bytes:
         """On a handler thread: decode, run through the data plane, encode."""
@@ -360,8 +375,7 @@ class TfRestApi:
         return dumps(_classify_body(produced) if verb == "classify" else _regress_body(produced))
 
 
-async def _read_json(request: web.Request) -> dict:
-    raw = await read_body(request)
+def _parse_json(raw) -> dict:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:

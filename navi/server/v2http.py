@@ -128,7 +128,7 @@ def infer_inputs(header: dict, binary: memoryview, budget: codec.RequestBudget) 
             raise InvalidInput(f"input {quote(name)}: datatype {quote(datatype)} is not supported "
                                f"({', '.join(codec.KSERVE_TO_NUMPY)})")
         shape = tuple(shape)
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor, f"input {quote(name)}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or size > len(binary) - offset:
                 raise InvalidInput(f"input {quote(name)}: binary_data_size {quote(size)} does not fit the "
@@ -145,15 +145,26 @@ def infer_inputs(header: dict, binary: memoryview, budget: codec.RequestBudget) 
     return inputs
 
 
+def _parameters(holder: dict, what: str) -> dict:
+    """The ``parameters`` object of a request, input or output ({} when absent)."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"{what}: 'parameters' must be a JSON object")
+    return parameters
+
+
 def _wanted_outputs(header: dict) -> tuple[tuple[str, ...], dict[str, bool], bool]:
     """(output names asked for, binary choice per output, the request's default)."""
-    default_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(header, "the request").get("binary_data_output", False))
     names, binary = [], {}
     for output in header.get("outputs") or ():
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise InvalidInput("each requested output must be a JSON object with a 'name'")
         names.append(output["name"])
-        binary[output["name"]] = bool((output.get("parameters") or {}).get("binary_data", default_binary))
+        binary[output["name"]] = bool(_parameters(output, f"output {quote(output['name'])}").get(
+            "binary_data", default_binary))
     return tuple(names), binary, default_binary
 
 

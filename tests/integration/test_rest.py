@@ -163,6 +163,9 @@ def test_nan_and_infinity_are_read_and_written_as_tf_serving_does(base, stub):
     ("/v1/models/dense:predict", {"signature_name": "other", "instances": [[0.0] * 16]}, 400, "signature"),
     ("/v1/models/dense:explode", {"instances": [[0.0] * 16]}, 404, "verb"),
     ("/v1/models/dense:classify", {"examples": [{"x": 1.0}]}, 501, "Classify"),
+    # found by the REST wire fuzzer (a 500 before): an int feature past int64, a float past a double
+    ("/v1/models/dense:regress", {"examples": [{"x": [1, 2**64]}]}, 400, "feature 'x'"),
+    ("/v1/models/dense:classify", {"examples": [{"x": [1.5, 10**400]}]}, 400, "feature 'x'"),
     ("/v1/models/dense/versions/abc:predict", {"instances": [[0.0] * 16]}, 404, "REST"),
 ])
 def test_errors_as_tf_serving_answers_them(base, path, body, status, words):

@@ -721,7 +721,7 @@ def test_health_and_metadata_do_not_wait_behind_queued_requests(start_navi, repo
     root, _ = repo
     daemon = start_navi("--model-dir", root / "mixed", "--input", "", "--grpc-threads", "1",
                         "--batch-eager-when-idle", "false", "--batch-time-out-millis", "3000",
-                        "--batch-drop-millis", "0", "--max-batch-size", "8")
+                        "--batch-drop-millis", "0", "--max-queue-wait-millis", "0", "--max-batch-size", "8")
     with daemon.channel() as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         feeds = [make_inputs(1, seed=40 + i) for i in range(3)]

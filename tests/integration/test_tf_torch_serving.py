@@ -197,6 +197,17 @@ def tf_example(x: list[float]) -> example_pb2.Example:
     return example
 
 
+def regression_with_context(examples) -> regression_pb2.RegressionRequest:
+    """A Regress request to "estimator": ``examples`` and a context of x = [100, 100], unused = 1."""
+    regression = regression_pb2.RegressionRequest()
+    regression.model_spec.name = "estimator"
+    with_context = regression.input.example_list_with_context
+    with_context.context.features.feature["x"].float_list.value.extend([100.0, 100.0])
+    with_context.context.features.feature["unused"].int64_list.value.append(1)
+    with_context.examples.extend(tf_example(x) for x in examples)
+    return regression
+
+
 @pytest.mark.tf
 def test_tf_classify_and_regress_equal_tensorflow(tf_navi, tf_models):
     _, reference = tf_models
@@ -210,13 +221,8 @@ def test_tf_classify_and_regress_equal_tensorflow(tf_navi, tf_models):
     assert labels == [list(row) for row in reference["classes"]]
     np.testing.assert_array_equal(scores, reference["scores"])
 
-    regression = regression_pb2.RegressionRequest()
-    regression.model_spec.name = "estimator"
     # context features merge into each example; the example's own "x" wins over the context's
-    with_context = regression.input.example_list_with_context
-    with_context.context.features.feature["x"].float_list.value.extend([100.0, 100.0])
-    with_context.context.features.feature["unused"].int64_list.value.append(1)
-    with_context.examples.extend(tf_example(x) for x in reference["examples"])
+    regression = regression_with_context(reference["examples"])
     values = [r.value for r in stub.Regress(regression, timeout=TIMEOUT_S).result.regressions]
     np.testing.assert_array_equal(np.array(values, dtype=np.float32), reference["regress"])
 
@@ -225,6 +231,66 @@ def test_tf_classify_and_regress_equal_tensorflow(tf_navi, tf_models):
     with pytest.raises(grpc.RpcError) as raised:
         stub.Regress(regression, timeout=TIMEOUT_S)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def rest_post(daemon, path: str, body: dict) -> tuple[int, dict]:
+    """POST ``body`` as JSON to the daemon's REST port: (HTTP status, JSON answer)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.rest_port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.tf
+def test_tf_rest_classify_and_regress_equal_grpc(tf_navi, tf_models):
+    """TF Serving REST ``:classify`` / ``:regress`` (the JSON of TF Serving's REST API
+    documentation) answer what the gRPC Classify / Regress answer for the same examples."""
+    _, reference = tf_models
+    stub = stub_of(tf_navi)
+    examples = [{"x": x} for x in reference["examples"]]
+
+    status, classified = rest_post(tf_navi, "/v1/models/estimator:classify", {"examples": examples})
+    assert status == 200, classified
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "estimator"
+    request.input.example_list.examples.extend(tf_example(x) for x in reference["examples"])
+    over_grpc = stub.Classify(request, timeout=TIMEOUT_S).result
+    labels = [[label for label, _ in row] for row in classified["result"]]
+    scores = [[score for _, score in row] for row in classified["result"]]
+    assert labels == [[c.label for c in row.classes] for row in over_grpc.classifications]
+    np.testing.assert_array_equal(np.array(scores, dtype=np.float32),
+                                  np.array([[c.score for c in row.classes] for row in over_grpc.classifications],
+                                           dtype=np.float32))
+    # TensorFlow's own answer; float32 scores written as their shortest decimal (0.1, not 0.10000000149011612)
+    assert labels == [[label.decode() for label in row] for row in reference["classes"]]
+    np.testing.assert_array_equal(np.array(scores, dtype=np.float32), reference["scores"])
+    assert all(repr(score) == str(np.float32(score)) for row in scores for score in row)
+
+    # context features merge into each example (the example's own "x" wins), as over gRPC
+    context = {"x": [100.0, 100.0], "unused": 1}
+    regression = regression_with_context(reference["examples"])
+    over_grpc = [r.value for r in stub.Regress(regression, timeout=TIMEOUT_S).result.regressions]
+    for path, body in (("/v1/models/estimator:regress", {"examples": examples, "context": context}),
+                       ("/v1/models/estimator/versions/1:regress",
+                        {"signature_name": "regress", "examples": examples, "context": context})):
+        status, regressed = rest_post(tf_navi, path, body)
+        assert status == 200, regressed
+        assert set(regressed) == {"result"}
+        np.testing.assert_array_equal(np.array(regressed["result"], dtype=np.float32),
+                                      np.array(over_grpc, dtype=np.float32))
+        np.testing.assert_array_equal(np.array(regressed["result"], dtype=np.float32), reference["regress"])
+
+    # errors as TF Serving's REST API words them: {"error": ...} with the gRPC code's HTTP status
+    status, error = rest_post(tf_navi, "/v1/models/typed:regress", {"examples": examples})
+    assert status == 501 and "regress" in error["error"], error
+    status, error = rest_post(tf_navi, "/v1/models/estimator:classify", {"examples": [{"x": [1.0]}]})
+    assert status == 400 and set(error) == {"error"}, error
 
 
 # ----------------------------------------------------------------------------- official client

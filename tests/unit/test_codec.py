@@ -230,6 +230,69 @@ def test_kserve_raw_count_mismatch():
         codec.kserve_request_inputs(request)
 
 
+def _infer_request(contents: list[bytes]) -> kserve_pb2.ModelInferRequest:
+    request = kserve_pb2.ModelInferRequest(model_name="m", model_version="3", id="r1")
+    request.parameters["p"].int64_param = 7
+    for index, content in enumerate(contents):
+        request.inputs.add(name=f"in{index}", datatype="BYTES", shape=[1])
+    request.outputs.add(name="out")
+    request.raw_input_contents.extend(contents)
+    return request
+
+
+@given(st.lists(st.binary(max_size=300), max_size=4))
+@settings(max_examples=60, deadline=None)
+def test_parse_kserve_request_lifts_raw_contents_as_views(contents):
+    request = _infer_request(contents)
+    raw = request.SerializeToString()
+    parsed, lifted = codec.parse_kserve_request(raw)
+    if contents:
+        assert [bytes(view) for view in lifted] == contents
+        assert all(view.obj is raw for view in lifted)  # views of the request, not copies
+        assert not parsed.raw_input_contents
+    else:
+        assert lifted is None
+    parsed.raw_input_contents.extend(contents)
+    assert parsed == request
+
+
+def test_parse_kserve_request_keeps_the_order_of_interleaved_records():
+    """raw_input_contents records between other fields keep their order (protobuf's)."""
+    first = _infer_request([b"a"]).SerializeToString()
+    second = kserve_pb2.ModelInferRequest(raw_input_contents=[b"bb"], id="r2").SerializeToString()
+    raw = first + second  # concatenated messages merge: repeated fields append, scalars take the last
+    parsed, lifted = codec.parse_kserve_request(raw)
+    assert [bytes(view) for view in lifted] == [b"a", b"bb"]
+    assert parsed.id == "r2" and parsed.model_name == "m"
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"\x3a\x05ab", b"\x0a\x02\xff\xfe", b"\x3b"])
+def test_parse_kserve_request_malformed(raw):
+    """Truncated, non-UTF-8, group or mistyped records: protobuf's error, as InvalidInput."""
+    with pytest.raises(InvalidInput, match=r"malformed inference.ModelInferRequest"):
+        codec.parse_kserve_request(raw)
+
+
+def test_parse_kserve_request_leaves_a_mistyped_record_to_protobuf():
+    """raw_input_contents sent as a varint is not lifted: protobuf keeps it as an unknown field."""
+    raw = _infer_request([b"x"]).SerializeToString() + b"\x38\x01"
+    parsed, lifted = codec.parse_kserve_request(raw)
+    assert [bytes(view) for view in lifted] == [b"x"]
+    assert parsed.SerializeToString() == kserve_pb2.ModelInferRequest.FromString(
+        raw.replace(b"\x3a\x01x", b"")).SerializeToString()
+
+
+def test_kserve_bytes_from_lifted_contents_are_views():
+    elements = [b"bpr-one", b"", b"bpr-three"]
+    request = _infer_request([codec.bytes_to_raw(np.array(elements, dtype=object))])
+    request.inputs[0].shape[:] = [3]
+    raw = request.SerializeToString()
+    parsed, lifted = codec.parse_kserve_request(raw)
+    tensor = codec.kserve_request_inputs(parsed, codec.RequestBudget(), lifted)["in0"]
+    assert [bytes(item) for item in tensor] == elements
+    assert all(isinstance(item, memoryview) and item.obj is raw for item in tensor)
+
+
 def test_kserve_unknown_datatype():
     tensor = kserve_pb2.ModelInferRequest.InferInputTensor(name="s", datatype="FP8", shape=[1])
     with pytest.raises(InvalidInput, match="'FP8' is not supported"):

@@ -222,3 +222,29 @@ def test_top_level_spans_keep_the_last_occurrence():
     for function in (cy_spans, _pbscan_ref.top_level_spans):
         assert function(raw, (1,)) == {1: (len(raw) - 4, len(raw))}
         assert function(b"", (1,)) == {}
+
+
+from navi._fast._pbscan import top_level_records as cy_records  # noqa: E402
+from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2  # noqa: E402
+
+RAW_INPUT_CONTENTS = 7
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=5), st.text(max_size=20), st.data())
+def test_top_level_records_twins_agree_and_find_every_raw_input_content(contents, name, data):
+    request = kserve_pb2.ModelInferRequest(model_name=name, raw_input_contents=contents)
+    for _ in contents:
+        request.inputs.add(name="x", datatype="BYTES", shape=[1])
+    raw = request.SerializeToString()
+    records = cy_records(raw, RAW_INPUT_CONTENTS)
+    assert records == _pbscan_ref.top_level_records(raw, RAW_INPUT_CONTENTS)
+    assert [raw[start:end] for _, start, end in records] == list(request.raw_input_contents)
+    # each record starts at its tag: what lies between records is the rest of the message
+    rest = b"".join(raw[prev_end:record_start] for prev_end, (record_start, _, _)
+                    in zip([0] + [end for _, _, end in records], records)) + raw[records[-1][2] if records else 0:]
+    assert kserve_pb2.ModelInferRequest.FromString(rest) == kserve_pb2.ModelInferRequest(
+        model_name=name, inputs=request.inputs)
+    cut = data.draw(st.integers(0, len(raw)))
+    assert _spans_outcome(cy_records, raw[:cut], RAW_INPUT_CONTENTS) == _spans_outcome(
+        _pbscan_ref.top_level_records, raw[:cut], RAW_INPUT_CONTENTS)
