@@ -103,6 +103,7 @@ SERVER_FLAGS: dict[str, str] = {
     "--grpc-threads": "grpc_threads",
     "--grpc-max-threads": "grpc_max_threads",
     "--grpc-max-waiting-requests": "grpc_max_waiting_requests",
+    "--grpc-stream-window-bytes": "grpc_stream_window_bytes",
     "--max-request-rows": "max_request_rows",
     "--max-request-decoded-bytes": "max_request_decoded_bytes",
     "--shutdown-grace-secs": "shutdown_grace_s",

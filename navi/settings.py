@@ -236,6 +236,12 @@ class ServerSettings(_Frozen):
         description="requests waiting for a handler thread before new ones are refused "
         "RESOURCE_EXHAUSTED without being parsed",
     )
+    grpc_stream_window_bytes: int = Field(
+        65536, ge=0,
+        description="bytes of a request gRPC receives before its handler reads it (the HTTP/2 "
+        "stream window; a handler that reads widens it to the whole message); 0 = grpc core's "
+        "default, a window grown by bandwidth probing to megabytes",
+    )
     grpc_max_threads: int = Field(
         64,
         ge=1,

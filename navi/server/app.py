@@ -122,6 +122,25 @@ def certificate_expiry_epoch_s(pem: bytes) -> float:
     return not_after.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
+def http2_window_options(stream_window_bytes: int) -> list[tuple[str, int]]:
+    """grpc core's options that make it receive ``stream_window_bytes`` of a call's message until
+    its handler reads it (``ServerSettings.grpc_stream_window_bytes``; 0: grpc's defaults).
+
+    By default grpc core probes the connection's bandwidth-delay product and
+    grows every stream's window with it, to megabytes on loopback: a 2.4 MB
+    request is then received whole while it waits for a handler thread, and
+    a call refused unread (grpcio's concurrent cap, ``max_concurrent_rpcs``)
+    has still cost its receive. With the probe off, a stream's window stays
+    at ``lookahead_bytes`` until the handler asks for the message, when
+    chttp2 widens it to the message's size: served requests still arrive
+    at full speed, and the others' senders wait (benchmarks/RESULTS.md,
+    "Reliability").
+    """
+    if stream_window_bytes <= 0:
+        return []
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", stream_window_bytes)]
+
+
 class NaviServer:
     """The gRPC + metrics servers of one navi process.
 
@@ -164,7 +183,7 @@ class NaviServer:
             # never share a port with a stale process (SO_REUSEPORT would); a
             # worker shares the port its supervisor holds (navi.server.workers)
             ("grpc.so_reuseport", 1 if self.fleet is not None else 0),
-        ]
+        ] + http2_window_options(settings.grpc_stream_window_bytes)
         # model-running RPCs on the handler threads, the rest on a control
         # pool they cannot fill (see navi.server.threads)
         data_pool = HandlerPool(settings.grpc_threads, max(settings.grpc_threads, settings.grpc_max_threads),

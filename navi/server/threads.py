@@ -268,7 +268,30 @@ def request_arrival_s() -> float | None:
     return getattr(_current, "arrival_s", None)
 
 
+def _unread(args: tuple) -> tuple:
+    """grpcio's unary RPC work with its message-receiving step replaced by an empty message.
+
+    grpcio submits a unary RPC as ``(run, _unary_response_in_pool, rpc_event,
+    state, behavior, receive_message, ...)``; its handler receives the message
+    before it calls ours. A refused call needs none of it (``raw_handler``
+    answers from ``refusal()`` alone), and with the HTTP/2 stream window
+    ``grpc_stream_window_bytes`` grpc core has not received it either: skipping
+    that step keeps the refusal's cost to a status (benchmarks/RESULTS.md,
+    "Reliability"). Work of any other shape is returned unchanged.
+    """
+    from grpc import _server
+
+    if len(args) >= 5 and args[0] is getattr(_server, "_unary_response_in_pool", None) and callable(args[4]):
+        return args[:4] + (_empty_message,) + args[5:]
+    return args
+
+
+def _empty_message() -> bytes:
+    return b""
+
+
 def _refusing(reason: str, fn, args, kwargs):
+    args = _unread(args)
     _current.refusal = reason
     try:
         return fn(*args, **kwargs)

@@ -282,3 +282,56 @@ def test_work_that_waited_past_the_time_bound_is_refused_and_so_is_new_work_behi
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_a_grpc_call_refused_by_the_pool_is_answered_without_receiving_its_message():
+    """A real grpcio server: the refused call's handler gets no message bytes, the client RESOURCE_EXHAUSTED."""
+    import grpc
+
+    from navi.server.rawrpc import raw_handler
+    from navi.server.threads import refusal
+
+    hold = threading.Event()
+    held = threading.Event()
+    seen: list[tuple[int, str | None]] = []
+
+    def behavior(request, context):
+        held.set()
+        hold.wait(WAIT_S)
+        return b"ok"
+
+    pool = HandlerPool(1, 1, max_waiting=1)
+    handler = raw_handler(behavior, None, "Call")
+
+    def recording(raw, context):  # what grpcio hands the handler: the message, or none when refused
+        seen.append((len(raw), refusal()))
+        return handler(raw, context)
+
+    recording.experimental_thread_pool = pool
+    method = grpc.unary_unary_rpc_method_handler(recording)
+    server = grpc.server(futures.ThreadPoolExecutor(2),
+                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    payload = b"x" * 300_000
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.S/Call")
+            first = call.future(payload, timeout=WAIT_S)
+            assert held.wait(WAIT_S)
+            queued = call.future(payload, timeout=WAIT_S)
+            while pool.waiting < 1:
+                time.sleep(0.001)
+            with pytest.raises(grpc.RpcError) as refused:
+                call(payload, timeout=WAIT_S)
+            hold.set()
+            assert first.result() == b"ok" and queued.result() == b"ok"
+    finally:
+        server.stop(None)
+        pool.shutdown()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--grpc-max-waiting-requests" in refused.value.details()
+    served = [entry for entry in seen if entry[1] is None]
+    unread = [entry for entry in seen if entry[1] is not None]
+    assert served == [(len(payload), None)] * 2
+    assert [size for size, _ in unread] == [0]
