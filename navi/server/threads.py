@@ -82,13 +82,16 @@ class HandlerPool(futures.ThreadPoolExecutor):
     ``--batch-drop-millis`` does not (see ``BatchScheduler``).
 
     Waiting here is bounded twice, and work refused runs with ``refusal()``
-    set, so its RPC is answered RESOURCE_EXHAUSTED before its message is
-    parsed (``navi.server.rawrpc``; grpcio has received it by then): by time, ``max_wait_s`` from arrival (work
-    that waited longer when a thread takes it is refused, and while the
-    oldest waiting work has waited longer, new work is refused at once: the
-    queue is not draining in time, so a newcomer would not be served in time
-    either); and by count, ``max_waiting``. Refusals run at once on a thread
-    of their own. A ``ThreadPoolExecutor`` by type only, as grpcio requires;
+    set, so its RPC is answered RESOURCE_EXHAUSTED unread (``_unread``,
+    ``navi.server.rawrpc``): by time, ``max_wait_s``: while the oldest waiting
+    work has waited longer, new work is refused at once (the queue is not
+    draining in time, so a newcomer would not be served in time either); and
+    by count, ``max_waiting``. Work once queued is served whatever it waited
+    (its own gRPC deadline still applies): refusing it when a thread takes it
+    would throw away the wait it already paid, and a burst of 128 requests
+    arriving at once, which the queue drains in well under the bound on an
+    idle machine, must not lose its tail to a scheduling hiccup. Refusals run
+    at once on a thread of their own. A ``ThreadPoolExecutor`` by type only, as grpcio requires;
     the threads and the queue are its own.
     """
 
@@ -148,7 +151,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 reason = (f"{len(pending)} requests are waiting for a handler thread "
                           f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
             elif self._max_wait_s and pending and now_s - pending[0][4] > self._max_wait_s:
-                reason = self._late(now_s - pending[0][4], "the oldest request waiting has waited")
+                reason = self._late(now_s - pending[0][4])
             else:
                 pending.append((future, fn, args, kwargs, now_s))
                 self._admit()
@@ -162,8 +165,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
         # before parsing anything.
         return refuser.submit(_refusing, reason, fn, args, kwargs)
 
-    def _late(self, waited_s: float, who: str) -> str:
-        return (f"{who} {waited_s * 1000:.0f} ms for a handler thread "
+    def _late(self, waited_s: float) -> str:
+        return (f"the oldest request waiting has waited {waited_s * 1000:.0f} ms for a handler thread "
                 f"(max_queue_wait_ms={self._max_wait_s * 1000:g}, --max-queue-wait-millis)")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -243,10 +246,6 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 lock.release()
                 try:
                     if future.set_running_or_notify_cancel():
-                        waited_s = time.monotonic() - arrival_s
-                        # too late to be served in time: refused unread, on this thread (cheap)
-                        _current.refusal = (self._late(waited_s, "the request waited")
-                                            if self._max_wait_s and waited_s > self._max_wait_s else None)
                         _current.arrival_s = arrival_s
                         try:
                             future.set_result(fn(*args, **kwargs))
@@ -254,7 +253,6 @@ class HandlerPool(futures.ThreadPoolExecutor):
                             future.set_exception(error)
                         finally:
                             _current.arrival_s = None
-                            _current.refusal = None
                     del future, fn, args, kwargs
                 finally:
                     lock.acquire()
