@@ -22,7 +22,8 @@ the machine's cores went during the runs (server, load generator, everything
 else, idle: on a machine the load generator shares, W workers gain only what
 the client and the rest leave); the ratio of each W's requests/s to W=1's,
 paired by repeat (min and median), and the most the cores allow it ("CPU
-bound": cores / (server + client CPU per request) over W=1's requests/s);
+bound": the cores other processes left / (server + client CPU per request),
+over W=1's requests/s);
 navi's CPU per request over the bare server's (tiny); and, per navi target, whether its merged ``:navi:num_requests``
 grew by exactly the requests sent and no request failed. ``--kill`` adds
 the restart figure: SIGKILL one worker of the largest W under tiny load, N times,
@@ -109,13 +110,15 @@ def cpu_split(server_s: float, client_s: float, busy_s: float, idle_s: float, wa
 
 
 def cpu_bound_requests_per_s(record: dict, cores: int) -> float | None:
-    """Requests/s that ``cores`` cores allow at this run's server + client CPU per request,
-    were nothing else running: the most a run on this machine can show."""
+    """Requests/s that the cores the rest of the machine left (``cores`` less this run's
+    ``others``) allow at this run's server + client CPU per request: the most this run
+    could show, whatever the server."""
     server = record["server_cpu_s_per_request"]
     client = record["client_cpu_s_per_request"]
     if not server or not client or not math.isfinite(client):
         return None
-    return cores / (server + client)
+    others = record.get("cpu_cores", {}).get("others", 0.0)
+    return max(0.0, cores - others) / (server + client)
 
 
 class CpuAccounting:
@@ -283,9 +286,10 @@ def markdown(document: dict) -> str:
                 f"{counted} | "
                 + (f"{row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "-") + " |")
         lines.append("")
-    lines += ["CPU bound x: the machine's cores over (server + client CPU per request) of that run, over "
-              "workers=1's requests/s: the most the cores allow were nothing else running. Cores: CPU "
-              "seconds per second during the runs (/proc), others = the rest of the machine.", ""]
+    lines += ["CPU bound x: the cores other processes left, over (server + client CPU per request) of "
+              "that run, over workers=1's requests/s of the same repeat: the most the cores allowed. Cores: "
+              "CPU seconds per second inside the measured windows (/proc); others = the rest of the "
+              "machine.", ""]
     kill = document.get("kill")
     if kill:
         lines += [f"SIGKILL worker 0 under load (tcp_migrate_req={kill['tcp_migrate_req']}): "

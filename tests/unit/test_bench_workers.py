@@ -20,11 +20,11 @@ def test_machine_cpu_reads_proc_stat():
     assert busy > 0 and idle >= 0
 
 
-def run(target, repeat, rps, server_ms, client_ms):
+def run(target, repeat, rps, server_ms, client_ms, others=0.0):
     return {"target": target, "repeat": repeat, "requests_per_s": rps, "rows_per_s": 2 * rps,
             "latency_ms": {"p50": 1.0, "p99": 2.0}, "server_cpu_s_per_request": server_ms / 1e3,
             "client_cpu_s_per_request": client_ms / 1e3, "client_cpu_utilization": 0.5, "errors": {},
-            "cpu_cores": {"server": 1.0, "client": 0.5, "others": 0.1, "idle": 0.4}}
+            "cpu_cores": {"server": 1.0, "client": 0.5, "others": others, "idle": 0.4}}
 
 
 def test_summary_pairs_ratios_by_repeat_and_bounds_them_by_the_cores():
@@ -42,3 +42,8 @@ def test_no_bound_without_the_clients_cpu():
     record = run("workers=2", 0, 1000, 0.3, float("nan"))
     assert bench_workers.cpu_bound_requests_per_s(record, 2) is None
     assert bench_workers.cpu_bound_requests_per_s(run("workers=2", 0, 1000, 0.3, 0.1), 2) == pytest.approx(5000)
+
+
+def test_the_bound_counts_only_the_cores_others_left():
+    record = run("workers=2", 0, 1000, 0.3, 0.1, others=0.5)
+    assert bench_workers.cpu_bound_requests_per_s(record, 2) == pytest.approx(3750)
