@@ -17,10 +17,14 @@ connection, which the kernel gives one worker). On a machine with at least
 nothing is pinned and the report says so.
 
 Per (phase, target): requests/s and rows/s (min and median over repeats),
-p50/p99, the server's CPU per request (supervisor + workers, from /proc) and
-the client processes' CPU use; the ratio of each W's requests/s to W=1's,
-paired by repeat (min and median); navi's CPU per request over the bare
-server's (tiny); and, per navi target, whether its merged ``:navi:num_requests``
+p50/p99, the server's CPU per request (supervisor + workers, from /proc); where
+the machine's cores went during the runs (server, load generator, everything
+else, idle: on a machine the load generator shares, W workers gain only what
+the client and the rest leave); the ratio of each W's requests/s to W=1's,
+paired by repeat (min and median), and the most the cores allow it ("CPU
+bound": the cores other processes left / (server + client CPU per request),
+over W=1's requests/s);
+navi's CPU per request over the bare server's (tiny); and, per navi target, whether its merged ``:navi:num_requests``
 grew by exactly the requests sent and no request failed. ``--kill`` adds
 the restart figure: SIGKILL one worker of the largest W under tiny load, N times,
 the seconds until it serves again and the requests that failed each time.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -53,7 +58,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from navi.bench.loadgen import ClientPool, LoadSpec  # noqa: E402
-from navi.bench.machine import machine_info, process_tree  # noqa: E402
+from navi.bench.machine import machine_info, process_cpu_s, process_tree, process_tree_cpu_s  # noqa: E402
 from navi.bench.requests import fetch_inputs  # noqa: E402
 from navi.bench.serve import ServeBenchConfig, Target, run_serve_bench  # noqa: E402
 from navi.bench.servers import free_port, launch_server, stop_server  # noqa: E402
@@ -85,6 +90,83 @@ def worker_counts(text: str, workers: int) -> list[float]:
     return [sample(text, ":navi:worker_requests", f'{{worker="{i}"}}') or 0.0 for i in range(workers)]
 
 
+def machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, idle) CPU seconds of the whole machine, all cores summed (/proc/stat), or None."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are the idle time
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / ticks, idle / ticks
+
+
+def cpu_split(server_s: float, client_s: float, busy_s: float, idle_s: float, wall_s: float) -> dict:
+    """Where the machine's cores went over ``wall_s``, in cores (CPU seconds per second): the
+    server (all its processes), the load generator, everything else, and idle."""
+    return {"server": server_s / wall_s, "client": client_s / wall_s,
+            "others": max(0.0, busy_s - server_s - client_s) / wall_s, "idle": idle_s / wall_s}
+
+
+def cpu_bound_requests_per_s(record: dict, cores: int) -> float | None:
+    """Requests/s that the cores the rest of the machine left (``cores`` less this run's
+    ``others``) allow at this run's server + client CPU per request: the most this run
+    could show, whatever the server."""
+    server = record["server_cpu_s_per_request"]
+    client = record["client_cpu_s_per_request"]
+    if not server or not client or not math.isfinite(client):
+        return None
+    others = record.get("cpu_cores", {}).get("others", 0.0)
+    return max(0.0, cores - others) / (server + client)
+
+
+class CpuAccounting:
+    """``run_serve_bench``'s ``on_event``: attaches ``cpu_cores`` (``cpu_split``) to every run record.
+
+    Sampled inside the measured window (after the pool's start delay and the
+    warm-up, before its end), so idle time around the runs is not counted.
+    """
+
+    #: ClientPool.run starts its processes this long after the call
+    START_DELAY_S = 0.3
+
+    def __init__(self, server_pids: dict[str, int], client_pids: list[int], warmup_s: float, duration_s: float):
+        self.server_pids, self.client_pids = server_pids, client_pids
+        self.warmup_s, self.duration_s = warmup_s, duration_s
+        self._window: list[tuple[float, float, float, float, float]] = []
+        self._sampler: threading.Thread | None = None
+
+    def _snapshot(self, target: str) -> tuple[float, float, float, float, float] | None:
+        stat = machine_cpu_s()
+        server = process_tree_cpu_s(self.server_pids[target]) if target in self.server_pids else None
+        client = [process_cpu_s(pid) for pid in self.client_pids]
+        if stat is None or server is None or None in client:
+            return None
+        return time.monotonic(), *stat, server, sum(client)
+
+    def _sample(self, target: str) -> None:
+        margin_s = min(0.2, self.duration_s / 10)
+        time.sleep(self.START_DELAY_S + self.warmup_s + margin_s)
+        first = self._snapshot(target)
+        time.sleep(max(0.1, self.duration_s - 2 * margin_s))
+        last = self._snapshot(target)
+        if first is not None and last is not None:
+            self._window = [first, last]
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "start":
+            self._window = []
+            self._sampler = threading.Thread(target=self._sample, args=(data["target"],), daemon=True)
+            self._sampler.start()
+        elif kind == "done" and self._sampler is not None:
+            self._sampler.join()
+            if self._window:
+                (t0, busy0, idle0, server0, client0), (t1, busy1, idle1, server1, client1) = self._window
+                data["cpu_cores"] = cpu_split(server1 - server0, client1 - client0, busy1 - busy0, idle1 - idle0,
+                                              t1 - t0)
+
+
 def latest_version_dir(model_dir: Path) -> Path:
     return max((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
@@ -97,7 +179,7 @@ def pin_plan(workers: list[int], client_processes: int) -> dict | None:
     return {"server": cores[:max(workers)], "client": cores[max(workers):]}
 
 
-def summarize(runs: list[dict], targets: list[str], workers: dict[str, int]) -> dict:
+def summarize(runs: list[dict], targets: list[str], workers: dict[str, int], cores: int) -> dict:
     out: dict = {}
     for name in targets:
         rows = [r for r in runs if r["target"] == name]
@@ -112,6 +194,9 @@ def summarize(runs: list[dict], targets: list[str], workers: dict[str, int]) -> 
             "client_cpu_utilization_median": statistics.median(r["client_cpu_utilization"] for r in rows),
             "failed": sum(sum(r["errors"].values()) for r in rows),
         }
+        split = [r["cpu_cores"] for r in rows if "cpu_cores" in r]
+        if split:
+            out[name]["cpu_cores_median"] = {key: statistics.median(s[key] for s in split) for key in split[0]}
     base = [r for r in runs if r["target"] == "workers=1"]
     for name, count in workers.items():
         if count == 1:
@@ -120,6 +205,12 @@ def summarize(runs: list[dict], targets: list[str], workers: dict[str, int]) -> 
                   for r in runs if r["target"] == name for b in base if b["repeat"] == r["repeat"]]
         if ratios:
             out[name]["vs_workers_1"] = {"min": min(ratios), "median": statistics.median(ratios)}
+        # the most this machine's cores allow W workers over workers=1's measured rate
+        bounds = [bound / b["requests_per_s"] for r in runs if r["target"] == name
+                  for b in base if b["repeat"] == r["repeat"]
+                  for bound in [cpu_bound_requests_per_s(r, cores)] if bound is not None]
+        if bounds:
+            out[name]["cpu_bound_vs_workers_1_median"] = statistics.median(bounds)
     if "bare" in out:
         for name in workers:
             bare = [r for r in runs if r["target"] == "bare"]
@@ -171,8 +262,9 @@ def markdown(document: dict) -> str:
     for phase, data in document["phases"].items():
         lines += [f"{phase}: {data['workload']['description']}, {data['workload']['mean_request_bytes'] / 1024:,.1f} KiB "
                   "per request", "",
-                  "| server | req/s median (min) | x workers=1 median (min) | rows/s | p50 ms | p99 ms | "
-                  "server CPU ms/req | CPU / bare | client CPU use | counted / sent, failed | busiest worker |",
+                  "| server | req/s median (min) | x workers=1 median (min) | CPU bound x | p50 ms | p99 ms | "
+                  "server CPU ms/req | CPU / bare | cores: server / client / others / idle | "
+                  "counted / sent, failed | busiest worker |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, row in data["summary"].items():
             ratio = row.get("vs_workers_1")
@@ -180,15 +272,24 @@ def markdown(document: dict) -> str:
             counted = (f"{row['merged_num_requests']:.0f} / {row['requests_sent']}, {row['failed']}"
                        if "requests_sent" in row else f"-, {row['failed']}")
             cpu = row["server_cpu_ms_per_request_median"]
+            bound = row.get("cpu_bound_vs_workers_1_median")
+            cores = row.get("cpu_cores_median")
             lines.append(
                 f"| {name} | {row['requests_per_s']['median']:,.0f} ({row['requests_per_s']['min']:,.0f}) | "
                 + (f"{ratio['median']:.2f}x ({ratio['min']:.2f}x)" if ratio else "-") + " | "
-                f"{row['rows_per_s_median']:,.0f} | {row['p50_ms_median']:.2f} | {row['p99_ms_median']:.2f} | "
+                + (f"{bound:.2f}x" if bound else "-") + " | "
+                f"{row['p50_ms_median']:.2f} | {row['p99_ms_median']:.2f} | "
                 + (f"{cpu:.3f}" if cpu is not None else "-") + " | "
-                + (f"{bare['median']:.2f}x" if bare else "-") + f" | {row['client_cpu_utilization_median']:.2f} | "
+                + (f"{bare['median']:.2f}x" if bare else "-") + " | "
+                + (" / ".join(f"{cores[key]:.2f}" for key in ("server", "client", "others", "idle"))
+                   if cores else "-") + " | "
                 f"{counted} | "
                 + (f"{row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "-") + " |")
         lines.append("")
+    lines += ["CPU bound x: the cores other processes left, over (server + client CPU per request) of "
+              "that run, over workers=1's requests/s of the same repeat: the most the cores allowed. Cores: "
+              "CPU seconds per second inside the measured windows (/proc); others = the rest of the "
+              "machine.", ""]
     kill = document.get("kill")
     if kill:
         lines += [f"SIGKILL worker 0 under load (tcp_migrate_req={kill['tcp_migrate_req']}): "
@@ -320,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     # A channel is one connection and the kernel hashes each to a worker: with 4
     # connections all land on one of 2 workers 1 time in 8 (and 3:1 half the time);
-    # 16 spread as many clients' connections do
-    parser.add_argument("--channels-per-process", type=int, default=8)
+    # with 16, one worker still got 69% of the requests in a run (10:6 is typical);
+    # 32 keep the busiest near 55-60%
+    parser.add_argument("--channels-per-process", type=int, default=16)
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-bare", action="store_true", help="leave out the bare transport server")
     parser.add_argument("--kill", type=int, default=0, metavar="N",
@@ -405,9 +507,11 @@ def main(argv: list[str] | None = None) -> int:
                                           duration_s=args.duration, warmup_s=args.warmup_s, repeats=args.repeats,
                                           client_processes=args.client_processes,
                                           channels_per_process=args.channels_per_process)
-                result = run_serve_bench(config, workload, pool=pool)
+                result = run_serve_bench(config, workload, on_event=CpuAccounting(
+                    {t.name: t.pid for t in phase_targets}, [w.pid for w in pool._workers], args.warmup_s,
+                    args.duration), pool=pool)
                 runs = result["runs"]
-                summary = summarize(runs, [t.name for t in phase_targets], workers)
+                summary = summarize(runs, [t.name for t in phase_targets], workers, os.cpu_count() or 1)
                 for name, port in metrics_ports.items():
                     sent = sum(r["total_requests"] for r in runs if r["target"] == name)
                     text = scrape(port)
@@ -423,7 +527,11 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  {name:10} {row['requests_per_s']['median']:8,.0f} req/s (min {row['requests_per_s']['min']:,.0f})"
                         f"  p50 {row['p50_ms_median']:.2f} ms  p99 {row['p99_ms_median']:.2f} ms"
                         f"  server CPU {row['server_cpu_ms_per_request_median'] or float('nan'):.3f} ms/req"
-                        f"  client CPU use {row['client_cpu_utilization_median']:.2f}"
+                        + ("  cores server/client/others/idle " + "/".join(
+                            f"{row['cpu_cores_median'][k]:.2f}" for k in ("server", "client", "others", "idle"))
+                           if "cpu_cores_median" in row else "")
+                        + (f"  CPU bound x{row['cpu_bound_vs_workers_1_median']:.2f}"
+                           if "cpu_bound_vs_workers_1_median" in row else "")
                         + (f"  busiest worker {row['busiest_worker_share']:.0%}" if "busiest_worker_share" in row else "")
                         + (f"  x{row['vs_workers_1']['median']:.2f} of workers=1 (min {row['vs_workers_1']['min']:.2f})"
                            if "vs_workers_1" in row else "")
