@@ -71,3 +71,14 @@ def test_a_flood_past_the_bounds_is_refused_resource_exhausted_and_the_admitted_
         # after the flood, a request is served as before
         assert _answers(channel, payload, 3) == [("OK", "")] * 3
     assert "Traceback" not in navi.log_text()
+
+
+@pytest.mark.parametrize("window_bytes", ["0", "16384"])
+def test_large_requests_are_served_whatever_the_stream_window(start_navi, window_bytes):
+    """`--grpc-stream-window-bytes 0` gives grpc's own window back; a small one still serves 2.4 MB."""
+    daemon = start_navi("--model-dir", HOME, "--onnx-use-converter", "none", "--input", "",
+                        "--grpc-stream-window-bytes", window_bytes)
+    with daemon.channel() as channel:
+        payload = _dense_request(channel)
+        assert len(payload) > 2_000_000
+        assert _answers(channel, payload, 4) == [("OK", "")] * 4
