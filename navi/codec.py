@@ -363,6 +363,20 @@ def tensor_proto_to_ndarray(
     return _fit_values(values, shape, name, field_name)
 
 
+def parse_message(message_type, raw, received_bytes: int | None = None):
+    """``raw`` parsed as ``message_type``; ``InvalidInput`` naming the type when it is not one.
+
+    ``received_bytes``: the size to name in the error when ``raw`` is what is
+    left of a larger request (default ``len(raw)``).
+    """
+    try:
+        return message_type.FromString(raw)
+    except (DecodeProtoError, UnicodeDecodeError, ValueError) as error:
+        detail = str(error) or type(error).__name__
+        size = len(raw) if received_bytes is None else received_bytes
+        raise InvalidInput(f"malformed {message_type.DESCRIPTOR.full_name} ({size} bytes): {detail}") from None
+
+
 def parse_predict_request(raw: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, list[memoryview]]]:
     """Parse a serialized ``PredictRequest``, leaving its string values in ``raw``.
 
@@ -697,10 +711,7 @@ def parse_kserve_request(raw) -> tuple[kserve_pb2.ModelInferRequest, list[memory
     else:
         pieces.append(view[kept_from:])
         stripped = b"".join(pieces)
-    try:
-        return kserve_pb2.ModelInferRequest.FromString(stripped), contents
-    except (DecodeProtoError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"malformed inference.ModelInferRequest ({len(raw)} bytes): {str(exc) or type(exc).__name__}") from None
+    return parse_message(kserve_pb2.ModelInferRequest, stripped, len(raw)), contents
 
 
 def kserve_request_inputs(request: kserve_pb2.ModelInferRequest,

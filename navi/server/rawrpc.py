@@ -6,7 +6,7 @@ answers INTERNAL "Exception deserializing request!" and, measured with grpcio
 1.7x, leaks about 16 KB of memory per such request (a bare grpcio server does
 the same, and not when its handler takes raw bytes). So every service navi
 serves is registered here, from its descriptor: the handler receives bytes,
-parses them itself (``parse_request``) and answers an undecodable request
+parses them itself (``codec.parse_message``) and answers an undecodable request
 INVALID_ARGUMENT naming the message type. A method listed in ``raw_methods``
 gets the bytes unparsed (Predict lifts its string values out of them; a
 request that will be refused can be refused before it is parsed). Answers may
@@ -23,22 +23,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.message import DecodeError
 
-from navi.errors import DeadlineExceeded, InvalidInput, Overloaded
+from navi.codec import parse_message
+from navi.errors import DeadlineExceeded, Overloaded
 from navi.server.status import status_of
 from navi.server.threads import refusal
-
-
-def parse_request(request_type, raw: bytes):
-    """``raw`` parsed as ``request_type``; ``InvalidInput`` when it is not one."""
-    try:
-        return request_type.FromString(raw)
-    except (DecodeError, UnicodeDecodeError, ValueError) as error:
-        detail = str(error) or type(error).__name__
-        raise InvalidInput(
-            f"malformed {request_type.DESCRIPTOR.full_name} ({len(raw)} bytes): {detail}"
-        ) from None
 
 
 def _serialize(response: Any) -> bytes:
@@ -69,7 +58,7 @@ def raw_handler(behavior: Callable, request_type, name: str,
             if refused is not None:
                 raise Overloaded(refused)
             check_deadline(context)
-            request = raw if request_type is None else parse_request(request_type, raw)
+            request = raw if request_type is None else parse_message(request_type, raw)
         except Exception as error:  # noqa: BLE001 - the edge: every error gets a status
             code, details = status_of(error, name)
         else:
@@ -114,4 +103,4 @@ def add_raw_service(server: grpc.Server, service, servicer: Any, *,
     return handlers
 
 
-__all__ = ["add_raw_service", "check_deadline", "parse_request", "raw_handler"]
+__all__ = ["add_raw_service", "check_deadline", "raw_handler"]

@@ -15,6 +15,8 @@ import threading
 import time
 from concurrent import futures
 
+from grpc import _server as _grpc_server
+
 from navi.batching.sleep import set_sleep_hooks
 
 #: threads for the RPCs that do not run a model; their work is short, and the
@@ -91,8 +93,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
     would throw away the wait it already paid, and a burst of 128 requests
     arriving at once, which the queue drains in well under the bound on an
     idle machine, must not lose its tail to a scheduling hiccup. Refusals run
-    at once on a thread of their own. A ``ThreadPoolExecutor`` by type only, as grpcio requires;
-    the threads and the queue are its own.
+    at once on a thread of their own. A ``ThreadPoolExecutor`` by type only,
+    as grpcio requires; the threads and the queue are its own.
     """
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
@@ -151,7 +153,9 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 reason = (f"{len(pending)} requests are waiting for a handler thread "
                           f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
             elif self._max_wait_s and pending and now_s - pending[0][4] > self._max_wait_s:
-                reason = self._late(now_s - pending[0][4])
+                reason = (f"the oldest request waiting has waited {(now_s - pending[0][4]) * 1000:.0f} ms "
+                          f"for a handler thread (max_queue_wait_ms={self._max_wait_s * 1000:g}, "
+                          "--max-queue-wait-millis)")
             else:
                 pending.append((future, fn, args, kwargs, now_s))
                 self._admit()
@@ -164,10 +168,6 @@ class HandlerPool(futures.ThreadPoolExecutor):
         # with ``refusal()`` set, and the RPC handler answers RESOURCE_EXHAUSTED
         # before parsing anything.
         return refuser.submit(_refusing, reason, fn, args, kwargs)
-
-    def _late(self, waited_s: float) -> str:
-        return (f"the oldest request waiting has waited {waited_s * 1000:.0f} ms for a handler thread "
-                f"(max_queue_wait_ms={self._max_wait_s * 1000:g}, --max-queue-wait-millis)")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; queued work still runs unless ``cancel_futures``."""
@@ -277,11 +277,13 @@ def _unread(args: tuple) -> tuple:
     that step keeps the refusal's cost to a status (benchmarks/RESULTS.md,
     "Reliability"). Work of any other shape is returned unchanged.
     """
-    from grpc import _server
-
-    if len(args) >= 5 and args[0] is getattr(_server, "_unary_response_in_pool", None) and callable(args[4]):
+    if len(args) >= 5 and args[0] is _GRPC_UNARY_IN_POOL and callable(args[4]):
         return args[:4] + (_empty_message,) + args[5:]
     return args
+
+
+#: grpcio's runner of unary RPC work (None if a grpcio release renames it: nothing is then swapped)
+_GRPC_UNARY_IN_POOL = getattr(_grpc_server, "_unary_response_in_pool", None)
 
 
 def _empty_message() -> bytes:

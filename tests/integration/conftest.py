@@ -128,3 +128,23 @@ def start_navi(tmp_path_factory):
     yield start
     for daemon in daemons:
         daemon.terminate(timeout_s=15)
+
+
+# A module that defines a ``navi`` fixture (its module-scoped daemon) gets these stubs of it.
+
+@pytest.fixture(scope="module")
+def stub(navi):
+    """The module's daemon's TF Serving PredictionService stub."""
+    from navi._proto.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with navi.channel() as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def kstub(navi):
+    """The module's daemon's KServe V2 GRPCInferenceService stub."""
+    from navi._proto.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
+
+    with navi.channel() as channel:
+        yield kserve_grpc.GRPCInferenceServiceStub(channel)

@@ -26,8 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from navi import codec
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
-from navi._proto.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
-from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from navi._proto.tensorflow_serving.apis import predict_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DENSE = REPO_ROOT / "models" / "dense"
@@ -49,18 +48,6 @@ def navi(start_navi):
 @pytest.fixture(scope="module")
 def base(navi):
     return f"http://127.0.0.1:{navi.rest_port}"
-
-
-@pytest.fixture(scope="module")
-def stub(navi):
-    with navi.channel() as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def kstub(navi):
-    with navi.channel() as channel:
-        yield kserve_grpc.GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture(scope="module")

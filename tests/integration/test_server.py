@@ -32,7 +32,6 @@ from onnx import helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from navi._proto.kserve import grpc_predict_v2_pb2 as kserve_pb2
-from navi._proto.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
 from navi._proto.tensorflow.core.framework import types_pb2
 from navi._proto.tensorflow_serving.apis import (
     classification_pb2,
@@ -132,18 +131,6 @@ def navi(start_navi, repo):
                       "--batch-time-out-millis", "20", "--max-batch-size", "8",
                       # a batch holds at most as many requests as there are handler threads
                       "--grpc-threads", "8")
-
-
-@pytest.fixture(scope="module")
-def stub(navi):
-    with navi.channel() as channel:
-        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def kstub(navi):
-    with navi.channel() as channel:
-        yield kserve_grpc.GRPCInferenceServiceStub(channel)
 
 
 def make_inputs(rows: int, seed: int) -> dict[str, np.ndarray]:
