@@ -57,7 +57,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from navi.bench.loadgen import ClientPool, LoadSpec  # noqa: E402
+from navi.bench.loadgen import CLIENTS, ClientPool, LoadSpec  # noqa: E402
 from navi.bench.machine import machine_info, process_cpu_s, process_tree, process_tree_cpu_s  # noqa: E402
 from navi.bench.requests import fetch_inputs  # noqa: E402
 from navi.bench.serve import ServeBenchConfig, Target, run_serve_bench  # noqa: E402
@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     # with 16, one worker still got 69% of the requests in a run (10:6 is typical);
     # 32 keep the busiest near 55-60%
     parser.add_argument("--channels-per-process", type=int, default=16)
+    # the raw HTTP/2 client costs about a third of grpcio's CPU per call, which on a
+    # machine it shares is what the server's second worker can use (RESULTS.md, "Workers")
+    parser.add_argument("--client", choices=CLIENTS, default="h2", help="gRPC load generator")
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--no-bare", action="store_true", help="leave out the bare transport server")
     parser.add_argument("--kill", type=int, default=0, metavar="N",
@@ -486,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                           "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
                           "pinned": plan, "phases": {}}
-        with ClientPool(args.client_processes, args.channels_per_process) as pool:
+        with ClientPool(args.client_processes, args.channels_per_process, args.client) as pool:
             if plan:
                 for worker in pool._workers:
                     os.sched_setaffinity(worker.pid, plan["client"])
@@ -506,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                 config = ServeBenchConfig(targets=phase_targets, concurrencies=[args.concurrency],
                                           duration_s=args.duration, warmup_s=args.warmup_s, repeats=args.repeats,
                                           client_processes=args.client_processes,
-                                          channels_per_process=args.channels_per_process)
+                                          channels_per_process=args.channels_per_process,
+                                          client=args.client)
                 result = run_serve_bench(config, workload, on_event=CpuAccounting(
                     {t.name: t.pid for t in phase_targets}, [w.pid for w in pool._workers], args.warmup_s,
                     args.duration), pool=pool)

@@ -17,8 +17,9 @@ from importlib import util
 EXTRAS: dict[str, dict[str, str]] = {
     "tf": {"tensorflow": "tensorflow>=2.15"},
     "torch": {"torch": "torch>=2.1"},
-    # navi bench: tables and progress (rich), latency plots (matplotlib)
-    "bench": {"rich": "rich>=13", "matplotlib": "matplotlib>=3.7"},
+    # navi bench: tables and progress (rich), latency plots (matplotlib), the raw
+    # HTTP/2 load generator's header compression (hpack)
+    "bench": {"rich": "rich>=13", "matplotlib": "matplotlib>=3.7", "hpack": "hpack>=4"},
     # navi.ray.BprToTensors runs inside Ray Data's map_batches
     "ray": {"ray": "ray[data]>=2.9"},
 }

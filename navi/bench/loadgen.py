@@ -6,7 +6,9 @@ Design, so the client is never the bottleneck and its numbers stay honest:
   (``unary_unary`` with no serializer), so a request costs the client only the
   gRPC call itself. Responses are not parsed either.
 * Work is spread over several worker processes (``ClientPool``), each running
-  one asyncio loop over a ``grpc.aio`` channel; the parent only orchestrates.
+  one asyncio loop over ``grpc.aio`` channels or, with ``client="h2"``, raw
+  HTTP/2 connections (``navi.bench.h2grpc``: a third of the CPU per call);
+  the parent only orchestrates.
 * Closed loop: ``concurrency`` callers split over the processes, each sending
   its next request when the previous answer arrives.
 * Open loop: Poisson arrivals at ``rate`` requests/s split over the processes;
@@ -32,6 +34,8 @@ from typing import Awaitable, Callable, Literal, Sequence
 
 import numpy as np
 
+from navi import optional
+
 #: Error key used when an open-loop arrival could not be sent because the
 #: client already had ``max_in_flight`` requests outstanding.
 CLIENT_OVERLOAD = "CLIENT_OVERLOAD"
@@ -43,6 +47,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.max_receive_message_length", 1 << 30),
     ("grpc.use_local_subchannel_pool", 1),
 )
+
+#: gRPC clients the pool can drive: grpcio's asyncio client, or the raw
+#: HTTP/2 one (``navi.bench.h2grpc``, a fraction of the CPU per call)
+CLIENTS = ("grpcio", "h2")
 
 #: ``send(payload_index)`` -> None on success, else the failure's status-code name
 SendFn = Callable[[int], Awaitable["str | None"]]
@@ -293,6 +301,7 @@ class _Job:
     start_at: float
     seed: int
     channels: int
+    client: str = "grpcio"
 
 
 def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], timeout_s: float, channels: int):
@@ -312,10 +321,7 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
             await call(payloads[index], timeout=timeout_s)
             return None
         except grpc.aio.AioRpcError as error:
-            # which rule refused it, digits dropped so that one rule is one key
-            key = f"{error.code().name}: " + "".join(
-                "#" if c.isdigit() else c for c in (error.details() or ""))[:120]
-            details[key] = details.get(key, 0) + 1
+            _count_detail(details, error.code().name, error.details())
             return error.code().name
         except asyncio.CancelledError:
             raise
@@ -325,6 +331,65 @@ def _make_grpc_sender(address: str, method: str, payloads: Sequence[bytes], time
     async def close() -> None:
         for channel in opened:
             await channel.close()
+
+    send.error_details = details
+    return send, close
+
+
+def _count_detail(details: dict[str, int], code: str, text: str | None) -> None:
+    """Count a failure under "CODE: details", digits dropped so that one rule is one key."""
+    key = f"{code}: " + "".join("#" if c.isdigit() else c for c in (text or ""))[:120]
+    details[key] = details.get(key, 0) + 1
+
+
+def _make_h2_sender(address: str, method: str, payloads: Sequence[bytes], timeout_s: float, connections: int):
+    """A ``send(index)`` coroutine function over ``connections`` raw HTTP/2 connections.
+
+    ``navi.bench.h2grpc``'s client: the same calls as ``_make_grpc_sender`` at a
+    fraction of its CPU (benchmarks/RESULTS.md, "Workers"). A connection that
+    closes (a worker killed, a GOAWAY) is reopened by the next call on its slot.
+    """
+    from navi.bench.h2grpc import H2GrpcConnection, grpc_body
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    bodies = [grpc_body(payload) for payload in payloads]
+    slots: list = [None] * max(1, connections)
+    opening: dict[int, asyncio.Future] = {}
+    turn = [0]
+    details: dict[str, int] = {}
+
+    async def reopen(slot: int):
+        if slot not in opening:
+            opening[slot] = asyncio.ensure_future(H2GrpcConnection.open(host, int(port), timeout_s))
+        try:
+            slots[slot] = await opening[slot]
+        finally:
+            opening.pop(slot, None)
+        return slots[slot]
+
+    async def send(index: int) -> str | None:
+        slot = turn[0] % len(slots)
+        turn[0] += 1
+        try:
+            connection = slots[slot]
+            if connection is None or connection.closed:
+                connection = await reopen(slot)
+            result = await connection.call(method, bodies[index])
+        except asyncio.CancelledError:
+            raise
+        except OSError as error:  # refused or reset while connecting: what grpcio calls UNAVAILABLE
+            _count_detail(details, "UNAVAILABLE", str(error))
+            return "UNAVAILABLE"
+        if result.code is None:
+            return None
+        _count_detail(details, result.code, result.details)
+        return result.code
+
+    async def close() -> None:
+        for connection in slots:
+            if connection is not None:
+                connection.close()
 
     send.error_details = details
     return send, close
@@ -427,7 +492,10 @@ def _worker_main(worker_index: int, jobs: mp.Queue, results: mp.Queue, progress)
 async def _run_job(job: _Job, payloads, rows, worker_index: int, progress) -> WorkerResult:
     from navi.bench.requests import is_http_method
 
-    make = _make_http_sender if is_http_method(job.method) else _make_grpc_sender
+    if is_http_method(job.method):
+        make = _make_http_sender
+    else:
+        make = _make_h2_sender if job.client == "h2" else _make_grpc_sender
     send, close = make(job.address, job.method, payloads, job.spec.timeout_s, job.channels)
 
     def on_complete() -> None:
@@ -527,9 +595,14 @@ class ClientPool:
     process that already used it) once and reused for every run.
     """
 
-    def __init__(self, processes: int | None = None, channels_per_process: int = 2):
+    def __init__(self, processes: int | None = None, channels_per_process: int = 2, client: str = "grpcio"):
+        if client not in CLIENTS:
+            raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
+        if client == "h2" and "hpack" in optional.missing_modules("bench"):
+            raise RuntimeError(optional.missing_message("bench", "the h2 load generator", ["hpack"]))
         self.processes = processes or default_client_processes()
         self.channels_per_process = channels_per_process
+        self.client = client
         ctx = mp.get_context("spawn")
         self._jobs = [ctx.Queue() for _ in range(self.processes)]
         self._results = ctx.Queue()
@@ -589,7 +662,7 @@ class ClientPool:
                 (
                     "job",
                     _Job(address, method, workload_id, spec, shares[i], budgets[i], start_at,
-                         self._seed, self.channels_per_process),
+                         self._seed, self.channels_per_process, self.client),
                 )
             )
         results: list[WorkerResult] = []

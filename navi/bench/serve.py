@@ -59,6 +59,8 @@ class ServeBenchConfig:
     #: two per process: a channel is one connection, which a --workers server gives one worker
     channels_per_process: int = 2
     timeout_s: float = 30.0
+    #: gRPC client: "grpcio" (its asyncio client) or "h2" (navi.bench.h2grpc, less CPU per call)
+    client: str = "grpcio"
 
 
 def run_record(target: Target, spec: LoadSpec, repeat: int, measurement: RunMeasurement,
@@ -176,7 +178,7 @@ def run_serve_bench(
         # payloads built from the same number of records carry similar rows
         workload.rows = [r if r > 0 else probed for r in workload.rows]
     own_pool = pool is None
-    pool = pool or ClientPool(config.client_processes, config.channels_per_process)
+    pool = pool or ClientPool(config.client_processes, config.channels_per_process, config.client)
     started = datetime.now(timezone.utc)
     runs: list[dict[str, object]] = []
     try:
@@ -221,6 +223,7 @@ def run_serve_bench(
             "repeats": config.repeats,
             "client_processes": pool.processes,
             "channels_per_process": config.channels_per_process,
+            "client": pool.client,
         },
         "targets": [{"name": t.name, "address": t.address} for t in config.targets],
         "runs": runs,

@@ -76,6 +76,9 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.option("--channels-per-process", type=int, default=2, show_default=True,
               help="gRPC connections per client process (a --workers server gives each connection one worker).")
 @click.option("--timeout-s", type=float, default=30.0, show_default=True, help="per-request deadline.")
+@click.option("--client", type=click.Choice(["grpcio", "h2"]), default="grpcio", show_default=True,
+              help="gRPC load generator: grpcio's asyncio client, or navi's raw HTTP/2 one (about a third "
+                   "of the CPU per call: more of a shared machine left to the server).")
 @click.option("--model", default="home", show_default=True, help="model name in each request.")
 @click.option("--signature-name", default="", help="TF Serving signature name (empty: the server's default).")
 @click.option("--bpr-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -97,7 +100,7 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write latency percentiles vs load as a PNG.")
 def serve_command(targets, protocol, concurrency, rate, duration_s, requests, warmup_s, repeats, client_processes,
-                  channels_per_process, timeout_s, model, signature_name, bpr_file, workload, input_name,
+                  channels_per_process, timeout_s, client, model, signature_name, bpr_file, workload, input_name,
                   bprs_per_request, candidates, spec_dir, batch_rows, distinct_requests, seed, server_pids,
                   json_path, plot_path) -> None:
     """Load a running TF Serving / KServe V2 compatible server and report throughput and latency."""
@@ -131,7 +134,7 @@ def serve_command(targets, protocol, concurrency, rate, duration_s, requests, wa
     config = serve.ServeBenchConfig(
         targets=parsed, protocol=protocol, concurrencies=concurrencies, rates=rates, duration_s=duration_s,
         requests=requests, warmup_s=warmup_s, repeats=repeats, client_processes=client_processes,
-        channels_per_process=channels_per_process, timeout_s=timeout_s,
+        channels_per_process=channels_per_process, timeout_s=timeout_s, client=client,
     )
     try:
         document = _run_with_progress(console, serve, report, config, built)

@@ -57,6 +57,8 @@ def handler_wait_bound_s(queue_wait_bounds_ms) -> float:
 
 #: sleeps expected shorter than this keep their running place (see HandlerPool)
 MIN_SLEEP_S = 0.001
+#: weight of the newest interval between starts of queued work in its moving average
+START_EMA = 0.1
 
 _current = threading.local()
 
@@ -83,12 +85,20 @@ class HandlerPool(futures.ThreadPoolExecutor):
     batch timeout and ``--max-queue-wait-millis`` count from then too, but
     ``--batch-drop-millis`` does not (see ``BatchScheduler``).
 
-    Waiting here is bounded twice, and work refused runs with ``refusal()``
-    set, so its RPC is answered RESOURCE_EXHAUSTED unread (``_unread``,
-    ``navi.server.rawrpc``): by time, ``max_wait_s``: while the oldest waiting
-    work has waited longer, new work is refused at once (the queue is not
-    draining in time, so a newcomer would not be served in time either); and
-    by count, ``max_waiting``. Work once queued is served whatever it waited
+    Waiting here is bounded, and work refused runs with ``refusal()`` set, so
+    its RPC is answered RESOURCE_EXHAUSTED unread (``_unread``,
+    ``navi.server.rawrpc``). By time, ``max_wait_s``, twice. Once no thread
+    has found the queue empty for longer than that (a standing queue, not a
+    burst), new work is refused at once when the work queued ahead of it
+    would take longer than that to start (queued x the recent interval
+    between starts while work waited; at least ``active_threads`` may always
+    wait): what is admitted under sustained overload then waits about
+    ``max_wait_s`` however far the load is past capacity (checking only the
+    oldest's wait admitted load/capacity x ``max_wait_s``: heavy open loop at
+    3x, p50 447 ms; benchmarks/RESULTS.md, "Reliability"), while a burst
+    arriving at an idle pool is queued whole. And while the oldest waiting
+    work has waited longer, new work is refused (the backstop while the
+    interval is not yet measured). By count, ``max_waiting``. Work once queued is served whatever it waited
     (its own gRPC deadline still applies): refusing it when a thread takes it
     would throw away the wait it already paid, and a burst of 128 requests
     arriving at once, which the queue drains in well under the bound on an
@@ -119,6 +129,12 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._closed = False
         self._max_waiting = max_waiting
         self._max_wait_s = max_wait_s  # 0: no bound by time
+        # seconds between two starts of queued work while work kept waiting (EMA)
+        self._start_interval_s = 0.0
+        self._last_start_s: float | None = None
+        self._waited_after_start = False
+        # when a thread last found no work waiting
+        self._last_idle_s = 0.0
         self._refuser: futures.ThreadPoolExecutor | None = None
 
     @property
@@ -152,6 +168,13 @@ class HandlerPool(futures.ThreadPoolExecutor):
             if self._max_waiting is not None and len(pending) >= self._max_waiting:
                 reason = (f"{len(pending)} requests are waiting for a handler thread "
                           f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
+            elif (self._max_wait_s and len(pending) >= self._active_limit
+                  and now_s - self._last_idle_s > self._max_wait_s
+                  and len(pending) * self._start_interval_s > self._max_wait_s):
+                reason = (f"{len(pending)} requests are waiting for a handler thread, ~"
+                          f"{len(pending) * self._start_interval_s * 1000:.0f} ms of work at one start every "
+                          f"{self._start_interval_s * 1000:.1f} ms (max_queue_wait_ms={self._max_wait_s * 1000:g}, "
+                          "--max-queue-wait-millis)")
             elif self._max_wait_s and pending and now_s - pending[0][4] > self._max_wait_s:
                 reason = (f"the oldest request waiting has waited {(now_s - pending[0][4]) * 1000:.0f} ms "
                           f"for a handler thread (max_queue_wait_ms={self._max_wait_s * 1000:g}, "
@@ -205,6 +228,17 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 return
             wanted -= 1
 
+    def _note_start(self) -> None:
+        """Time a start of queued work (lock held): the interval since the previous start counts
+        only if work waited all along, i.e. the pool, not the arrivals, set the pace."""
+        now_s = time.monotonic()
+        if self._waited_after_start and self._last_start_s is not None:
+            sample_s = now_s - self._last_start_s
+            previous_s = self._start_interval_s
+            self._start_interval_s = sample_s if previous_s == 0 else previous_s + START_EMA * (sample_s - previous_s)
+        self._last_start_s = now_s
+        self._waited_after_start = bool(self._pending)
+
     def _sleeping(self, expected_s: float) -> None:
         # A short nap keeps its place: admitting another thread for it would
         # cost a wake-up and one more thread contending for the GIL when the
@@ -235,6 +269,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 while not (self._pending and self._running < self._active_limit):
                     if self._closed and not self._pending:
                         return
+                    if not self._pending:
+                        self._last_idle_s = time.monotonic()
                     self._idle.append(wake)
                     wake.wait()
                     if wake in self._idle:  # woken by shutdown, not popped by _admit
@@ -243,6 +279,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
                         self._waking -= 1
                 future, fn, args, kwargs, arrival_s = self._pending.popleft()
                 self._running += 1
+                self._note_start()
                 lock.release()
                 try:
                     if future.set_running_or_notify_cancel():

@@ -145,13 +145,14 @@ def test_merge_results_sums_workers():
     assert merged.client_cpu_s == 0.75
 
 
-def test_client_pool_against_the_bare_server():
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_client_pool_against_the_bare_server(client):
     """The real multi-process client against the bare transport server (counts only)."""
     from navi.bench import requests, servers
 
     server, port = servers.start_bare_server(0, b"constant", threads=4)
     try:
-        with loadgen.ClientPool(processes=2) as pool:
+        with loadgen.ClientPool(processes=2, client=client) as pool:
             workload_id = pool.load_workload([b"a" * 10, b"b" * 20], [1, 2])
             spec = loadgen.LoadSpec("closed", 3, warmup_s=0.1, requests=60)
             measurement = pool.run(f"127.0.0.1:{port}", requests.TF_PREDICT, workload_id, spec)
@@ -219,3 +220,34 @@ def test_http_sender_posts_prefixed_payloads_over_one_kept_alive_connection():
     assert asyncio.run(main()) == [None, "HTTP_404", None]
     assert [(length, body) for length, body, _ in seen] == [("3", b'{}}tail'), (None, b"bad"), ("3", b'{}}tail')]
     assert len({peer for _, _, peer in seen}) == 1  # one connection, kept alive
+
+
+def test_memoized_hpack_decoding_equals_plain_decoding():
+    """_BlockDecoder reuses a decode only while the peer's dynamic table stands still."""
+    import random
+
+    import hpack
+
+    from navi.bench.h2grpc import _BlockDecoder
+
+    rng = random.Random(7)
+    encoder, plain, memoized = hpack.Encoder(), hpack.Decoder(), _BlockDecoder()
+    encoder.header_table_size = 256  # small: entries are evicted too
+    names = [b"grpc-status", b"grpc-message", b"content-type", b"x-a", b"x-b"]
+    for _ in range(3000):
+        headers = [(rng.choice(names), str(rng.randrange(6)).encode() * rng.randrange(1, 30))
+                   for _ in range(rng.randrange(1, 4))]
+        block = encoder.encode(headers)
+        assert memoized.decode(block) == plain.decode(block, raw=True)
+    # a server's steady state: the same headers again, all indexed, so remembered
+    for _ in range(3):
+        block = encoder.encode([(b"grpc-status", b"0"), (b"x-a", b"1")])
+        assert memoized.decode(block) == plain.decode(block, raw=True)
+    assert block in memoized._memo
+
+
+def test_the_cli_offers_every_client():
+    from navi.cli.bench import serve_command
+
+    option = next(p for p in serve_command.params if p.name == "client")
+    assert tuple(option.type.choices) == loadgen.CLIENTS

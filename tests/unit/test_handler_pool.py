@@ -334,3 +334,35 @@ def test_a_grpc_call_refused_by_the_pool_is_answered_without_receiving_its_messa
     unread = [entry for entry in seen if entry[1] is not None]
     assert served == [(len(payload), None)] * 2
     assert [size for size, _ in unread] == [0]
+
+
+def test_under_sustained_overload_new_work_is_refused_when_the_queue_ahead_would_take_past_the_bound():
+    """max_wait_s against the queue's predicted start once a queue stands (not only the
+    oldest's wait): work of ~50 ms arriving every ~10 ms against a 100 ms bound keeps about
+    two queued once no thread has been idle for longer than the bound, where the oldest-wait rule alone
+    lets ~10 (100 ms of arrivals) queue; a burst at an idle pool is queued whole."""
+    from navi.server.threads import refusal
+
+    def work():
+        time.sleep(0.05)
+        return refusal()
+
+    pool = HandlerPool(1, 1, max_wait_s=0.1)
+    try:
+        burst = [pool.submit(work) for _ in range(4)]  # 150 ms of queue at once: not refused
+        assert [future.result(WAIT_S) for future in burst] == [None] * 4
+        arrivals, most_waiting, started = [], 0, time.monotonic()
+        for _ in range(70):
+            arrivals.append(pool.submit(work))
+            # by now the ~8 queued while the backlog was younger than the bound have drained
+            if time.monotonic() - started > 0.5:
+                most_waiting = max(most_waiting, pool.waiting)
+            time.sleep(0.01)
+        answers = [future.result(WAIT_S) for future in arrivals]
+        refused = [reason for reason in answers if reason is not None]
+        # a slower machine measures longer intervals and refuses more, never fewer
+        assert most_waiting <= 4 and len(refused) >= 40
+        assert any("requests are waiting for a handler thread" in reason and "ms of work at one start every" in reason
+                   and "--max-queue-wait-millis" in reason for reason in refused)
+    finally:
+        pool.shutdown()
