@@ -26,7 +26,7 @@ import struct
 import time
 import urllib.parse
 from collections import deque
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import grpc
 import hpack
@@ -85,15 +85,37 @@ def request_headers(path: str, authority: str, timeout_s: float | None) -> list[
     return headers
 
 
-def _table_state(table) -> tuple:
-    """What tells whether an HPACK dynamic table changed (the newest entry itself is held, so
-    its identity cannot be reused by another object)."""
-    entries = table.dynamic_entries
-    return (entries[0] if entries else None, len(entries), table.maxsize)
+class _TableMemo:
+    """Results of an HPACK coder memoized by key while its dynamic table stands still.
 
+    A coding that inserts nothing into the table gives the same result for as
+    long as the table does not change; any coding that changes it clears the
+    memo (which also holds at most ``limit`` results).
+    """
 
-def _unchanged(before: tuple, after: tuple) -> bool:
-    return before[0] is after[0] and before[1:] == after[1:]
+    def __init__(self, table, limit: int = 4096) -> None:
+        self._table = table
+        self._limit = limit
+        self._memo: dict = {}
+
+    def _state(self) -> tuple:
+        entries = self._table.dynamic_entries
+        # the newest entry itself (held, so its identity cannot be reused by another object)
+        return (entries[0] if entries else None, len(entries), self._table.maxsize)
+
+    def get(self, key, code: Callable[[], object]):
+        """The memoized result for ``key``, else ``code()`` (kept if it left the table as it was)."""
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        before = self._state()
+        result = code()
+        after = self._state()
+        if before[0] is not after[0] or before[1:] != after[1:]:
+            self._memo.clear()
+        elif len(self._memo) < self._limit:
+            self._memo[key] = result
+        return result
 
 
 class CallResult(NamedTuple):
@@ -111,54 +133,32 @@ class _BlockEncoder:
     The first call of a method adds its headers to the server's dynamic table;
     from the second on, the block is the table's indices, the same bytes every
     time (the server then parses a few bytes, not literals), kept until the
-    table changes (another method's first call), which clears the memo.
+    table changes (another method's first call).
     """
 
     def __init__(self, authority: str, timeout_s: float | None) -> None:
         self._encoder = hpack.Encoder()
+        self._memo = _TableMemo(self._encoder.header_table)
         self._authority = authority
         self._timeout_s = timeout_s
-        self._memo: dict[str, bytes] = {}
 
     def block(self, path: str) -> bytes:
         """The header block of one call of ``path``, to be sent now (blocks are sent in encoding order)."""
-        hit = self._memo.get(path)
-        if hit is not None:
-            return hit
-        before = _table_state(self._encoder.header_table)
-        block = self._encoder.encode(request_headers(path, self._authority, self._timeout_s))
-        if _unchanged(before, _table_state(self._encoder.header_table)):
-            self._memo[path] = block
-        else:
-            self._memo.clear()
-        return block
+        return self._memo.get(path, lambda: self._encoder.encode(
+            request_headers(path, self._authority, self._timeout_s)))
 
 
 class _BlockDecoder:
-    """HPACK decoding, memoized while the dynamic table does not change.
-
-    A block that inserts nothing into the table decodes the same way for as
-    long as the table stands still, and a server answering the same call over
-    and over settles into such blocks; any block that changes the table
-    clears the memo.
-    """
+    """HPACK decoding, memoized while the dynamic table does not change: a server answering
+    the same call over and over settles into blocks that insert nothing."""
 
     def __init__(self) -> None:
         self._decoder = hpack.Decoder()
-        self._memo: dict[bytes, list] = {}
+        self._memo = _TableMemo(self._decoder.header_table)
 
     def decode(self, block: bytes) -> list:
         """The block's headers as (name, value) byte pairs."""
-        hit = self._memo.get(block)
-        if hit is not None:
-            return hit
-        before = _table_state(self._decoder.header_table)
-        headers = self._decoder.decode(block, raw=True)
-        if not _unchanged(before, _table_state(self._decoder.header_table)):
-            self._memo.clear()
-        elif len(self._memo) < 4096:
-            self._memo[block] = headers
-        return headers
+        return self._memo.get(block, lambda: self._decoder.decode(block, raw=True))
 
 
 class _Stream:
