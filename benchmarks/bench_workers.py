@@ -10,8 +10,10 @@ interleaved, so the shared machine's drift hits all alike) with:
 * ``small``: 100-candidate BPR requests (about 1.3 MB) to the small home model.
 
 The load generator is ``navi.bench.loadgen``'s client pool: ``--client-processes``
-processes with ``--channels-per-process`` channels each (a channel is one
-connection, which the kernel gives one worker). On a machine with at least
+processes with ``--channels-per-process`` connections each (the kernel gives
+each connection one worker), speaking gRPC through ``navi.bench.h2grpc``'s raw
+HTTP/2 client by default (``--client grpcio`` for grpcio's, which costs about
+three times the CPU per call and on a shared machine takes it from the server). On a machine with at least
 2 + max(W) cores, the servers and the clients are pinned to separate cores
 (``taskset`` for the servers, the pool's processes by affinity); on fewer,
 nothing is pinned and the report says so.

@@ -188,7 +188,10 @@ class H2GrpcConnection(asyncio.Protocol):
         self.authority = authority
         self.timeout_s = timeout_s
         self.collect_bodies = collect_bodies
+        #: the transport is gone
         self.closed = False
+        #: the server sent GOAWAY: calls it took still finish, no new call starts here
+        self.draining = False
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._fd = -1
@@ -262,8 +265,8 @@ class H2GrpcConnection(asyncio.Protocol):
     def call(self, path: str, body: bytes) -> "asyncio.Future[CallResult]":
         """Start a unary call of ``path`` with ``body`` (from ``grpc_body``); its future is the result."""
         future = self._loop.create_future()
-        if self.closed:
-            future.set_result(CallResult("UNAVAILABLE", "connection closed"))
+        if self.closed or self.draining:
+            future.set_result(CallResult("UNAVAILABLE", "connection closed" if self.closed else "server going away"))
         elif len(self._streams) >= self._peer_max_streams:
             self._waiting.append((path, body, future))
         else:
@@ -391,7 +394,7 @@ class H2GrpcConnection(asyncio.Protocol):
                                  f"stream reset by the server (HTTP/2 error {code})")
             elif frame_type == GOAWAY:
                 last_stream_id = _U32.unpack_from(buf, start)[0] & 0x7FFFFFFF
-                self.closed = True  # no new streams on this connection
+                self.draining = True
                 for open_id in [s for s in self._streams if s > last_stream_id]:
                     self._finish(open_id, "UNAVAILABLE", "server going away")
             position = end
@@ -492,7 +495,13 @@ class H2GrpcConnection(asyncio.Protocol):
     def _start_waiting(self) -> None:
         """Start the calls waiting for a stream, as far as the server's stream limit allows."""
         while self._waiting and len(self._streams) < self._peer_max_streams and not self.closed:
-            self._start(*self._waiting.popleft())
+            path, body, future = self._waiting.popleft()
+            if self.draining:
+                future.set_result(CallResult("UNAVAILABLE", "server going away"))
+            else:
+                self._start(path, body, future)
+        if self.draining and not self._streams:
+            self.close()  # every call the server took has ended
 
     def _sweep(self) -> None:
         """End the calls past their timeout DEADLINE_EXCEEDED (and reset them at the server)."""

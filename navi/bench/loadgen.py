@@ -373,7 +373,7 @@ def _make_h2_sender(address: str, method: str, payloads: Sequence[bytes], timeou
         turn[0] += 1
         try:
             connection = slots[slot]
-            if connection is None or connection.closed:
+            if connection is None or connection.closed or connection.draining:
                 connection = await reopen(slot)
             result = await connection.call(method, bodies[index])
         except asyncio.CancelledError:

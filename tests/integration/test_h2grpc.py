@@ -93,11 +93,13 @@ def slow_server():
                          options=[("grpc.max_concurrent_streams", 3)])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield port
+    yield server, port
     server.stop(0)
 
 
 def test_deadline_max_concurrent_streams_and_a_lost_connection(slow_server):
+    _, slow_server = slow_server
+
     async def run():
         connection = await H2GrpcConnection.open("127.0.0.1", slow_server, timeout_s=0.5)
         late = await connection.call("/test.Slow/Sleep", grpc_body(b""))
@@ -114,5 +116,24 @@ def test_deadline_max_concurrent_streams_and_a_lost_connection(slow_server):
         assert lost.code == "UNAVAILABLE"
         assert (await patient.call("/test.Slow/Sleep", grpc_body(b""))).code == "UNAVAILABLE"
         connection.close()
+
+    asyncio.run(run())
+
+
+def test_a_server_going_away_finishes_what_it_took_and_takes_nothing_new(slow_server):
+    server, port = slow_server
+
+    async def run():
+        connection = await H2GrpcConnection.open("127.0.0.1", port, timeout_s=30.0, collect_bodies=True)
+        taken = connection.call("/test.Slow/Sleep", grpc_body(b""))
+        await asyncio.sleep(0.3)  # the server has it
+        stopping = asyncio.get_running_loop().run_in_executor(None, server.stop, 10)  # GOAWAY, then a grace
+        while not connection.draining:
+            await asyncio.sleep(0.01)
+        refused = await connection.call("/test.Slow/Sleep", grpc_body(b""))
+        assert (refused.code, refused.details) == ("UNAVAILABLE", "server going away")
+        assert (await taken) == (None, "", b"late")  # taken before the GOAWAY: answered
+        await stopping
+        assert connection.closed or connection._transport.is_closing()
 
     asyncio.run(run())
