@@ -2,8 +2,8 @@
 
 Why not grpcio's client: on a machine the load generator shares with the
 server, every microsecond the client spends is one the server loses, and
-grpcio's asyncio client spends about 0.15 ms of CPU on a tiny unary call (see
-benchmarks/RESULTS.md, "Workers") -- as much as the server it measures. This
+grpcio's asyncio client spends about as much CPU on a tiny unary call as the
+server it measures (benchmarks/RESULTS.md, "Workers"). This
 client sends request bytes serialized once, with header blocks that settle into
 the same few indexed bytes per method, parses only frame headers and trailers, and never builds a
 response message. HPACK is the ``hpack`` library's; decoding of a header block

@@ -86,26 +86,27 @@ class HandlerPool(futures.ThreadPoolExecutor):
     batch timeout and ``--max-queue-wait-millis`` count from then too, but
     ``--batch-drop-millis`` does not (see ``BatchScheduler``).
 
-    Waiting here is bounded, and work refused runs with ``refusal()`` set, so
-    its RPC is answered RESOURCE_EXHAUSTED unread (``_unread``,
-    ``navi.server.rawrpc``). By time, ``max_wait_s``, twice. Once no thread
-    has found the queue empty for longer than that (a standing queue, not a
-    burst), new work is refused at once when the work queued ahead of it
-    would take longer than that to start (queued x the recent interval
-    between starts while work waited; at least ``active_threads`` may always
-    wait): what is admitted under sustained overload then waits about
-    ``max_wait_s`` however far the load is past capacity (checking only the
-    oldest's wait admitted load/capacity x ``max_wait_s``: heavy open loop at
-    3x, p50 447 ms; benchmarks/RESULTS.md, "Reliability"), while a burst
-    arriving at an idle pool is queued whole. And while the oldest waiting
-    work has waited longer, new work is refused (the backstop while the
-    interval is not yet measured). By count, ``max_waiting``. Work once queued is served whatever it waited
-    (its own gRPC deadline still applies): refusing it when a thread takes it
-    would throw away the wait it already paid, and a burst of 128 requests
-    arriving at once, which the queue drains in well under the bound on an
-    idle machine, must not lose its tail to a scheduling hiccup. Refusals run
-    at once on a thread of their own. A ``ThreadPoolExecutor`` by type only,
-    as grpcio requires; the threads and the queue are its own.
+    Waiting here is bounded, and refused work is answered RESOURCE_EXHAUSTED
+    unread: a grpcio call at once, on grpcio's own thread
+    (``_reject_unread``), other work on a refusing thread with ``refusal()``
+    set (``_unread``, ``navi.server.rawrpc``). By time, ``max_wait_s``,
+    twice. Once no thread has found the queue empty for longer than that (a
+    standing queue, not a burst), new work is refused when the work queued
+    ahead of it would take longer than that to start (queued x the recent
+    interval between starts while work waited; at least ``active_threads``
+    may always wait): what is admitted under sustained overload then waits
+    about ``max_wait_s`` however far the load is past capacity (checking only
+    the oldest's wait admitted load/capacity x ``max_wait_s``;
+    benchmarks/RESULTS.md, "Reliability"), while a burst arriving at an idle
+    pool is queued whole. And while the oldest waiting work has waited
+    longer, new work is refused (the backstop while the interval is not yet
+    measured). By count, ``max_waiting``. Work once queued is served whatever
+    it waited (its own gRPC deadline still applies): refusing it when a thread
+    takes it would throw away the wait it already paid, and a burst of 128
+    requests arriving at once, which the queue drains in well under the bound
+    on an idle machine, must not lose its tail to a scheduling hiccup. A
+    ``ThreadPoolExecutor`` by type only, as grpcio requires; the threads and
+    the queue are its own.
     """
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
@@ -334,9 +335,9 @@ def _reject_unread(args: tuple, reason: str) -> bool:
     As grpcio ends a call whose handler set a code: its status sent in one
     batch (with the initial metadata) started on the calling thread,
     grpcio's, with no hand-off to another thread, no handler and no context
-    (through the refusing thread a refusal of a small request cost 0.27x a
-    served one; benchmarks/RESULTS.md, "Reliability"). False for work of any
-    other shape, or a grpcio without these internals.
+    (cheaper than through the refusing thread; benchmarks/RESULTS.md,
+    "Reliability"). False for work of any other shape, or a grpcio without
+    these internals.
     """
     if _GRPC_STATUS is None or len(args) < 3 or args[0] is not _GRPC_UNARY_IN_POOL:
         return False
