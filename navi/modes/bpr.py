@@ -151,7 +151,7 @@ class BprMode:
         with self._buffers_lock:
             pool = self._free_buffers.pop() if self._free_buffers else None
         have = 0 if pool is None else next(iter(pool.values())).shape[0]
-        if have < total:
+        if pool is None or have < total:  # none free (a batch of no rows too needs a set)
             # grow geometrically: batch sizes creep up under load, reallocate rarely
             capacity = max(total, 2 * have, self._settings.batching.max_batch_rows, 64)
             pool = self.layout.allocate(capacity)

@@ -220,3 +220,19 @@ def test_a_model_run_is_announced_to_the_handler_pool_as_a_sleep_of_its_usual_le
     assert announced[0] == 0.0  # nothing measured yet
     assert all(expected >= 0.03 for expected in announced[1:])  # the run's own length
     assert woken == [1, 2, 3]  # each announced sleep ends when its run does
+
+
+def test_bpr_requests_of_no_rows_are_answered_empty_whatever_buffers_are_free(tmp_path):
+    """A request of no BPRs (TF REST `{"instances": []}`) in a batch of no rows, while no
+    converter buffers are free (a fresh model, or every set taken by running batches): found
+    by the REST wire fuzz as a TypeError answered HTTP 500."""
+    from navi.demo import write_home_version
+
+    version_dir = write_home_version(tmp_path / "home", hidden=(8,), version=1)
+    served = serve(version_dir, max_batch_size=4, batch_timeout_ms=200)
+    empty = {"examples": np.array([], dtype=object)}
+    first = served.infer(empty)  # the first request of the model: no buffers made yet
+    assert first["output_0"].shape == (0, 1)
+    together = [f.result(WAIT_S)["output_0"].shape for f in concurrent_infer(served, [empty, empty])]
+    assert together == [(0, 1), (0, 1)]
+    served.close()
