@@ -50,6 +50,7 @@ SETTINGS_MAX_FRAME_SIZE = 0x5
 DEFAULT_WINDOW = 65_535
 DEFAULT_MAX_FRAME = 16_384
 MAX_WINDOW = 2**31 - 1
+MAX_STREAM_ID = 2**31 - 1
 #: buffers one writev takes at most (Linux's IOV_MAX)
 _IOV_MAX = 1024
 #: how long ``open`` waits for the server's first SETTINGS (not an HTTP/2 server: it never comes)
@@ -277,6 +278,8 @@ class H2GrpcConnection(asyncio.Protocol):
         block = self._encoder.block(path)
         stream_id = self._next_stream_id
         self._next_stream_id += 2
+        if self._next_stream_id > MAX_STREAM_ID:  # this connection has used up its stream ids
+            self.draining = True
         stream = _Stream((path, body, future), future, time.monotonic(), self.collect_bodies)
         self._streams[stream_id] = stream
         out = self._out
