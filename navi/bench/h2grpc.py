@@ -65,10 +65,14 @@ _RST_STATUS = {0x8: "CANCELLED", 0xB: "RESOURCE_EXHAUSTED"}
 REFUSED_RETRY_S = 0.002
 
 
+def frame_header(length: int, frame_type: int, flags: int, stream_id: int) -> bytes:
+    """The 9 bytes before a frame's ``length`` bytes of payload."""
+    return _FRAME.pack(length >> 8, length & 0xFF, frame_type, flags, stream_id)
+
+
 def frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One HTTP/2 frame's bytes."""
-    length = len(payload)
-    return _FRAME.pack(length >> 8, length & 0xFF, frame_type, flags, stream_id) + payload
+    return frame_header(len(payload), frame_type, flags, stream_id) + payload
 
 
 def grpc_body(message: bytes) -> bytes:
@@ -165,10 +169,10 @@ class _BlockDecoder:
 class _Stream:
     __slots__ = ("call", "future", "started", "code", "details", "http_status", "body", "window", "rest")
 
-    def __init__(self, call: tuple, future: asyncio.Future, started: float, collect: bool):
+    def __init__(self, call: tuple, started: float, collect: bool):
         #: (path, request body, future): what a refused stream retries with
         self.call = call
-        self.future = future
+        self.future: asyncio.Future = call[2]
         self.started = started
         self.code: int | None = None
         self.details = ""
@@ -214,6 +218,8 @@ class H2GrpcConnection(asyncio.Protocol):
         self._received_unannounced = 0
         self._continuation: tuple[int, int, bytearray] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        # calls past their timeout are looked for this often
+        self._sweep_every_s = None if timeout_s is None else min(1.0, timeout_s)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -239,7 +245,7 @@ class H2GrpcConnection(asyncio.Protocol):
         transport.write(PREFACE + frame(SETTINGS, 0, 0, settings)
                         + frame(WINDOW_UPDATE, 0, 0, _U32.pack(MAX_WINDOW - DEFAULT_WINDOW)))
         if self.timeout_s is not None:
-            self._sweeper = self._loop.call_later(min(1.0, self.timeout_s), self._sweep)
+            self._sweeper = self._loop.call_later(self._sweep_every_s, self._sweep)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -280,15 +286,15 @@ class H2GrpcConnection(asyncio.Protocol):
         self._next_stream_id += 2
         if self._next_stream_id > MAX_STREAM_ID:  # this connection has used up its stream ids
             self.draining = True
-        stream = _Stream((path, body, future), future, time.monotonic(), self.collect_bodies)
+        stream = _Stream((path, body, future), time.monotonic(), self.collect_bodies)
         self._streams[stream_id] = stream
         out = self._out
-        out.append(_FRAME.pack(len(block) >> 8, len(block) & 0xFF, HEADERS, END_HEADERS, stream_id))
+        out.append(frame_header(len(block), HEADERS, END_HEADERS, stream_id))
         out.append(block)
         size = len(body)
         if (not self._blocked and size <= self._send_window and size <= self._peer_initial_window
                 and size <= self._peer_max_frame):
-            out.append(_FRAME.pack(size >> 8, size & 0xFF, DATA, END_STREAM, stream_id))
+            out.append(frame_header(size, DATA, END_STREAM, stream_id))
             out.append(body)
             self._send_window -= size
         else:
@@ -313,7 +319,7 @@ class H2GrpcConnection(asyncio.Protocol):
             while rest and stream.window > 0 and self._send_window > 0:
                 size = min(len(rest), stream.window, self._send_window, self._peer_max_frame)
                 chunk, rest = rest[:size], rest[size:]
-                out.append(_FRAME.pack(size >> 8, size & 0xFF, DATA, 0 if rest else END_STREAM, stream_id))
+                out.append(frame_header(size, DATA, 0 if rest else END_STREAM, stream_id))
                 out.append(chunk)
                 stream.window -= size
                 self._send_window -= size
@@ -516,7 +522,7 @@ class H2GrpcConnection(asyncio.Protocol):
         if late:
             self._schedule_flush()
         if not self.closed:
-            self._sweeper = self._loop.call_later(min(1.0, self.timeout_s), self._sweep)
+            self._sweeper = self._loop.call_later(self._sweep_every_s, self._sweep)
 
 
-__all__ = ["CallResult", "H2GrpcConnection", "STATUS_NAMES", "frame", "grpc_body", "request_headers"]
+__all__ = ["CallResult", "H2GrpcConnection", "STATUS_NAMES", "frame", "frame_header", "grpc_body", "request_headers"]

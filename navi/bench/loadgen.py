@@ -35,6 +35,7 @@ from typing import Awaitable, Callable, Literal, Sequence
 import numpy as np
 
 from navi import optional
+from navi.bench import CLIENTS
 
 #: Error key used when an open-loop arrival could not be sent because the
 #: client already had ``max_in_flight`` requests outstanding.
@@ -47,10 +48,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.max_receive_message_length", 1 << 30),
     ("grpc.use_local_subchannel_pool", 1),
 )
-
-#: gRPC clients the pool can drive: grpcio's asyncio client, or the raw
-#: HTTP/2 one (``navi.bench.h2grpc``, a fraction of the CPU per call)
-CLIENTS = ("grpcio", "h2")
 
 #: ``send(payload_index)`` -> None on success, else the failure's status-code name
 SendFn = Callable[[int], Awaitable["str | None"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from navi import optional
+from navi.bench import CLIENTS
 from navi.bench.converter_speed import METHODS as CONVERT_METHODS
 from navi.cli.convert import layout_options, load_layout_or_exit
 
@@ -76,7 +77,7 @@ def _target_pid(text: str) -> tuple[str, int]:
 @click.option("--channels-per-process", type=int, default=2, show_default=True,
               help="gRPC connections per client process (a --workers server gives each connection one worker).")
 @click.option("--timeout-s", type=float, default=30.0, show_default=True, help="per-request deadline.")
-@click.option("--client", type=click.Choice(["grpcio", "h2"]), default="grpcio", show_default=True,
+@click.option("--client", type=click.Choice(CLIENTS), default="grpcio", show_default=True,
               help="gRPC load generator: grpcio's asyncio client, or navi's raw HTTP/2 one (about a third "
                    "of the CPU per call: more of a shared machine left to the server).")
 @click.option("--model", default="home", show_default=True, help="model name in each request.")
