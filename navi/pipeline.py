@@ -104,6 +104,7 @@ class ServedModel:
         deadline_s: float | None = None,
         arrival_s: float | None = None,
         max_rows: int | None = None,
+        admitted: bool = False,
     ) -> dict[str, np.ndarray]:
         """Validate, queue and wait for one request's outputs (what the servicers call).
 
@@ -116,10 +117,11 @@ class ServedModel:
         calling thread may run its batch itself instead of waking a batch
         thread and being woken back.
         ``arrival_s`` (``time.monotonic()``) is when the request reached the
-        server (the batch timeout counts from it).
+        server (the batch timeout counts from it). ``admitted``: ``admit``
+        let it in before its parse (its queue-wait bound is not applied twice).
         """
         payload, rows = self._prepare(inputs, output_names, max_rows)
-        return self._scheduler.run(payload, rows, deadline_s, arrival_s)
+        return self._scheduler.run(payload, rows, deadline_s, arrival_s, admitted)
 
     def admit(self, arrival_s: float | None = None) -> None:
         """Raise ``Overloaded`` (or ``SchedulerClosed``) now if a request would be refused at its queue.
@@ -130,6 +132,11 @@ class ServedModel:
         counts against ``max_queue_wait_ms``.
         """
         self._scheduler.admit(arrival_s)
+
+    def wait_refusal(self, arrival_s: float | None = None, ahead: int = 0) -> str | None:
+        """Why ``admit(arrival_s)`` would refuse by ``max_queue_wait_ms`` now, with ``ahead`` more
+        requests queued, or None; nothing counted."""
+        return self._scheduler.wait_refusal(arrival_s, ahead)
 
     def run_now(
         self, inputs: Mapping[str, np.ndarray], output_names: tuple[str, ...] = ()

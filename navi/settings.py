@@ -30,9 +30,9 @@ class BatchingSettings(_Frozen):
         90.0, ge=0, description="a request that waited longer is shed; 0 = never"
     )
     max_queue_wait_ms: float = Field(
-        100.0, ge=0, description="a new request is refused at once when the queue ahead of it "
-        "would take longer than this to run (queued batches x recent batch time / batch threads; "
-        "never fewer than one batch per thread may wait); 0 = no such bound"
+        100.0, ge=0, description="a new request is refused at once when its wait since it arrived "
+        "plus its estimated wait for a batch slot (the running batches' recent run time and the "
+        "batches queued ahead) would pass this; 0 = no such bound"
     )
     max_queued_requests: int = Field(
         10_000, ge=1, description="requests waiting per queue before new ones are refused"

@@ -103,14 +103,22 @@ class BatchScheduler:
     is the queue's estimated run time and its length. A new task is refused
     with ``Overloaded`` at once, by ``submit`` and by ``admit`` (which servers
     call before parsing a request, so a refusal costs no decode), when every
-    slot is busy and the batches queued ahead of it would take longer than
-    ``max_queue_wait_ms`` to run: ``ceil(ceil((queued + 1) / max_batch_size)
-    / num_batch_threads)`` rounds of the recent batch run time (a moving
-    average), never refusing while at most one batch per slot waits (the next
-    free slot must find a full batch, or goodput falls); and when
-    ``max_queued_requests`` tasks are queued. So an admitted request waits at
-    most about ``max(max_queue_wait_ms, one batch run)`` plus the batch it
-    joins, and the rest are refused in microseconds instead of timing out.
+    slot is busy and its wait so far (from ``arrival_s``: the wait for a
+    server thread counts) plus its estimated wait for a slot would pass
+    ``max_queue_wait_ms``; and when ``max_queued_requests`` tasks are queued.
+    The estimate: the batches queued ahead of it (by ``max_batch_size``, and
+    by ``max_batch_rows`` when set) say which slot's turn it joins and after
+    how many rounds; a batch runs its rows times the recent run time per row
+    (a moving average), so a running batch ends that long after it was
+    taken. ``wait_refusal`` asks the same without counting, for a server's
+    thread pool to refuse before it receives a request (``ahead``: requests
+    received or parsed meanwhile). So an admitted request waits at most
+    about ``max_queue_wait_ms`` before its batch starts, plus the run of the
+    batch it joins, and the rest are refused in microseconds instead of
+    timing out. (Counting only whole rounds of queued batches, and letting one
+    batch per slot always wait, admitted two bounds in a row: the wait for a
+    server thread, then up to a full batch run; benchmarks/RESULTS.md,
+    "Reliability".)
 
     ``process_batch(tasks)`` returns one result per task; each task gets its
     result. If it raises, every task of that batch fails with the error (a
@@ -136,6 +144,10 @@ class BatchScheduler:
         self._inline_when_idle = options.eager_when_idle and options.inline_when_idle
         self._max_in_flight = options.num_batch_threads
         self._running = 0  # batches taken and not finished
+        # (taken at, rows) of each running batch (scheduler clock)
+        self._running_batches: list[tuple[float, int]] = []
+        self._row_s = 0.0  # moving average of a batch's run time per row (when a running batch ends)
+        self._task_rows = 1.0  # moving average of rows per request (when a batch is taken)
         self._batch_s = 0.0  # moving average of a batch's run time (how long a waiter sleeps)
         self._options = options
         self._clock = clock if clock is not None else SystemClock()
@@ -206,19 +218,24 @@ class BatchScheduler:
         """
         task, inline = self._enqueue(payload, rows, deadline_s, owned=False)
         if inline:
-            self._execute([task], task.arrival_s)
+            self._execute([task], task.queued_s)
         return task
 
     def run(self, payload: Any, rows: int, deadline_s: float | None = None,
-            arrival_s: float | None = None) -> Any:
+            arrival_s: float | None = None, admitted: bool = False) -> Any:
         """Queue one request and return its result, waiting on the calling thread.
 
         The same as ``submit(...).result()``, except that no worker is woken
         for the task: the caller is known to wait, so it leads its batch itself.
         ``arrival_s`` (scheduler clock) is when the request reached the server,
         if earlier than now: the batch timeout and ``batch_drop_ms`` count from it.
+        ``admitted``: ``admit`` let this request in before its parse; the
+        ``max_queue_wait_ms`` rule is not applied twice (by now the slot it
+        was admitted for may have taken its batch without it, and refusing
+        it would throw its parse away; the queue's other limits still apply).
         """
-        task, inline = self._enqueue(payload, rows, deadline_s, owned=True, arrival_s=arrival_s)
+        task, inline = self._enqueue(payload, rows, deadline_s, owned=True, arrival_s=arrival_s,
+                                     check_wait=not admitted)
         if inline:
             self._execute([task], task.queued_s)
         return task.result()
@@ -305,11 +322,11 @@ class BatchScheduler:
             cond = self._local.cond = threading.Condition(self._lock)
         return cond
 
-    def _enqueue(self, payload: Any, rows: int, deadline_s: float | None,
-                 owned: bool, arrival_s: float | None = None) -> tuple[BatchTask, bool]:
+    def _enqueue(self, payload: Any, rows: int, deadline_s: float | None, owned: bool,
+                 arrival_s: float | None = None, check_wait: bool = True) -> tuple[BatchTask, bool]:
         """Accept a task: (task, whether the caller runs it inline now)."""
         with self._lock:
-            self._check_room(arrival_s)
+            self._check_room(arrival_s, check_wait)
             now_s = self._clock.monotonic()
             task = BatchTask(payload, int(rows), now_s if arrival_s is None else min(arrival_s, now_s),
                              deadline_s, self)
@@ -317,7 +334,7 @@ class BatchScheduler:
             task.slots_busy_mark_s = self._slots_busy_s(now_s)
             if self._inline_when_idle and self._running == 0 and not self._queue:
                 task.state = TAKEN
-                self._slot_taken(now_s)
+                self._slot_taken(now_s, task.rows)
                 return task, True
             task.owned = owned
             self._queue.append(task)
@@ -334,32 +351,31 @@ class BatchScheduler:
             return self._slots_busy_total_s
         return self._slots_busy_total_s + max(0.0, now_s - self._busy_since)
 
-    def _slot_taken(self, now_s: float) -> None:
-        """One more batch runs. Caller holds the lock."""
+    def _slot_taken(self, now_s: float, rows: int) -> None:
+        """One more batch, of ``rows`` rows, runs from ``now_s``. Caller holds the lock."""
         self._running += 1
+        self._running_batches.append((now_s, rows))
         if self._running >= self._max_in_flight and self._busy_since is None:
             self._busy_since = now_s
 
-    def _slot_freed(self, now_s: float) -> None:
-        """One batch finished. Caller holds the lock."""
+    def _slot_freed(self, now_s: float, started_s: float, rows: int) -> None:
+        """The batch of ``rows`` rows taken at ``started_s`` finished at ``now_s``. Caller holds the lock."""
         self._running -= 1
+        self._running_batches.remove((started_s, rows))
+        row_s = (now_s - started_s) / max(1, rows)
+        self._row_s = row_s if self._row_s == 0.0 else 0.8 * self._row_s + 0.2 * row_s
         if self._busy_since is not None and self._running < self._max_in_flight:
             self._slots_busy_total_s += max(0.0, now_s - self._busy_since)
             self._busy_since = None
 
-    def _check_room(self, arrival_s: float | None = None) -> None:
+    def _check_room(self, arrival_s: float | None = None, check_wait: bool = True) -> None:
         """Raise if a new task cannot be queued now. Caller holds the lock."""
         if self._closing:
             raise SchedulerClosed(f"{self._name} is unloading")
-        waited_s = 0.0 if arrival_s is None else max(0.0, self._clock.monotonic() - arrival_s)
-        wait_s = self._estimated_wait_s(waited_s)
-        if wait_s is not None:
+        reason = self._wait_refusal(arrival_s) if check_wait else None
+        if reason is not None:
             self._count_shed(1)
-            raise Overloaded(
-                f"{self._name}: the request waited {waited_s * 1000:.0f} ms and the {len(self._queue)} "
-                f"requests queued would take ~{wait_s * 1000:.0f} ms more to run "
-                f"(max_queue_wait_ms={self._options.max_queue_wait_ms:g}, --max-queue-wait-millis)"
-            )
+            raise Overloaded(reason)
         if len(self._queue) >= self._options.max_queued_requests:
             self._count_shed(1)
             raise Overloaded(
@@ -367,17 +383,55 @@ class BatchScheduler:
                 f"(max_queued_requests={self._options.max_queued_requests}, --max-queued-requests)"
             )
 
-    def _estimated_wait_s(self, waited_s: float = 0.0) -> float | None:
-        """The queue's estimated run time when it and ``waited_s`` pass ``max_queue_wait_ms``, else None. Lock held."""
-        bound_s = self._options.max_queue_wait_ms / 1000.0
-        if bound_s <= 0 or self._running < self._max_in_flight or self._batch_s <= 0:
+    def wait_refusal(self, arrival_s: float | None = None, ahead: int = 0) -> str | None:
+        """Why a request that arrived at ``arrival_s`` would be refused by ``max_queue_wait_ms`` now, or None.
+
+        Nothing is counted: for a server's thread pool, to refuse before it
+        receives the request (the same rule as ``admit``'s). ``ahead``:
+        requests on their way to this queue ahead of it (being received or
+        parsed), counted as queued.
+        """
+        with self._lock:
+            return self._wait_refusal(arrival_s, ahead)
+
+    def _wait_refusal(self, arrival_s: float | None, ahead: int = 0) -> str | None:
+        """The ``max_queue_wait_ms`` refusal of a new task, or None. Caller holds the lock."""
+        now_s = self._clock.monotonic()
+        wait_s = self._estimated_wait_s(now_s, ahead)
+        if wait_s is None:
             return None
-        batches_ahead = -(-(len(self._queue) + 1) // self._options.max_batch_size)
-        if batches_ahead <= self._max_in_flight:
-            return None  # one batch per slot may always wait
-        rounds = -(-batches_ahead // self._max_in_flight)
-        wait_s = rounds * self._batch_s
-        return wait_s if waited_s + wait_s > bound_s else None
+        waited_s = 0.0 if arrival_s is None else max(0.0, now_s - arrival_s)
+        if waited_s + wait_s <= self._options.max_queue_wait_ms / 1000.0:
+            return None
+        return (f"{self._name}: the request waited {waited_s * 1000:.0f} ms and would wait "
+                f"~{wait_s * 1000:.0f} ms more for a batch slot ({len(self._queue)} requests queued; "
+                f"max_queue_wait_ms={self._options.max_queue_wait_ms:g}, --max-queue-wait-millis)")
+
+    def _estimated_wait_s(self, now_s: float, ahead: int = 0) -> float | None:
+        """How long a new task would wait for its batch to start; None when not bounded or not known. Lock held.
+
+        Run times are the recent time per row times a batch's rows (a heavy
+        model's batch of 16 requests runs 16 times as long as one of 1). The
+        new task's batch comes after the k batches queued ahead: it starts
+        when the (k mod slots)-th soonest running batch ends, plus k div
+        slots rounds of a queued batch's run.
+        """
+        opts = self._options
+        row_s = self._row_s
+        if opts.max_queue_wait_ms <= 0 or self._running < self._max_in_flight or row_s <= 0:
+            return None
+        queued = len(self._queue)
+        task_rows = self._queued_rows / queued if queued else self._task_rows
+        queued += ahead
+        queued_rows = self._queued_rows + ahead * task_rows
+        batches_ahead = queued // opts.max_batch_size
+        batch_rows = opts.max_batch_size * task_rows
+        if opts.max_batch_rows:
+            batches_ahead = max(batches_ahead, int(queued_rows // opts.max_batch_rows))
+            batch_rows = min(batch_rows, opts.max_batch_rows)
+        rounds, slot = divmod(batches_ahead, self._max_in_flight)
+        ends_s = sorted(max(0.0, started_s + rows * row_s - now_s) for started_s, rows in self._running_batches)
+        return ends_s[min(slot, len(ends_s) - 1)] + rounds * batch_rows * row_s
 
     def _wait_s(self, now_s: float) -> float:
         """Seconds until the head batch may be taken (<= 0: now). Caller holds the lock."""
@@ -407,6 +461,8 @@ class BatchScheduler:
             batch.append(task)
             rows += task.rows
         self._queued_rows -= rows
+        if batch:
+            self._task_rows = 0.8 * self._task_rows + 0.2 * rows / len(batch)
         return batch
 
     def _take_if_due(self, now_s: float) -> list[BatchTask] | None:
@@ -415,7 +471,7 @@ class BatchScheduler:
             return None
         batch = self._take(now_s)
         self._gauge(-len(batch))
-        self._slot_taken(now_s)
+        self._slot_taken(now_s, sum(task.rows for task in batch))
         if self._queue:
             self._wake_leader()  # the next batch may be due too, with the other slot
         elif self._closing:
@@ -487,7 +543,7 @@ class BatchScheduler:
                     outcomes = [(task, None, error) for task in batch]
                 for task, value, error in outcomes:
                     task.settle(value, error)
-                self._slot_freed(ended_s)
+                self._slot_freed(ended_s, started_s, sum(task.rows for task in batch))
                 if self._queue:
                     self._wake_leader()
                 elif self._closing and self._running == 0:

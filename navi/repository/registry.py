@@ -242,6 +242,23 @@ class ModelRegistry:
                     return served
         return ready[0][1]
 
+    def wait_refusal(self, arrival_s: float, ahead: int = 0) -> str | None:
+        """Why a request that arrived at ``arrival_s`` would be refused by every ready version's queue, or None.
+
+        For the handler pool, before a request's message is received: only a
+        request that no model would admit is refused there, whatever model it
+        names; the queue it reaches decides for the rest (``ServedModel.admit``).
+        ``ahead``: requests on their way to the queues ahead of it (each queue
+        counts them all).
+        """
+        reason = None
+        for model in self._models.values():
+            for _, served in model.ready:
+                reason = served.wait_refusal(arrival_s, ahead)
+                if reason is None:
+                    return None
+        return reason
+
     def model_names(self) -> list[str]:
         """Configured model names, in configuration order."""
         return list(self._models)

@@ -190,7 +190,8 @@ class NaviServer:
                                 thread_name_prefix="grpc", max_waiting=settings.grpc_max_waiting_requests,
                                 max_wait_s=handler_wait_bound_s(
                                     [model.batching.max_queue_wait_ms for model in settings.models]
-                                    or [BatchingSettings().max_queue_wait_ms]))
+                                    or [BatchingSettings().max_queue_wait_ms]),
+                                wait_refusal=self.registry.wait_refusal)
         control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
         self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
         self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)

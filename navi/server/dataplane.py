@@ -227,7 +227,7 @@ class DataPlane:
             limits = self.limits
             inputs, output_names = request.decode(served, codec.RequestBudget(limits.max_request_decoded_bytes))
             outputs = served.infer(inputs, output_names, request.deadline_s, arrival_s,
-                                   max_rows=limits.max_request_rows)
+                                   max_rows=limits.max_request_rows, admitted=True)
             if output_names and tuple(outputs) != tuple(output_names):
                 outputs = {n: outputs[n] for n in output_names}
             result = InferResult(served, outputs, rows_of(outputs), signature_name)

@@ -11,9 +11,11 @@ runs on a small control pool that requests cannot fill.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from concurrent import futures
+from typing import Callable
 
 import grpc
 from grpc import _server as _grpc_server
@@ -62,6 +64,7 @@ MIN_SLEEP_S = 0.001
 START_EMA = 0.1
 
 _current = threading.local()
+log = logging.getLogger(__name__)
 
 
 class HandlerPool(futures.ThreadPoolExecutor):
@@ -100,18 +103,27 @@ class HandlerPool(futures.ThreadPoolExecutor):
     benchmarks/RESULTS.md, "Reliability"), while a burst arriving at an idle
     pool is queued whole. And while the oldest waiting work has waited
     longer, new work is refused (the backstop while the interval is not yet
-    measured). By count, ``max_waiting``. Work once queued is served whatever
-    it waited (its own gRPC deadline still applies): refusing it when a thread
-    takes it would throw away the wait it already paid, and a burst of 128
-    requests arriving at once, which the queue drains in well under the bound
-    on an idle machine, must not lose its tail to a scheduling hiccup. A
+    measured). By count, ``max_waiting``. And by the models' queues, with
+    ``wait_refusal(arrival_s, ahead)`` (``ModelRegistry.wait_refusal``: the
+    reason every model's batch queue would refuse a request that arrived
+    then with ``ahead`` more queued before it, or None; ``ahead`` is the
+    work running here, being received or parsed): work is refused unread
+    when a thread takes it if no queue would admit it, and, while work
+    queues here, a newcomer whose predicted wait here plus the wait for a
+    batch slot would pass the bound is refused at once. The queue would
+    refuse it anyway, after its receive: a heavy model's batch runs longer
+    than the bound, and its queue's refusals cost a 2.4 MB receive each
+    (benchmarks/RESULTS.md, "Reliability"). Otherwise
+    work once queued is served whatever it waited (its own gRPC deadline
+    still applies), and a burst of 128 requests arriving at an idle server
+    (no batch slot busy, so no queue refuses) is queued whole. A
     ``ThreadPoolExecutor`` by type only, as grpcio requires; the threads and
     the queue are its own.
     """
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
                  min_sleep_s: float = MIN_SLEEP_S, max_waiting: int | None = None,
-                 max_wait_s: float = 0.0):
+                 max_wait_s: float = 0.0, wait_refusal: Callable[[float, int], str | None] | None = None):
         if active_threads < 1 or max_threads < active_threads:
             raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
@@ -131,6 +143,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._closed = False
         self._max_waiting = max_waiting
         self._max_wait_s = max_wait_s  # 0: no bound by time
+        self._wait_refusal = wait_refusal
         # seconds between two starts of queued work while work kept waiting (EMA)
         self._start_interval_s = 0.0
         self._last_start_s: float | None = None
@@ -162,6 +175,13 @@ class HandlerPool(futures.ThreadPoolExecutor):
     def submit(self, fn, /, *args, **kwargs) -> futures.Future:
         """Queue ``fn(*args, **kwargs)``; the work sees its hand-in time (``request_arrival_s``)."""
         future: futures.Future = futures.Future()
+        downstream = None
+        if self._wait_refusal is not None and len(self._pending) >= self._active_limit:
+            # a standing queue: its predicted wait here, then the models' queues, with
+            # what runs here ahead of it (what waits here is in the predicted wait).
+            # Not under our lock: a scheduler takes it while holding its own (sleep hooks).
+            downstream = self._refused_downstream(time.monotonic() - len(self._pending) * self._start_interval_s,
+                                                  self._running)
         with self._pool_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
@@ -181,6 +201,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 reason = (f"the oldest request waiting has waited {(now_s - pending[0][4]) * 1000:.0f} ms "
                           f"for a handler thread (max_queue_wait_ms={self._max_wait_s * 1000:g}, "
                           "--max-queue-wait-millis)")
+            elif downstream is not None:
+                reason = downstream
             else:
                 pending.append((future, fn, args, kwargs, now_s))
                 self._admit()
@@ -245,6 +267,14 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._last_start_s = now_s
         self._waited_after_start = bool(self._pending)
 
+    def _refused_downstream(self, arrival_s: float, ahead: int) -> str | None:
+        """``wait_refusal(arrival_s, ahead)``; None if it fails (the request's own queue then decides)."""
+        try:
+            return self._wait_refusal(arrival_s, ahead)
+        except Exception:  # noqa: BLE001 - a refusal hint must never lose a request
+            log.exception("handler pool: wait_refusal failed")
+            return None
+
     def _sleeping(self, expected_s: float) -> None:
         # A short nap keeps its place: admitting another thread for it would
         # cost a wake-up and one more thread contending for the GIL when the
@@ -284,6 +314,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
                     else:
                         self._waking -= 1
                 future, fn, args, kwargs, arrival_s = self._pending.popleft()
+                ahead = self._running  # started before it, not yet in a batch queue (nor asleep in one)
                 self._running += 1
                 self._note_start()
                 lock.release()
@@ -291,7 +322,16 @@ class HandlerPool(futures.ThreadPoolExecutor):
                     if future.set_running_or_notify_cancel():
                         _current.arrival_s = arrival_s
                         try:
-                            future.set_result(fn(*args, **kwargs))
+                            # refused now, unread, if no model's queue would take it behind the
+                            # requests started before it (it would be refused there after its receive)
+                            reason = (self._refused_downstream(arrival_s, ahead)
+                                      if self._wait_refusal is not None else None)
+                            if reason is None:
+                                future.set_result(fn(*args, **kwargs))
+                            elif _reject_unread(args, reason):
+                                future.set_result(None)
+                            else:
+                                future.set_result(_refusing(reason, fn, args, kwargs))
                         except BaseException as error:  # the future carries it, as ThreadPoolExecutor's do
                             future.set_exception(error)
                         finally:

@@ -454,29 +454,38 @@ class GatedBatches:
         return split_rows({"y": merged}, [t.rows for t in tasks])
 
 
+def measured_batch_time(sched, gated, clock, run_s):
+    """Run one batch of ``run_s`` on the fake clock: the scheduler's recent batch time."""
+    first = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    clock.advance(run_s)
+    gated.release.release()
+    first.result(WAIT_S)
+
+
 @pytest.mark.parametrize("max_queue_wait_ms,refused", [(100, True), (1000, False), (0, False)])
-def test_admission_refuses_when_the_queue_would_take_too_long(max_queue_wait_ms, refused):
-    """Estimated wait = rounds of queued batches x recent batch time; one batch per slot may wait."""
+def test_admission_refuses_when_the_wait_for_a_slot_would_be_too_long(max_queue_wait_ms, refused):
+    """Estimated wait = what is left of the running batch, plus rounds of queued batches (recent time per row)."""
     clock = FakeClock()
     gated = GatedBatches()
     settings = BatchingSettings(max_batch_size=2, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
                                 inline_when_idle=False, max_queue_wait_ms=max_queue_wait_ms)
     sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
-    # one batch that runs 200 ms on the scheduler's clock: the recent batch time
-    first = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
-    clock.advance(0.2)
-    gated.release.release()
-    first.result(WAIT_S)
-    # a batch runs (the only slot is busy); one full batch may wait behind it
+    measured_batch_time(sched, gated, clock, 0.2)
     running = sched.submit(payload(1), 1)
     assert gated.started.acquire(timeout=WAIT_S)
-    waiting = [sched.submit(payload(1), 1) for _ in range(2)]
+    waiting = []
     if refused:
-        # a third would make two rounds = ~400 ms > 100 ms: refused before anything is parsed
+        # the only slot frees in ~200 ms > 100 ms: refused before anything is parsed
+        with pytest.raises(Overloaded, match="~200 ms more"):
+            sched.admit()
+    clock.advance(0.15)  # ~50 ms left of the running batch: the next batch's two places are open
+    waiting += [sched.submit(payload(1), 1) for _ in range(2)]
+    if refused:
+        # a third joins the batch after: 50 ms + that 2-row batch at 200 ms a row
         with pytest.raises(Overloaded, match="--max-queue-wait-millis"):
             sched.admit()
-        with pytest.raises(Overloaded, match="~400 ms"):
+        with pytest.raises(Overloaded, match="~450 ms more"):
             sched.submit(payload(1), 1)
     else:
         waiting.append(sched.submit(payload(1), 1))
@@ -485,4 +494,79 @@ def test_admission_refuses_when_the_queue_would_take_too_long(max_queue_wait_ms,
     for task in [running, *waiting]:
         task.result(WAIT_S)
     sched.admit()  # the queue is empty again: admitted
+    sched.close()
+
+
+def test_admission_counts_the_wait_before_the_queue():
+    """A request that already waited (for a server thread) has that much less of the bound left."""
+    clock = FakeClock()
+    gated = GatedBatches()
+    settings = BatchingSettings(max_batch_size=4, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
+                                inline_when_idle=False, max_queue_wait_ms=100)
+    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
+    measured_batch_time(sched, gated, clock, 0.2)
+    running = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    clock.advance(0.15)  # the slot frees in ~50 ms
+    sched.admit(arrival_s=clock.monotonic() - 0.04)  # 40 + 50 <= 100: admitted
+    with pytest.raises(Overloaded, match="waited 60 ms and would wait ~50 ms more"):
+        sched.admit(arrival_s=clock.monotonic() - 0.06)
+    gated.release.release()
+    running.result(WAIT_S)
+    sched.close()
+
+
+def test_admission_with_two_slots_follows_the_sooner_then_the_later_batch():
+    """Batch k after the queued ones waits for the (k mod slots)-th soonest end; max_batch_rows counts too."""
+    clock = FakeClock()
+    gated = GatedBatches()
+    settings = BatchingSettings(max_batch_size=16, max_batch_rows=4, num_batch_threads=2, batch_timeout_ms=0,
+                                batch_drop_ms=0, inline_when_idle=False, max_queue_wait_ms=100)
+    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
+    measured_batch_time(sched, gated, clock, 0.2)
+    older = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    clock.advance(0.15)  # the older batch ends in ~50 ms
+    younger = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    clock.advance(0.01)  # ~40 ms and ~190 ms left
+    # 4 rows fill the next batch (rows, not requests, close it here): it follows the older one
+    waiting = [sched.submit(payload(2), 2) for _ in range(2)]
+    # the next request's batch follows the younger one: ~190 ms
+    with pytest.raises(Overloaded, match="~190 ms more"):
+        sched.admit()
+    for _ in range(3):
+        gated.release.release()
+    for task in [older, younger, *waiting]:
+        task.result(WAIT_S)
+    sched.close()
+
+
+def test_an_admitted_request_is_not_refused_by_the_wait_bound_after_its_parse():
+    """admit() decides before the parse; run(admitted=True) keeps only the queue's other limits."""
+    clock = FakeClock()
+    gated = GatedBatches()
+    settings = BatchingSettings(max_batch_size=4, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
+                                inline_when_idle=False, max_queue_wait_ms=100, max_queued_requests=1)
+    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
+    measured_batch_time(sched, gated, clock, 0.2)
+    running = sched.submit(payload(1), 1)
+    assert gated.started.acquire(timeout=WAIT_S)
+    with pytest.raises(Overloaded, match="for a batch slot"):
+        sched.admit()  # the slot frees in ~200 ms
+    answers = []
+    admitted = threading.Thread(target=lambda: answers.append(sched.run(payload(1), 1, admitted=True)))
+    admitted.start()
+    while sched.num_queued < 1:
+        time.sleep(0.001)
+    with pytest.raises(Overloaded, match="for a batch slot"):
+        sched.submit(payload(1), 1)  # not admitted: the wait bound applies
+    with pytest.raises(Overloaded, match="--max-queued-requests"):
+        sched.run(payload(1), 1, admitted=True)  # admitted: the count limit still applies
+    gated.release.release()
+    running.result(WAIT_S)
+    assert gated.started.acquire(timeout=WAIT_S)
+    gated.release.release()
+    admitted.join(WAIT_S)
+    assert answers and answers[0]["y"].shape == (1, 2)
     sched.close()

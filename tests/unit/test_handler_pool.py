@@ -364,3 +364,39 @@ def test_under_sustained_overload_new_work_is_refused_when_the_queue_ahead_would
                    and "--max-queue-wait-millis" in reason for reason in refused)
     finally:
         pool.shutdown()
+
+
+def test_work_no_model_queue_would_take_is_refused_unread_when_a_thread_takes_it():
+    """wait_refusal(arrival_s, ahead) is asked as a thread takes work (ahead: work started before it and
+    still running); a reason refuses the work there, unread; a failing hook refuses nothing."""
+    from navi.server.threads import refusal
+
+    asked = []
+    verdicts = iter([None, "m:1: the request would wait ~300 ms more for a batch slot", None])
+
+    def wait_refusal(arrival_s, ahead):
+        asked.append((arrival_s, ahead))
+        verdict = next(verdicts, None)
+        if verdict == "boom":
+            raise RuntimeError(verdict)
+        return verdict
+
+    release = threading.Event()
+    pool = HandlerPool(2, 4, wait_refusal=wait_refusal)
+    try:
+        running = threading.Event()
+        held = pool.submit(lambda: (running.set(), release.wait(WAIT_S)))
+        assert running.wait(WAIT_S)
+        refused = pool.submit(refusal).result(WAIT_S)
+        served = pool.submit(refusal).result(WAIT_S)
+        assert "~300 ms more for a batch slot" in refused and served is None
+        # the held work was running when the other two were taken: one ahead of each
+        assert [ahead for _, ahead in asked] == [0, 1, 1]
+        assert all(arrival_s <= time.monotonic() for arrival_s, _ in asked)
+        verdicts = iter(["boom"])
+        assert pool.submit(refusal).result(WAIT_S) is None  # the hook failed: served, not lost
+        release.set()
+        held.result(WAIT_S)
+    finally:
+        release.set()
+        pool.shutdown()
