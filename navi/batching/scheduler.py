@@ -105,7 +105,10 @@ class BatchScheduler:
     call before parsing a request, so a refusal costs no decode), when every
     slot is busy and its wait so far (from ``arrival_s``: the wait for a
     server thread counts) plus its estimated wait for a slot would pass
-    ``max_queue_wait_ms``; and when ``max_queued_requests`` tasks are queued.
+    ``max_queue_wait_ms`` (never while it would join the next batch taken:
+    that waits at most the rest of one batch run, and the slot freed must
+    find a full batch, or goodput falls); and when ``max_queued_requests``
+    tasks are queued.
     The estimate: the batches queued ahead of it (by ``max_batch_size``, and
     by ``max_batch_rows`` when set) say which slot's turn it joins and after
     how many rounds; a batch runs its rows times the recent run time per row
@@ -113,11 +116,12 @@ class BatchScheduler:
     taken. ``wait_refusal`` asks the same without counting, for a server's
     thread pool to refuse before it receives a request (``ahead``: requests
     received or parsed meanwhile). So an admitted request waits at most
-    about ``max_queue_wait_ms`` before its batch starts, plus the run of the
-    batch it joins, and the rest are refused in microseconds instead of
-    timing out. (Counting only whole rounds of queued batches, and letting one
-    batch per slot always wait, admitted two bounds in a row: the wait for a
-    server thread, then up to a full batch run; benchmarks/RESULTS.md,
+    about ``max(max_queue_wait_ms, the rest of one batch run)`` before its
+    batch starts, plus the run of the batch it joins, and the rest are
+    refused in microseconds instead of timing out. (Counting only whole
+    rounds of queued batches, and letting one batch per slot wait whatever
+    the request had waited before, admitted two bounds in a row: the wait
+    for a server thread, then up to a full batch run; benchmarks/RESULTS.md,
     "Reliability".)
 
     ``process_batch(tasks)`` returns one result per task; each task gets its
@@ -408,7 +412,8 @@ class BatchScheduler:
                 f"max_queue_wait_ms={self._options.max_queue_wait_ms:g}, --max-queue-wait-millis)")
 
     def _estimated_wait_s(self, now_s: float, ahead: int = 0) -> float | None:
-        """How long a new task would wait for its batch to start; None when not bounded or not known. Lock held.
+        """How long a new task would wait for its batch to start; None when not bounded, not known or
+        the next batch. Lock held.
 
         Run times are the recent time per row times a batch's rows (a heavy
         model's batch of 16 requests runs 16 times as long as one of 1). The
@@ -429,6 +434,12 @@ class BatchScheduler:
         if opts.max_batch_rows:
             batches_ahead = max(batches_ahead, int(queued_rows // opts.max_batch_rows))
             batch_rows = min(batch_rows, opts.max_batch_rows)
+        if batches_ahead == 0:
+            # the batch the next free slot takes: it waits at most the rest of one
+            # batch run, and refusing it would leave that slot a smaller batch
+            # (side by side: fewer refusals at c=32, no worse p99 at 3x;
+            # benchmarks/RESULTS.md, "Reliability")
+            return None
         rounds, slot = divmod(batches_ahead, self._max_in_flight)
         ends_s = sorted(max(0.0, started_s + rows * row_s - now_s) for started_s, rows in self._running_batches)
         return ends_s[min(slot, len(ends_s) - 1)] + rounds * batch_rows * row_s

@@ -465,7 +465,8 @@ def measured_batch_time(sched, gated, clock, run_s):
 
 @pytest.mark.parametrize("max_queue_wait_ms,refused", [(100, True), (1000, False), (0, False)])
 def test_admission_refuses_when_the_wait_for_a_slot_would_be_too_long(max_queue_wait_ms, refused):
-    """Estimated wait = what is left of the running batch, plus rounds of queued batches (recent time per row)."""
+    """Estimated wait = what is left of the running batch, plus rounds of queued batches (recent time per
+    row); the next batch taken is never refused."""
     clock = FakeClock()
     gated = GatedBatches()
     settings = BatchingSettings(max_batch_size=2, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
@@ -474,19 +475,17 @@ def test_admission_refuses_when_the_wait_for_a_slot_would_be_too_long(max_queue_
     measured_batch_time(sched, gated, clock, 0.2)
     running = sched.submit(payload(1), 1)
     assert gated.started.acquire(timeout=WAIT_S)
-    waiting = []
+    # the next batch's two places: taken when the only slot frees, in ~200 ms, yet never refused
+    waiting = [sched.submit(payload(1), 1) for _ in range(2)]
     if refused:
-        # the only slot frees in ~200 ms > 100 ms: refused before anything is parsed
-        with pytest.raises(Overloaded, match="~200 ms more"):
-            sched.admit()
-    clock.advance(0.15)  # ~50 ms left of the running batch: the next batch's two places are open
-    waiting += [sched.submit(payload(1), 1) for _ in range(2)]
-    if refused:
-        # a third joins the batch after: 50 ms + that 2-row batch at 200 ms a row
+        # a third joins the batch after: 200 ms + that 2-row batch at 200 ms a row
         with pytest.raises(Overloaded, match="--max-queue-wait-millis"):
             sched.admit()
-        with pytest.raises(Overloaded, match="~450 ms more"):
+        with pytest.raises(Overloaded, match="~600 ms more"):
             sched.submit(payload(1), 1)
+        clock.advance(0.15)  # what is left of the running batch shrinks
+        with pytest.raises(Overloaded, match="~450 ms more"):
+            sched.admit()
     else:
         waiting.append(sched.submit(payload(1), 1))
     for _ in range(1 + -(-len(waiting) // 2)):
@@ -501,18 +500,21 @@ def test_admission_counts_the_wait_before_the_queue():
     """A request that already waited (for a server thread) has that much less of the bound left."""
     clock = FakeClock()
     gated = GatedBatches()
-    settings = BatchingSettings(max_batch_size=4, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
+    settings = BatchingSettings(max_batch_size=1, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
                                 inline_when_idle=False, max_queue_wait_ms=100)
     sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
-    measured_batch_time(sched, gated, clock, 0.2)
+    measured_batch_time(sched, gated, clock, 0.02)
     running = sched.submit(payload(1), 1)
     assert gated.started.acquire(timeout=WAIT_S)
-    clock.advance(0.15)  # the slot frees in ~50 ms
-    sched.admit(arrival_s=clock.monotonic() - 0.04)  # 40 + 50 <= 100: admitted
-    with pytest.raises(Overloaded, match="waited 60 ms and would wait ~50 ms more"):
-        sched.admit(arrival_s=clock.monotonic() - 0.06)
-    gated.release.release()
-    running.result(WAIT_S)
+    queued = sched.submit(payload(1), 1)  # the next batch
+    # a newcomer's batch starts in ~20 ms (the running one) + ~20 ms (the queued one)
+    sched.admit(arrival_s=clock.monotonic() - 0.05)  # 50 + 40 <= 100: admitted
+    with pytest.raises(Overloaded, match="waited 70 ms and would wait ~40 ms more"):
+        sched.admit(arrival_s=clock.monotonic() - 0.07)
+    for _ in range(2):
+        gated.release.release()
+    for task in (running, queued):
+        task.result(WAIT_S)
     sched.close()
 
 
@@ -546,27 +548,28 @@ def test_an_admitted_request_is_not_refused_by_the_wait_bound_after_its_parse():
     """admit() decides before the parse; run(admitted=True) keeps only the queue's other limits."""
     clock = FakeClock()
     gated = GatedBatches()
-    settings = BatchingSettings(max_batch_size=4, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
-                                inline_when_idle=False, max_queue_wait_ms=100, max_queued_requests=1)
+    settings = BatchingSettings(max_batch_size=1, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
+                                inline_when_idle=False, max_queue_wait_ms=100, max_queued_requests=2)
     sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
     measured_batch_time(sched, gated, clock, 0.2)
     running = sched.submit(payload(1), 1)
     assert gated.started.acquire(timeout=WAIT_S)
+    queued = sched.submit(payload(1), 1)  # the next batch
     with pytest.raises(Overloaded, match="for a batch slot"):
-        sched.admit()  # the slot frees in ~200 ms
+        sched.admit()  # its batch would start in ~400 ms
     answers = []
     admitted = threading.Thread(target=lambda: answers.append(sched.run(payload(1), 1, admitted=True)))
     admitted.start()
-    while sched.num_queued < 1:
+    while sched.num_queued < 2:
         time.sleep(0.001)
     with pytest.raises(Overloaded, match="for a batch slot"):
         sched.submit(payload(1), 1)  # not admitted: the wait bound applies
     with pytest.raises(Overloaded, match="--max-queued-requests"):
         sched.run(payload(1), 1, admitted=True)  # admitted: the count limit still applies
-    gated.release.release()
-    running.result(WAIT_S)
-    assert gated.started.acquire(timeout=WAIT_S)
-    gated.release.release()
+    for _ in range(3):
+        gated.release.release()
+    for task in (running, queued):
+        task.result(WAIT_S)
     admitted.join(WAIT_S)
     assert answers and answers[0]["y"].shape == (1, 2)
     sched.close()
