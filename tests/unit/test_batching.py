@@ -454,27 +454,42 @@ class GatedBatches:
         return split_rows({"y": merged}, [t.rows for t in tasks])
 
 
-def measured_batch_time(sched, gated, clock, run_s):
-    """Run one batch of ``run_s`` on the fake clock: the scheduler's recent batch time."""
-    first = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
+def measured_scheduler(run_s, **batching):
+    """A scheduler of gated batches whose recent batch time is one 1-row batch of ``run_s`` (fake clock)."""
+    clock = FakeClock()
+    gated = GatedBatches()
+    settings = BatchingSettings(batch_timeout_ms=0, batch_drop_ms=0, inline_when_idle=False, **batching)
+    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
+    first = start_batch(sched, gated)
     clock.advance(run_s)
     gated.release.release()
     first.result(WAIT_S)
+    return sched, gated, clock
+
+
+def finish(sched, gated, batches, tasks):
+    """Let ``batches`` gated batches run, check every task of ``tasks`` was answered, and close."""
+    for _ in range(batches):
+        gated.release.release()
+    for task in tasks:
+        task.result(WAIT_S)
+    sched.close()
+
+
+def start_batch(sched, gated, rows=1):
+    """Submit ``rows`` rows and wait until their batch runs (a slot was free); the task."""
+    task = sched.submit(payload(rows), rows)
+    assert gated.started.acquire(timeout=WAIT_S)
+    return task
 
 
 @pytest.mark.parametrize("max_queue_wait_ms,refused", [(100, True), (1000, False), (0, False)])
 def test_admission_refuses_when_the_wait_for_a_slot_would_be_too_long(max_queue_wait_ms, refused):
     """Estimated wait = what is left of the running batch, plus rounds of queued batches (recent time per
     row); the next batch taken is never refused."""
-    clock = FakeClock()
-    gated = GatedBatches()
-    settings = BatchingSettings(max_batch_size=2, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
-                                inline_when_idle=False, max_queue_wait_ms=max_queue_wait_ms)
-    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
-    measured_batch_time(sched, gated, clock, 0.2)
-    running = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
+    sched, gated, clock = measured_scheduler(0.2, max_batch_size=2, num_batch_threads=1,
+                                             max_queue_wait_ms=max_queue_wait_ms)
+    running = start_batch(sched, gated)
     # the next batch's two places: taken when the only slot frees, in ~200 ms, yet never refused
     waiting = [sched.submit(payload(1), 1) for _ in range(2)]
     if refused:
@@ -498,62 +513,37 @@ def test_admission_refuses_when_the_wait_for_a_slot_would_be_too_long(max_queue_
 
 def test_admission_counts_the_wait_before_the_queue():
     """A request that already waited (for a server thread) has that much less of the bound left."""
-    clock = FakeClock()
-    gated = GatedBatches()
-    settings = BatchingSettings(max_batch_size=1, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
-                                inline_when_idle=False, max_queue_wait_ms=100)
-    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
-    measured_batch_time(sched, gated, clock, 0.02)
-    running = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
+    sched, gated, clock = measured_scheduler(0.02, max_batch_size=1, num_batch_threads=1, max_queue_wait_ms=100)
+    running = start_batch(sched, gated)
     queued = sched.submit(payload(1), 1)  # the next batch
     # a newcomer's batch starts in ~20 ms (the running one) + ~20 ms (the queued one)
     sched.admit(arrival_s=clock.monotonic() - 0.05)  # 50 + 40 <= 100: admitted
     with pytest.raises(Overloaded, match="waited 70 ms and would wait ~40 ms more"):
         sched.admit(arrival_s=clock.monotonic() - 0.07)
-    for _ in range(2):
-        gated.release.release()
-    for task in (running, queued):
-        task.result(WAIT_S)
-    sched.close()
+    finish(sched, gated, 2, (running, queued))
 
 
 def test_admission_with_two_slots_follows_the_sooner_then_the_later_batch():
     """Batch k after the queued ones waits for the (k mod slots)-th soonest end; max_batch_rows counts too."""
-    clock = FakeClock()
-    gated = GatedBatches()
-    settings = BatchingSettings(max_batch_size=16, max_batch_rows=4, num_batch_threads=2, batch_timeout_ms=0,
-                                batch_drop_ms=0, inline_when_idle=False, max_queue_wait_ms=100)
-    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
-    measured_batch_time(sched, gated, clock, 0.2)
-    older = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
+    sched, gated, clock = measured_scheduler(0.2, max_batch_size=16, max_batch_rows=4, num_batch_threads=2,
+                                             max_queue_wait_ms=100)
+    older = start_batch(sched, gated)
     clock.advance(0.15)  # the older batch ends in ~50 ms
-    younger = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
+    younger = start_batch(sched, gated)
     clock.advance(0.01)  # ~40 ms and ~190 ms left
     # 4 rows fill the next batch (rows, not requests, close it here): it follows the older one
     waiting = [sched.submit(payload(2), 2) for _ in range(2)]
     # the next request's batch follows the younger one: ~190 ms
     with pytest.raises(Overloaded, match="~190 ms more"):
         sched.admit()
-    for _ in range(3):
-        gated.release.release()
-    for task in [older, younger, *waiting]:
-        task.result(WAIT_S)
-    sched.close()
+    finish(sched, gated, 3, [older, younger, *waiting])
 
 
 def test_an_admitted_request_is_not_refused_by_the_wait_bound_after_its_parse():
     """admit() decides before the parse; run(admitted=True) keeps only the queue's other limits."""
-    clock = FakeClock()
-    gated = GatedBatches()
-    settings = BatchingSettings(max_batch_size=1, num_batch_threads=1, batch_timeout_ms=0, batch_drop_ms=0,
-                                inline_when_idle=False, max_queue_wait_ms=100, max_queued_requests=2)
-    sched = BatchScheduler(gated, settings, clock=clock, name="m:1")
-    measured_batch_time(sched, gated, clock, 0.2)
-    running = sched.submit(payload(1), 1)
-    assert gated.started.acquire(timeout=WAIT_S)
+    sched, gated, clock = measured_scheduler(0.2, max_batch_size=1, num_batch_threads=1, max_queue_wait_ms=100,
+                                             max_queued_requests=2)
+    running = start_batch(sched, gated)
     queued = sched.submit(payload(1), 1)  # the next batch
     with pytest.raises(Overloaded, match="for a batch slot"):
         sched.admit()  # its batch would start in ~400 ms
