@@ -32,7 +32,7 @@ class BatchingSettings(_Frozen):
     max_queue_wait_ms: float = Field(
         100.0, ge=0, description="a new request is refused at once when its wait since it arrived "
         "plus its estimated wait for a batch slot (the running batches' recent run time and the "
-        "batches queued ahead) would pass this; 0 = no such bound"
+        "batches queued ahead) would pass this, unless it joins the next batch taken; 0 = no such bound"
     )
     max_queued_requests: int = Field(
         10_000, ge=1, description="requests waiting per queue before new ones are refused"
