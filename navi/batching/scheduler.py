@@ -366,8 +366,6 @@ class BatchScheduler:
         """The batch of ``rows`` rows taken at ``started_s`` finished at ``now_s``. Caller holds the lock."""
         self._running -= 1
         self._running_batches.remove((started_s, rows))
-        row_s = (now_s - started_s) / max(1, rows)
-        self._row_s = row_s if self._row_s == 0.0 else 0.8 * self._row_s + 0.2 * row_s
         if self._busy_since is not None and self._running < self._max_in_flight:
             self._slots_busy_total_s += max(0.0, now_s - self._busy_since)
             self._busy_since = None
@@ -455,8 +453,8 @@ class BatchScheduler:
             return 0.0
         return self._queue[0].arrival_s + self._timeout_s - now_s
 
-    def _take(self, now_s: float) -> list[BatchTask]:
-        """Pop the next batch from the head. Caller holds the lock."""
+    def _take(self, now_s: float) -> tuple[list[BatchTask], int]:
+        """Pop the next batch from the head: (its tasks, their rows). Caller holds the lock."""
         opts = self._options
         batch: list[BatchTask] = []
         rows = 0
@@ -474,15 +472,15 @@ class BatchScheduler:
         self._queued_rows -= rows
         if batch:
             self._task_rows = 0.8 * self._task_rows + 0.2 * rows / len(batch)
-        return batch
+        return batch, rows
 
     def _take_if_due(self, now_s: float) -> list[BatchTask] | None:
         """Take the head batch if it is due and a slot is free. Caller holds the lock."""
         if not self._queue or self._running >= self._max_in_flight or self._wait_s(now_s) > 0:
             return None
-        batch = self._take(now_s)
+        batch, rows = self._take(now_s)
         self._gauge(-len(batch))
-        self._slot_taken(now_s, sum(task.rows for task in batch))
+        self._slot_taken(now_s, rows)
         if self._queue:
             self._wake_leader()  # the next batch may be due too, with the other slot
         elif self._closing:
@@ -548,13 +546,16 @@ class BatchScheduler:
             with self._lock:
                 ended_s = self._clock.monotonic()
                 run_s = ended_s - started_s
+                rows = sum(task.rows for task in batch)
                 self._batch_s = run_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * run_s
+                row_s = run_s / max(1, rows)
+                self._row_s = row_s if self._row_s == 0.0 else 0.8 * self._row_s + 0.2 * row_s
                 if outcomes is None:  # interrupted (e.g. KeyboardInterrupt): nobody is left hanging
                     error = RuntimeFailure(f"{self._name}: batch interrupted")
                     outcomes = [(task, None, error) for task in batch]
                 for task, value, error in outcomes:
                     task.settle(value, error)
-                self._slot_freed(ended_s, started_s, sum(task.rows for task in batch))
+                self._slot_freed(ended_s, started_s, rows)
                 if self._queue:
                     self._wake_leader()
                 elif self._closing and self._running == 0:

@@ -176,7 +176,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
         """Queue ``fn(*args, **kwargs)``; the work sees its hand-in time (``request_arrival_s``)."""
         future: futures.Future = futures.Future()
         downstream = None
-        if self._wait_refusal is not None and len(self._pending) >= self._active_limit:
+        if len(self._pending) >= self._active_limit:
             # a standing queue: its predicted wait here, then the models' queues, with
             # what runs here ahead of it (what waits here is in the predicted wait).
             # Not under our lock: a scheduler takes it while holding its own (sleep hooks).
@@ -268,7 +268,10 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._waited_after_start = bool(self._pending)
 
     def _refused_downstream(self, arrival_s: float, ahead: int) -> str | None:
-        """``wait_refusal(arrival_s, ahead)``; None if it fails (the request's own queue then decides)."""
+        """``wait_refusal(arrival_s, ahead)``; None without one, or if it fails (the request's own
+        queue then decides)."""
+        if self._wait_refusal is None:
+            return None
         try:
             return self._wait_refusal(arrival_s, ahead)
         except Exception:  # noqa: BLE001 - a refusal hint must never lose a request
@@ -324,8 +327,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
                         try:
                             # refused now, unread, if no model's queue would take it behind the
                             # requests started before it (it would be refused there after its receive)
-                            reason = (self._refused_downstream(arrival_s, ahead)
-                                      if self._wait_refusal is not None else None)
+                            reason = self._refused_downstream(arrival_s, ahead)
                             if reason is None:
                                 future.set_result(fn(*args, **kwargs))
                             elif _reject_unread(args, reason):
