@@ -41,8 +41,9 @@ from navi.server.health import HealthService
 from navi.server.kserve import InferenceServicer
 from navi.server.metrics_http import MetricsHTTPServer
 from navi.server.tfserving import ModelServicer, PredictionServicer, add_prediction_service
-from navi.server.rawrpc import add_raw_service
-from navi.server.threads import CONTROL_THREADS, HandlerPool, handler_wait_bound_s, max_concurrent_rpcs
+from navi.server.rawrpc import add_raw_service, add_reflection_service
+from navi.server.threads import (CONTROL_MAX_WAITING, CONTROL_THREADS, REFLECTION_THREADS, HandlerPool,
+                                 handler_wait_bound_s)
 from navi.settings import BatchingSettings, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def http2_window_options(stream_window_bytes: int) -> list[tuple[str, int]]:
     By default grpc core probes the connection's bandwidth-delay product and
     grows every stream's window with it, to megabytes on loopback: a 2.4 MB
     request is then received whole while it waits for a handler thread, and
-    a call refused unread (grpcio's concurrent cap, ``max_concurrent_rpcs``)
+    a call refused unread (by a full ``HandlerPool``)
     has still cost its receive. With the probe off, a stream's window stays
     at ``lookahead_bytes`` until the handler asks for the message, when
     chttp2 widens it to the message's size: served requests still arrive
@@ -192,12 +193,20 @@ class NaviServer:
                                     [model.batching.max_queue_wait_ms for model in settings.models]
                                     or [BatchingSettings().max_queue_wait_ms]),
                                 wait_refusal=self.registry.wait_refusal)
-        control_pool = futures.ThreadPoolExecutor(max_workers=CONTROL_THREADS, thread_name_prefix="grpc-control")
+        control_pool = HandlerPool(CONTROL_THREADS, CONTROL_THREADS, thread_name_prefix="grpc-control",
+                                   max_waiting=CONTROL_MAX_WAITING,
+                                   max_waiting_source="health, metadata and status calls: at most {}")
         self.metrics.handler_threads_running.set_function(lambda: data_pool.running)
         self.metrics.requests_in_flight.set_function(lambda: data_pool.holding)
-        self._pools = (data_pool, control_pool)
-        server = grpc.server(control_pool, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs(
-            max(settings.grpc_threads, settings.grpc_max_threads), settings.grpc_max_waiting_requests))
+        reflection_pool = HandlerPool(REFLECTION_THREADS, REFLECTION_THREADS, thread_name_prefix="grpc-reflection",
+                                      max_waiting=REFLECTION_THREADS,
+                                      max_waiting_source="server reflection streams: at most {}")
+        self._pools = (data_pool, control_pool, reflection_pool)
+        # Both pools bound their queues and refuse past them unread, so
+        # grpcio's own cap (``maximum_concurrent_rpcs``) is not set: it adds
+        # a done-callback taking the server's lock to every call (per-request
+        # CPU: benchmarks/RESULTS.md, "Per-request cost").
+        server = grpc.server(control_pool, options=options)
         # every service parses its own requests (navi.server.rawrpc): an
         # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL
         on_data_pool = {method: data_pool for method in ("Predict", "Classify", "Regress", "MultiInference")}
@@ -217,7 +226,7 @@ class NaviServer:
 
         add_file_of(health_pb2)
         add_file_of(reflection_pb2)
-        reflection.enable_server_reflection(SERVICE_NAMES, server, pool=POOL)
+        add_reflection_service(server, SERVICE_NAMES, POOL, reflection_pool)
 
         libraries = [path for model in settings.models for path in model.customops_libs]
         if libraries:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import grpc
 from google.protobuf import message_factory
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from navi.codec import parse_message
 from navi.errors import DeadlineExceeded, Overloaded
@@ -103,4 +104,31 @@ def add_raw_service(server: grpc.Server, service, servicer: Any, *,
     return handlers
 
 
-__all__ = ["add_raw_service", "check_deadline", "raw_handler"]
+def add_reflection_service(server: grpc.Server, service_names: Iterable[str], descriptor_pool,
+                           pool: futures.ThreadPoolExecutor) -> None:
+    """Serve gRPC server reflection (grpcio-reflection's servicer) on threads of its own, ``pool``.
+
+    A reflection call is a bidirectional stream that holds its thread for as
+    long as the client keeps it open (grpcurl closes it at once; a client
+    need not). On the control threads a few open streams would leave health
+    checks and metadata calls waiting, and a Kubernetes probe failing; on a
+    pool of their own, a stream that ``pool`` refuses (``threads.refusal``)
+    is answered RESOURCE_EXHAUSTED before it reads anything.
+    """
+    servicer = reflection.ReflectionServicer(tuple(service_names), pool=descriptor_pool)
+
+    def handler(request_iterator, context):
+        refused = refusal()
+        if refused is not None:
+            context.abort(*status_of(Overloaded(refused), "ServerReflectionInfo"))
+        yield from servicer.ServerReflectionInfo(request_iterator, context)
+
+    handler.experimental_thread_pool = pool
+    handlers = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        handler, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(reflection.SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(reflection.SERVICE_NAME, handlers)
+
+
+__all__ = ["add_raw_service", "add_reflection_service", "check_deadline", "raw_handler"]

@@ -6,7 +6,9 @@ as cores; ``HandlerPool``) a health check or a metadata call would then wait
 behind every queued Predict (hundreds of milliseconds under load:
 benchmarks/RESULTS.md, "Design measurements"). The model-running methods
 therefore get a pool of their own and everything else (health, reflection, metadata, status, liveness)
-runs on a small control pool that requests cannot fill.
+runs on a small control pool that requests cannot fill. Server reflection,
+whose streams hold a thread while open, has a pool of its own. Each pool
+bounds its queue and refuses past it unread (``HandlerPool``).
 """
 from __future__ import annotations
 
@@ -26,24 +28,15 @@ from navi.batching.sleep import set_sleep_hooks
 #: health service's Watch does not hold a thread (it is non-blocking)
 CONTROL_THREADS = 4
 
+#: threads (and waiting places) for server reflection's streams, each of which
+#: holds its thread while open, on a pool of their own
+REFLECTION_THREADS = 2
 
-#: RPC handlers beyond the data pool's holding threads and waiting queue that
-#: may be in progress at once: control calls and refusals being answered
-CONTROL_RPC_HEADROOM = 64
-
-
-def max_concurrent_rpcs(grpc_max_threads: int, grpc_max_waiting_requests: int) -> int:
-    """RPC handlers queued or running at once before grpcio refuses new calls unread.
-
-    grpcio counts a call from its arrival until its handler returns. Past what
-    the handler pool holds and queues, ``HandlerPool`` refuses a request only
-    after its one refusing thread has received it, and grpc core buffers every
-    call's message meanwhile (measured: an open loop of 1,000 2.4 MB requests/s
-    took the daemon to 7.5 GB RSS). grpcio's own limit answers
-    RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" without reading the
-    message, so memory stays bounded by about this many messages.
-    """
-    return grpc_max_threads + grpc_max_waiting_requests + CONTROL_RPC_HEADROOM
+#: control RPCs that may wait for a control thread before newcomers are
+#: refused unread (RESOURCE_EXHAUSTED): a flood of metadata or health calls
+#: queues no more than this many calls (each holds only grpc core's stream
+#: window of its message until read)
+CONTROL_MAX_WAITING = 64
 
 
 def handler_wait_bound_s(queue_wait_bounds_ms) -> float:
@@ -103,7 +96,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
     benchmarks/RESULTS.md, "Reliability"), while a burst arriving at an idle
     pool is queued whole. And while the oldest waiting work has waited
     longer, new work is refused (the backstop while the interval is not yet
-    measured). By count, ``max_waiting``. And by the models' queues, with
+    measured). By count, ``max_waiting`` (named in the refusal by
+    ``max_waiting_source``). And by the models' queues, with
     ``wait_refusal(arrival_s, ahead)`` (``ModelRegistry.wait_refusal``: the
     reason every model's batch queue would refuse a request that arrived
     then with ``ahead`` more queued before it, or None; ``ahead`` is the
@@ -123,7 +117,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
                  min_sleep_s: float = MIN_SLEEP_S, max_waiting: int | None = None,
-                 max_wait_s: float = 0.0, wait_refusal: Callable[[float, int], str | None] | None = None):
+                 max_wait_s: float = 0.0, wait_refusal: Callable[[float, int], str | None] | None = None,
+                 max_waiting_source: str = "grpc_max_waiting_requests={}, --grpc-max-waiting-requests"):
         if active_threads < 1 or max_threads < active_threads:
             raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
@@ -142,6 +137,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._waking = 0  # threads woken (or started) and not yet at the queue
         self._closed = False
         self._max_waiting = max_waiting
+        self._max_waiting_source = max_waiting_source  # names the bound in refusals; {} is its value
         self._max_wait_s = max_wait_s  # 0: no bound by time
         self._wait_refusal = wait_refusal
         # seconds between two starts of queued work while work kept waiting (EMA)
@@ -189,7 +185,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
             now_s = time.monotonic()
             if self._max_waiting is not None and len(pending) >= self._max_waiting:
                 reason = (f"{len(pending)} requests are waiting for a handler thread "
-                          f"(grpc_max_waiting_requests={self._max_waiting}, --grpc-max-waiting-requests)")
+                          f"({self._max_waiting_source.format(self._max_waiting)})")
             elif (self._max_wait_s and len(pending) >= self._active_limit
                   and now_s - self._last_idle_s > self._max_wait_s
                   and len(pending) * self._start_interval_s > self._max_wait_s):

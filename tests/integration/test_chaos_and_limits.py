@@ -203,3 +203,96 @@ def test_metrics_bind_the_configured_host_only(small_navi):
     lines = [line for line in listening.splitlines() if port_hex in line.split()[1] + " " and line.split()[3] == "0A"]
     assert lines and all(line.split()[1].startswith("0100007F") for line in lines), lines
 
+
+
+def test_open_reflection_streams_leave_health_and_metadata_answering(small_navi):
+    """Reflection streams hold a thread each while open; they have threads of their own: with all
+    taken and their queue full, health and metadata still answer, one more stream is refused
+    RESOURCE_EXHAUSTED at once, and the waiting streams are served once the others close."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from navi._proto.tensorflow_serving.apis import get_model_metadata_pb2
+    from navi.server.threads import REFLECTION_THREADS
+
+    streams = 3 * REFLECTION_THREADS  # running, waiting, refused
+    release = threading.Event()
+    outcomes: list[str] = []
+    channels = [small_navi.channel() for _ in range(streams)]
+
+    def hold(channel) -> None:
+        def requests():
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            release.wait(60)
+
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(requests(), timeout=60)
+        try:
+            outcomes.append(next(answers).WhichOneof("message_response"))
+        except grpc.RpcError as error:
+            outcomes.append(f"{error.code().name}: {error.details()}")
+        release.wait(60)  # the stream stays open while ``answers`` lives (grpcio cancels it when collected)
+
+    threads = [threading.Thread(target=hold, args=(channel,), daemon=True) for channel in channels]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(outcomes) < 2 * REFLECTION_THREADS and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first streams are answered, the excess refused; the rest wait
+        with small_navi.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            metadata = channel.unary_unary(
+                "/tensorflow.serving.PredictionService/GetModelMetadata",
+                request_serializer=get_model_metadata_pb2.GetModelMetadataRequest.SerializeToString,
+                response_deserializer=get_model_metadata_pb2.GetModelMetadataResponse.FromString,
+            )(get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec={"name": "dense"}, metadata_field=["signature_def"]), timeout=5)
+            assert metadata.model_spec.name == "dense"
+        refused = [outcome for outcome in outcomes if outcome.startswith("RESOURCE_EXHAUSTED")]
+        assert len(refused) == REFLECTION_THREADS, outcomes
+        assert all("server reflection streams: at most" in outcome for outcome in refused), refused
+        release.set()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == sorted(refused + ["list_services_response"] * (2 * REFLECTION_THREADS))
+    finally:
+        release.set()
+        for channel in channels:
+            channel.close()
+
+
+def test_open_health_watches_are_bounded(small_navi):
+    """Each open Watch holds grpc core memory; past MAX_WATCHES a new one is refused at once,
+    Check still answers, and a closed one makes room again."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from navi.server.health import MAX_WATCHES
+
+    with small_navi.channel() as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watches = []
+        try:
+            for i in range(MAX_WATCHES):
+                watch = stub.Watch(health_pb2.HealthCheckRequest(service="" if i % 2 else f"name-{i}"), timeout=60)
+                next(watch)
+                watches.append(watch)
+            with pytest.raises(grpc.RpcError) as info:
+                next(stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"{MAX_WATCHES} health Watch streams are open" in info.value.details()
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            watches.pop().cancel()
+            deadline = time.monotonic() + 10
+            while True:  # the server runs the cancelled stream's close callback shortly after
+                try:
+                    answer = next(stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60))
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                    time.sleep(0.05)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for watch in watches:
+                watch.cancel()
