@@ -13,6 +13,7 @@ bounds its queue and refuses past it unread (``HandlerPool``).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -53,6 +54,9 @@ def handler_wait_bound_s(queue_wait_bounds_ms) -> float:
 
 #: sleeps expected shorter than this keep their running place (see HandlerPool)
 MIN_SLEEP_S = 0.001
+#: seconds after a refusal during which queued calls are not received ahead (``_receiving``): under
+#: overload a call stays unread until a thread takes it, so one refused then costs no receive
+RECEIVE_AHEAD_QUIET_S = 1.0
 #: weight of the newest interval between starts of queued work in its moving average
 START_EMA = 0.1
 
@@ -118,7 +122,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
                  min_sleep_s: float = MIN_SLEEP_S, max_waiting: int | None = None,
                  max_wait_s: float = 0.0, wait_refusal: Callable[[float, int], str | None] | None = None,
-                 max_waiting_source: str = "grpc_max_waiting_requests={}, --grpc-max-waiting-requests"):
+                 max_waiting_source: str = "grpc_max_waiting_requests={}, --grpc-max-waiting-requests",
+                 receive_ahead: int | None = None):
         if active_threads < 1 or max_threads < active_threads:
             raise ValueError(f"need 1 <= active_threads ({active_threads}) <= max_threads ({max_threads})")
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
@@ -138,6 +143,10 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._closed = False
         self._max_waiting = max_waiting
         self._max_waiting_source = max_waiting_source  # names the bound in refusals; {} is its value
+        # queued grpcio calls, from the front, whose message receive has started (_receiving)
+        self._receiving_ahead = 0
+        self._receive_ahead_limit = receive_ahead if receive_ahead is not None else 2 * active_threads
+        self._last_refusal_s = float("-inf")  # when work was last refused here (monotonic)
         self._max_wait_s = max_wait_s  # 0: no bound by time
         self._wait_refusal = wait_refusal
         # seconds between two starts of queued work while work kept waiting (EMA)
@@ -200,9 +209,14 @@ class HandlerPool(futures.ThreadPoolExecutor):
             elif downstream is not None:
                 reason = downstream
             else:
+                if (self._receiving_ahead == len(pending) < self._receive_ahead_limit
+                        and now_s - self._last_refusal_s > RECEIVE_AHEAD_QUIET_S):
+                    args = _receiving(args)
+                    self._receiving_ahead += 1
                 pending.append((future, fn, args, kwargs, now_s))
                 self._admit()
                 return future
+            self._last_refusal_s = now_s
         if _reject_unread(args, reason):
             future.set_result(None)
             return future
@@ -223,6 +237,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
             if cancel_futures:
                 while self._pending:
                     self._pending.popleft()[0].cancel()
+                self._receiving_ahead = 0
             for idle in self._idle:
                 idle.notify()
             threads = list(self._threads)
@@ -251,6 +266,17 @@ class HandlerPool(futures.ThreadPoolExecutor):
             else:
                 return
             wanted -= 1
+
+    def _receive_next(self) -> None:
+        """After the front of the queue was taken: start the next queued call's receive (lock held)."""
+        pending = self._pending
+        if self._receiving_ahead:
+            self._receiving_ahead -= 1
+        if (len(pending) > self._receiving_ahead < self._receive_ahead_limit
+                and time.monotonic() - self._last_refusal_s > RECEIVE_AHEAD_QUIET_S):
+            future, fn, args, kwargs, arrival_s = pending[self._receiving_ahead]
+            pending[self._receiving_ahead] = (future, fn, _receiving(args), kwargs, arrival_s)
+            self._receiving_ahead += 1
 
     def _note_start(self) -> None:
         """Time a start of queued work (lock held): the interval since the previous start counts
@@ -313,6 +339,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
                     else:
                         self._waking -= 1
                 future, fn, args, kwargs, arrival_s = self._pending.popleft()
+                self._receive_next()
                 ahead = self._running  # started before it, not yet in a batch queue (nor asleep in one)
                 self._running += 1
                 self._note_start()
@@ -326,10 +353,12 @@ class HandlerPool(futures.ThreadPoolExecutor):
                             reason = self._refused_downstream(arrival_s, ahead)
                             if reason is None:
                                 future.set_result(fn(*args, **kwargs))
-                            elif _reject_unread(args, reason):
-                                future.set_result(None)
                             else:
-                                future.set_result(_refusing(reason, fn, args, kwargs))
+                                self._last_refusal_s = time.monotonic()
+                                if _reject_unread(args, reason):
+                                    future.set_result(None)
+                                else:
+                                    future.set_result(_refusing(reason, fn, args, kwargs))
                         except BaseException as error:  # the future carries it, as ThreadPoolExecutor's do
                             future.set_exception(error)
                         finally:
@@ -389,6 +418,61 @@ def _reject_unread(args: tuple, reason: str) -> bool:
 
 #: grpcio's sender of a call's status (None if a grpcio release renames it: the refusing thread is used)
 _GRPC_STATUS = getattr(_grpc_server, "_status", None)
+
+
+def _receiving(args: tuple) -> tuple:
+    """grpcio's unary RPC work with its message's receive started now, at admission.
+
+    grpcio starts receiving a unary call's message when a handler thread runs
+    it. With the small HTTP/2 stream window (``grpc_stream_window_bytes``)
+    that keeps refused calls unread, a queued call has received only that
+    window, so the thread that takes it would wait for the rest, and the
+    client would send it in window-sized rounds: a 1.3 MB BPR request cost
+    ~1.4x the server CPU of one received whole (benchmarks/RESULTS.md,
+    "Per-request cost"). Started at admission, for the first few calls queued
+    (``receive_ahead``: the memory held is at most that many messages), the
+    message streams in while the call waits; calls refused stay unread. The
+    step that then waits for the message (``_received_message``) replaces
+    grpcio's own. Work of any other shape, or a grpcio without these
+    internals, is returned unchanged.
+    """
+    if _GRPC_RECEIVE is None or len(args) < 6 or args[0] is not _GRPC_UNARY_IN_POOL:
+        return args
+    rpc_event, rpc_state, deserializer = args[1], args[2], args[5]
+    with rpc_state.condition:
+        if not _grpc_server._is_rpc_state_active(rpc_state):
+            return args
+        rpc_event.call.start_server_batch((_grpc_server.cygrpc.ReceiveMessageOperation(0),),
+                                          _GRPC_RECEIVE(rpc_state, rpc_event.call, deserializer))
+        rpc_state.due.add(_grpc_server._RECEIVE_MESSAGE_TOKEN)
+    return args[:4] + (functools.partial(_received_message, rpc_event, rpc_state),) + args[5:]
+
+
+def _received_message(rpc_event, rpc_state):
+    """The message whose receive ``_receiving`` started, once it is in (grpcio's ``unary_request``'s
+    wait, checking first: the message may have arrived before this thread asks)."""
+    with rpc_state.condition:
+        while True:
+            if rpc_state.request is not None:
+                request, rpc_state.request = rpc_state.request, None
+                return request
+            if rpc_state.client is _grpc_server._CLOSED:
+                # as grpcio: a unary call's client closed without its one message
+                _grpc_server._abort(rpc_state, rpc_event.call, _grpc_server.cygrpc.StatusCode.unimplemented,
+                                    f'"{rpc_event.call_details.method}" requires exactly one request message.'
+                                    .encode())
+                return None
+            if not _grpc_server._is_rpc_state_active(rpc_state):
+                return None
+            rpc_state.condition.wait()
+
+
+#: grpcio's callback that stores a received message (None if a grpcio release renames one of the
+#: internals ``_receiving`` uses: messages are then received when a thread runs the call)
+_GRPC_RECEIVE = getattr(_grpc_server, "_receive_message", None)
+if not all(hasattr(_grpc_server, name) for name in (
+        "_is_rpc_state_active", "_RECEIVE_MESSAGE_TOKEN", "_CLOSED", "_abort", "cygrpc")):
+    _GRPC_RECEIVE = None
 _MAX_DETAILS_BYTES = 1024
 
 

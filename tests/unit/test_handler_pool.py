@@ -400,3 +400,52 @@ def test_work_no_model_queue_would_take_is_refused_unread_when_a_thread_takes_it
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_a_queued_grpc_call_receives_its_message_while_it_waits():
+    """A real grpcio server with navi's small stream window: the message of a call queued for a
+    thread streams in while it waits (not only once a thread asks), it is served whole, and a
+    queued call whose deadline passes meanwhile ends without holding the thread."""
+    import grpc
+
+    from navi.server.app import http2_window_options
+
+    hold = threading.Event()
+    held = threading.Event()
+
+    def behavior(request, context):
+        held.set()
+        hold.wait(WAIT_S)
+        return str(len(request)).encode()
+
+    behavior.experimental_thread_pool = pool = HandlerPool(1, 1, max_waiting=4)
+    method = grpc.unary_unary_rpc_method_handler(behavior)
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=http2_window_options(65536),
+                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    payload = b"x" * 1_000_000
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.S/Call")
+            first = call.future(b"1", timeout=WAIT_S)
+            assert held.wait(WAIT_S)
+            queued = call.future(payload, timeout=WAIT_S)
+            expiring = call.future(payload, timeout=0.5)
+            deadline = time.monotonic() + WAIT_S
+            while pool.waiting < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            rpc_state = pool._pending[0][2][2]  # grpcio's state of the first queued call
+            while rpc_state.request is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert rpc_state.request == payload  # all 1 MB in, while the only thread is busy
+            with pytest.raises(grpc.RpcError) as expired:
+                expiring.result()
+            assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            hold.set()
+            assert first.result() == b"1" and queued.result() == b"1000000"
+            assert call(payload, timeout=WAIT_S) == b"1000000"
+    finally:
+        hold.set()
+        server.stop(None)
+        pool.shutdown()
