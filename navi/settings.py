@@ -238,8 +238,8 @@ class ServerSettings(_Frozen):
     )
     grpc_stream_window_bytes: int = Field(
         65536, ge=0,
-        description="bytes of a request gRPC receives before its handler reads it (the HTTP/2 "
-        "stream window; a handler that reads widens it to the whole message); 0 = grpc core's "
+        description="bytes of a request gRPC receives before the call is admitted to a handler "
+        "thread's queue (the HTTP/2 stream window; admission widens it to the whole message); 0 = grpc core's "
         "default, a window grown by bandwidth probing to megabytes",
     )
     grpc_max_threads: int = Field(

@@ -116,8 +116,8 @@ OPTIONS = [
                  help="Requests waiting for a handler thread before new ones are refused "
                       "RESOURCE_EXHAUSTED, unparsed [default: 256]."),
     click.option("--grpc-stream-window-bytes", type=int,
-                 help="Bytes of a request gRPC receives before a handler thread reads it (HTTP/2 "
-                      "stream window), so calls refused or queued unread cost little; 0 = grpc's "
+                 help="Bytes of a request gRPC receives before the call is admitted to a handler "
+                      "thread's queue (HTTP/2 stream window), so calls refused unread cost little; 0 = grpc's "
                       "own, grown to megabytes by bandwidth probing [default: 65536]."),
     click.option("--max-request-rows", type=int,
                  help="Rows one request may carry; past it RESOURCE_EXHAUSTED [default: 10000]."),

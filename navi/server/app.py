@@ -125,17 +125,18 @@ def certificate_expiry_epoch_s(pem: bytes) -> float:
 
 def http2_window_options(stream_window_bytes: int) -> list[tuple[str, int]]:
     """grpc core's options that make it receive ``stream_window_bytes`` of a call's message until
-    its handler reads it (``ServerSettings.grpc_stream_window_bytes``; 0: grpc's defaults).
+    its handler pool admits it (``ServerSettings.grpc_stream_window_bytes``; 0: grpc's defaults).
 
     By default grpc core probes the connection's bandwidth-delay product and
     grows every stream's window with it, to megabytes on loopback: a 2.4 MB
     request is then received whole while it waits for a handler thread, and
     a call refused unread (by a full ``HandlerPool``)
     has still cost its receive. With the probe off, a stream's window stays
-    at ``lookahead_bytes`` until the handler asks for the message, when
-    chttp2 widens it to the message's size: served requests still arrive
-    at full speed, and the others' senders wait (benchmarks/RESULTS.md,
-    "Reliability").
+    at ``lookahead_bytes`` until the message is asked for (when the handler
+    pool admits the call: ``navi.server.threads._receiving``), when chttp2
+    widens it to the message's size: admitted requests arrive while they
+    wait, and the others' senders wait (benchmarks/RESULTS.md, "Receive
+    ahead" and "Reliability").
     """
     if stream_window_bytes <= 0:
         return []
