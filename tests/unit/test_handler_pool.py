@@ -449,3 +449,61 @@ def test_a_queued_grpc_call_receives_its_message_while_it_waits():
         hold.set()
         server.stop(None)
         pool.shutdown()
+
+
+def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them():
+    """Under overload (a refusal within RECEIVE_AHEAD_QUIET_S) a queued call's receive is not
+    started ahead: one the pool refuses when a thread takes it then costs no receive."""
+    import grpc
+    from grpc import _server as grpc_server
+
+    from navi.server.app import http2_window_options
+
+    gate = threading.Semaphore(0)
+    started = threading.Semaphore(0)
+
+    def behavior(request, context):
+        started.release()
+        gate.acquire(timeout=WAIT_S)
+        return str(len(request)).encode()
+
+    behavior.experimental_thread_pool = pool = HandlerPool(1, 1, max_waiting=1, receive_ahead=4)
+    method = grpc.unary_unary_rpc_method_handler(behavior)
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=http2_window_options(65536),
+                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    payload = b"x" * 300_000
+
+    def queued_state():
+        deadline = time.monotonic() + WAIT_S
+        while pool.waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return pool._pending[0][2][2]  # grpcio's state of the queued call
+
+    def receiving(rpc_state) -> bool:  # its receive started: pending, or the message already in
+        return rpc_state.request is not None or grpc_server._RECEIVE_MESSAGE_TOKEN in rpc_state.due
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.S/Call")
+            first = call.future(b"1", timeout=WAIT_S)
+            assert started.acquire(timeout=WAIT_S)
+            before = call.future(payload, timeout=WAIT_S)
+            assert receiving(queued_state())  # no refusal yet: received ahead
+            with pytest.raises(grpc.RpcError) as refused:
+                call(payload, timeout=WAIT_S)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            gate.release()  # the first ends; the thread takes the call queued before the refusal
+            assert started.acquire(timeout=WAIT_S)
+            after = call.future(payload, timeout=WAIT_S)
+            assert not receiving(queued_state())  # unread while it waits
+            gate.release()
+            gate.release()
+            assert first.result() == b"1"
+            assert before.result() == after.result() == b"300000"
+    finally:
+        for _ in range(3):
+            gate.release()
+        server.stop(None)
+        pool.shutdown()
