@@ -283,6 +283,22 @@ def test_while_the_oldest_waiting_work_is_past_the_time_bound_new_work_is_refuse
         pool.shutdown()
 
 
+def _serve_on(pool: HandlerPool, behavior, window_bytes: int = 0):
+    """A real grpcio server running ``behavior`` as /t.S/Call on ``pool``; returns (server, port).
+    ``window_bytes``: navi's HTTP/2 stream window (0: grpc's own)."""
+    import grpc
+
+    from navi.server.app import http2_window_options
+
+    behavior.experimental_thread_pool = pool
+    method = grpc.unary_unary_rpc_method_handler(behavior)
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=http2_window_options(window_bytes),
+                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
 def test_a_grpc_call_refused_by_the_pool_is_answered_without_receiving_its_message():
     """A real grpcio server: the refused call is answered RESOURCE_EXHAUSTED where grpcio hands it to
     the pool, its message unread and its handler never run."""
@@ -307,12 +323,7 @@ def test_a_grpc_call_refused_by_the_pool_is_answered_without_receiving_its_messa
         seen.append((len(raw), refusal()))
         return handler(raw, context)
 
-    recording.experimental_thread_pool = pool
-    method = grpc.unary_unary_rpc_method_handler(recording)
-    server = grpc.server(futures.ThreadPoolExecutor(2),
-                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _serve_on(pool, recording)
     payload = b"x" * 300_000
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -408,8 +419,6 @@ def test_a_queued_grpc_call_receives_its_message_while_it_waits():
     queued call whose deadline passes meanwhile ends without holding the thread."""
     import grpc
 
-    from navi.server.app import http2_window_options
-
     hold = threading.Event()
     held = threading.Event()
 
@@ -418,12 +427,8 @@ def test_a_queued_grpc_call_receives_its_message_while_it_waits():
         hold.wait(WAIT_S)
         return str(len(request)).encode()
 
-    behavior.experimental_thread_pool = pool = HandlerPool(1, 1, max_waiting=4)
-    method = grpc.unary_unary_rpc_method_handler(behavior)
-    server = grpc.server(futures.ThreadPoolExecutor(2), options=http2_window_options(65536),
-                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    pool = HandlerPool(1, 1, max_waiting=4)
+    server, port = _serve_on(pool, behavior, window_bytes=65536)
     payload = b"x" * 1_000_000
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -457,8 +462,6 @@ def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them
     import grpc
     from grpc import _server as grpc_server
 
-    from navi.server.app import http2_window_options
-
     gate = threading.Semaphore(0)
     started = threading.Semaphore(0)
 
@@ -467,12 +470,8 @@ def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them
         gate.acquire(timeout=WAIT_S)
         return str(len(request)).encode()
 
-    behavior.experimental_thread_pool = pool = HandlerPool(1, 1, max_waiting=1, receive_ahead=4)
-    method = grpc.unary_unary_rpc_method_handler(behavior)
-    server = grpc.server(futures.ThreadPoolExecutor(2), options=http2_window_options(65536),
-                         handlers=[grpc.method_handlers_generic_handler("t.S", {"Call": method})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    pool = HandlerPool(1, 1, max_waiting=1, receive_ahead=4)
+    server, port = _serve_on(pool, behavior, window_bytes=65536)
     payload = b"x" * 300_000
 
     def queued_state():
