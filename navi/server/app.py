@@ -203,10 +203,8 @@ class NaviServer:
                                       max_waiting=REFLECTION_THREADS,
                                       max_waiting_source="server reflection streams: at most {}")
         self._pools = (data_pool, control_pool, reflection_pool)
-        # Both pools bound their queues and refuse past them unread, so
-        # grpcio's own cap (``maximum_concurrent_rpcs``) is not set: it adds
-        # a done-callback taking the server's lock to every call (per-request
-        # CPU: benchmarks/RESULTS.md, "Per-request cost").
+        # every pool bounds its queue and refuses past it unread, so grpcio's
+        # own cap (``maximum_concurrent_rpcs``, one more lock per call) is not set
         server = grpc.server(control_pool, options=options)
         # every service parses its own requests (navi.server.rawrpc): an
         # undecodable one gets INVALID_ARGUMENT, not grpcio's INTERNAL

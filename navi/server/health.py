@@ -86,6 +86,7 @@ class HealthService(health.HealthServicer):
             send_response_callback(None)
 
         return callback
+
     def set(self, service, status):
         """Set ``service``'s status and tell its watchers (outside the lock)."""
         with self._lock:

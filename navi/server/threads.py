@@ -418,6 +418,7 @@ def _reject_unread(args: tuple, reason: str) -> bool:
 
 #: grpcio's sender of a call's status (None if a grpcio release renames it: the refusing thread is used)
 _GRPC_STATUS = getattr(_grpc_server, "_status", None)
+_MAX_DETAILS_BYTES = 1024
 
 
 def _receiving(args: tuple) -> tuple:
@@ -426,10 +427,8 @@ def _receiving(args: tuple) -> tuple:
     grpcio starts receiving a unary call's message when a handler thread runs
     it. With the small HTTP/2 stream window (``grpc_stream_window_bytes``)
     that keeps refused calls unread, a queued call has received only that
-    window, so the thread that takes it would wait for the rest, and the
-    client would send it in window-sized rounds: a 1.3 MB BPR request cost
-    ~1.4x the server CPU of one received whole (benchmarks/RESULTS.md,
-    "Per-request cost"). Started at admission, for the first few calls queued
+    window, so the thread that takes it would wait for the rest
+    (benchmarks/RESULTS.md, "Receive ahead"). Started at admission, for the first few calls queued
     (``receive_ahead``: the memory held is at most that many messages), the
     message streams in while the call waits; calls refused stay unread. The
     step that then waits for the message (``_received_message``) replaces
@@ -473,7 +472,6 @@ _GRPC_RECEIVE = getattr(_grpc_server, "_receive_message", None)
 if not all(hasattr(_grpc_server, name) for name in (
         "_is_rpc_state_active", "_RECEIVE_MESSAGE_TOKEN", "_CLOSED", "_abort", "cygrpc")):
     _GRPC_RECEIVE = None
-_MAX_DETAILS_BYTES = 1024
 
 
 def _empty_message() -> bytes:
