@@ -456,11 +456,15 @@ def test_a_queued_grpc_call_receives_its_message_while_it_waits():
         pool.shutdown()
 
 
-def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them():
+def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them(monkeypatch):
     """Under overload (a refusal within RECEIVE_AHEAD_QUIET_S) a queued call's receive is not
     started ahead: one the pool refuses when a thread takes it then costs no receive."""
     import grpc
     from grpc import _server as grpc_server
+
+    from navi.server import threads
+
+    monkeypatch.setattr(threads, "RECEIVE_AHEAD_QUIET_S", 60.0)  # a slow machine stays inside it
 
     gate = threading.Semaphore(0)
     started = threading.Semaphore(0)
