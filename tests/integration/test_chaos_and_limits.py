@@ -204,11 +204,10 @@ def test_metrics_bind_the_configured_host_only(small_navi):
     assert lines and all(line.split()[1].startswith("0100007F") for line in lines), lines
 
 
-
 def test_open_reflection_streams_leave_health_and_metadata_answering(small_navi):
     """Reflection streams hold a thread each while open; they have threads of their own: with all
-    taken and their queue full, health and metadata still answer, one more stream is refused
-    RESOURCE_EXHAUSTED at once, and the waiting streams are served once the others close."""
+    taken and their queue full, health and metadata still answer, the streams past them are
+    refused RESOURCE_EXHAUSTED at once, and the waiting streams are served once the others close."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -236,6 +235,7 @@ def test_open_reflection_streams_leave_health_and_metadata_answering(small_navi)
     try:
         for thread in threads:
             thread.start()
+
         def counts() -> tuple[int, int]:  # (answered, refused) so far
             refused_now = sum(outcome.startswith("RESOURCE_EXHAUSTED") for outcome in outcomes)
             return len(outcomes) - refused_now, refused_now
