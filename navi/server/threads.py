@@ -209,11 +209,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
             elif downstream is not None:
                 reason = downstream
             else:
-                if (self._receiving_ahead == len(pending) < self._receive_ahead_limit
-                        and now_s - self._last_refusal_s > RECEIVE_AHEAD_QUIET_S):
-                    args = _receiving(args)
-                    self._receiving_ahead += 1
                 pending.append((future, fn, args, kwargs, now_s))
+                self._receive_ahead(now_s)
                 self._admit()
                 return future
             self._last_refusal_s = now_s
@@ -267,13 +264,12 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 return
             wanted -= 1
 
-    def _receive_next(self) -> None:
-        """After the front of the queue was taken: start the next queued call's receive (lock held)."""
+    def _receive_ahead(self, now_s: float) -> None:
+        """Start the receive of the first queued call not yet receiving, if it is among the first
+        ``receive_ahead`` queued and nothing was refused for ``RECEIVE_AHEAD_QUIET_S`` (lock held)."""
         pending = self._pending
-        if self._receiving_ahead:
-            self._receiving_ahead -= 1
         if (len(pending) > self._receiving_ahead < self._receive_ahead_limit
-                and time.monotonic() - self._last_refusal_s > RECEIVE_AHEAD_QUIET_S):
+                and now_s - self._last_refusal_s > RECEIVE_AHEAD_QUIET_S):
             future, fn, args, kwargs, arrival_s = pending[self._receiving_ahead]
             pending[self._receiving_ahead] = (future, fn, _receiving(args), kwargs, arrival_s)
             self._receiving_ahead += 1
@@ -339,7 +335,9 @@ class HandlerPool(futures.ThreadPoolExecutor):
                     else:
                         self._waking -= 1
                 future, fn, args, kwargs, arrival_s = self._pending.popleft()
-                self._receive_next()
+                if self._receiving_ahead:
+                    self._receiving_ahead -= 1
+                self._receive_ahead(time.monotonic())
                 ahead = self._running  # started before it, not yet in a batch queue (nor asleep in one)
                 self._running += 1
                 self._note_start()
