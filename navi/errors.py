@@ -142,7 +142,7 @@ class LogLimiter:
 
     For tracebacks of unexpected errors: a client that can trigger one could
     otherwise fill the disk with them. ``log(logger, kind, msg, *args,
-    exc_info=...)`` logs at ERROR the first of each kind, then one per
+    exc_info=..., level=ERROR)`` logs the first of each kind, then one per
     period, each saying how many of that kind were suppressed since the last.
     """
 
@@ -152,7 +152,8 @@ class LogLimiter:
         self._lock = threading.Lock()
         self._state: dict[str, tuple[float, int]] = {}  # kind -> (last logged at, suppressed since)
 
-    def log(self, logger: logging.Logger, kind: str, msg: str, *args, exc_info=None) -> bool:
+    def log(self, logger: logging.Logger, kind: str, msg: str, *args, exc_info=None,
+            level: int = logging.ERROR) -> bool:
         """Log ``msg`` for ``kind`` unless one was logged less than ``period_s`` ago; True if logged."""
         now_s = self._clock()
         with self._lock:
@@ -165,5 +166,5 @@ class LogLimiter:
             self._state[kind] = (now_s, 0)
         if suppressed:
             msg = f"{msg} ({suppressed} more like it in the last {self._period_s:g} s not logged)"
-        logger.error(msg, *args, exc_info=exc_info)
+        logger.log(level, msg, *args, exc_info=exc_info)
         return True

@@ -231,6 +231,21 @@ class ServerSettings(_Frozen):
         description="bytes one request's tensors may decode to (a value broadcast to a shape counts "
         "at its expanded size); past it RESOURCE_EXHAUSTED",
     )
+    max_connections: int = Field(
+        10_000, ge=1,
+        description="open connections per process on each of the gRPC and HTTP ports; past it a new one "
+        "is closed at once (gRPC clients see UNAVAILABLE, HTTP clients 503)",
+    )
+    handshake_timeout_s: float = Field(
+        10.0, gt=0,
+        description="a new connection is closed unless its handshake (TLS; gRPC's HTTP/2 settings) ends "
+        "within this long; on the HTTP port, also every request whose headers take longer from its first byte",
+    )
+    http_idle_timeout_s: float = Field(
+        75.0, gt=0,
+        description="an HTTP connection with no request for this long is closed, and a request body with no "
+        "byte for this long is answered 408 (above a load balancer's usual 60 s idle timeout)",
+    )
     grpc_max_waiting_requests: int = Field(
         256, ge=1,
         description="requests waiting for a handler thread before new ones are refused "

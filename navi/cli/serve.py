@@ -115,6 +115,15 @@ OPTIONS = [
     click.option("--grpc-max-waiting-requests", type=int,
                  help="Requests waiting for a handler thread before new ones are refused "
                       "RESOURCE_EXHAUSTED, unparsed [default: 256]."),
+    click.option("--max-connections", type=int,
+                 help="Open connections per process on each of the gRPC and REST ports; past it a new "
+                      "one is closed at once (gRPC: UNAVAILABLE, REST: 503) [default: 10000]."),
+    click.option("--handshake-timeout-secs", type=float,
+                 help="A connection is closed unless its handshake (TLS; gRPC's HTTP/2 settings) ends "
+                      "within this long, and on the REST port every request's headers [default: 10]."),
+    click.option("--http-idle-timeout-secs", type=float,
+                 help="A REST connection idle this long is closed; a request body with no byte for "
+                      "this long is answered 408 [default: 75]."),
     click.option("--grpc-stream-window-bytes", type=int,
                  help="Bytes of a request gRPC receives before the call is admitted to a handler "
                       "thread's queue (HTTP/2 stream window), so calls refused unread cost little; 0 = grpc's "

@@ -143,6 +143,19 @@ def http2_window_options(stream_window_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", stream_window_bytes)]
 
 
+def grpc_connection_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """grpc core's bounds on the gRPC port's connections, the HTTP port's in ``navi.server.connections``.
+
+    Past ``max_connections`` open, grpc core closes a new connection at once
+    (the client sees UNAVAILABLE and may try another address). A connection
+    that has not sent its HTTP/2 settings (or finished TLS) within
+    ``handshake_timeout_s`` is closed: grpc core's own default is 120 s, for
+    which a silent connection would hold its place.
+    """
+    return [("grpc.max_allowed_incoming_connections", settings.max_connections),
+            ("grpc.server_handshake_timeout_ms", max(1, round(settings.handshake_timeout_s * 1000)))]
+
+
 class NaviServer:
     """The gRPC + metrics servers of one navi process.
 
@@ -185,7 +198,7 @@ class NaviServer:
             # never share a port with a stale process (SO_REUSEPORT would); a
             # worker shares the port its supervisor holds (navi.server.workers)
             ("grpc.so_reuseport", 1 if self.fleet is not None else 0),
-        ] + http2_window_options(settings.grpc_stream_window_bytes)
+        ] + http2_window_options(settings.grpc_stream_window_bytes) + grpc_connection_options(settings)
         # model-running RPCs on the handler threads, the rest on a control
         # pool they cannot fill (see navi.server.threads)
         data_pool = HandlerPool(settings.grpc_threads, max(settings.grpc_threads, settings.grpc_max_threads),
@@ -283,7 +296,10 @@ class NaviServer:
         routes = TfRestApi(plane, calls).routes() + V2HttpApi(plane, calls).routes()
         ssl_context = tls_context(settings.ssl_dir) if settings.ssl_dir is not None else None
         server = HttpServer(settings.host, settings.rest_api_port, routes,
-                            max_body_bytes=settings.max_message_bytes, ssl_context=ssl_context)
+                            max_body_bytes=settings.max_message_bytes, ssl_context=ssl_context,
+                            max_connections=settings.max_connections,
+                            headers_timeout_s=settings.handshake_timeout_s,
+                            idle_timeout_s=settings.http_idle_timeout_s)
         try:
             self.rest_port = server.start()
         except OSError as error:
