@@ -59,6 +59,11 @@ MIN_SLEEP_S = 0.001
 RECEIVE_AHEAD_QUIET_S = 1.0
 #: weight of the newest interval between starts of queued work in its moving average
 START_EMA = 0.1
+#: calls set aside until their messages arrive, at most, in a pool with no ``max_waiting``
+DEFAULT_MAX_SET_ASIDE = 256
+#: how long a thread that took a call waits for its message before it sets the call aside
+#: (``HandlerPool``: a small message's receive completes within microseconds)
+MESSAGE_WAIT_S = 0.005
 
 _current = threading.local()
 log = logging.getLogger(__name__)
@@ -114,9 +119,19 @@ class HandlerPool(futures.ThreadPoolExecutor):
     (benchmarks/RESULTS.md, "Reliability"). Otherwise
     work once queued is served whatever it waited (its own gRPC deadline
     still applies), and a burst of 128 requests arriving at an idle server
-    (no batch slot busy, so no queue refuses) is queued whole. A
-    ``ThreadPoolExecutor`` by type only, as grpcio requires; the threads and
-    the queue are its own.
+    (no batch slot busy, so no queue refuses) is queued whole.
+
+    A running thread never waits for a client's bytes. grpcio's handler
+    thread receives the call's message and, until it is in, holds its thread:
+    ten streams that sent their headers and never a message (a few hundred
+    bytes from one client) held every running thread, and every other call
+    was refused. Here a thread that takes a grpcio call whose message is not
+    in within ``MESSAGE_WAIT_S`` sets it aside and takes the next; the
+    message's arrival (or the call's end) puts the call back at the front of
+    the queue. At most ``max_waiting`` calls are set aside (a call past that
+    is refused RESOURCE_EXHAUSTED): a client's deadline, or its connection's
+    end, ends its call. A ``ThreadPoolExecutor`` by type only, as grpcio
+    requires; the threads and the queue are its own.
     """
 
     def __init__(self, active_threads: int, max_threads: int, thread_name_prefix: str = "grpc",
@@ -147,6 +162,9 @@ class HandlerPool(futures.ThreadPoolExecutor):
         self._receiving_ahead = 0
         self._receive_ahead_limit = receive_ahead if receive_ahead is not None else 2 * active_threads
         self._last_refusal_s = float("-inf")  # when work was last refused here (monotonic)
+        # grpcio calls set aside until their messages arrive: rpc state -> their queue entry
+        self._set_aside: dict = {}
+        self._max_set_aside = max_waiting if max_waiting is not None else DEFAULT_MAX_SET_ASIDE
         self._max_wait_s = max_wait_s  # 0: no bound by time
         self._wait_refusal = wait_refusal
         # seconds between two starts of queued work while work kept waiting (EMA)
@@ -171,6 +189,11 @@ class HandlerPool(futures.ThreadPoolExecutor):
     def waiting(self) -> int:
         """Requests queued for a handler thread (at most ``max_waiting``)."""
         return len(self._pending)
+
+    @property
+    def set_aside(self) -> int:
+        """grpcio calls set aside until their messages arrive."""
+        return len(self._set_aside)
 
     @property
     def holding(self) -> int:
@@ -209,7 +232,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
             elif downstream is not None:
                 reason = downstream
             else:
-                pending.append((future, fn, args, kwargs, now_s))
+                pending.append((future, fn, args, kwargs, now_s, False))
                 self._receive_ahead(now_s)
                 self._admit()
                 return future
@@ -233,8 +256,15 @@ class HandlerPool(futures.ThreadPoolExecutor):
             self._closed = True
             if cancel_futures:
                 while self._pending:
-                    self._pending.popleft()[0].cancel()
+                    entry = self._pending.popleft()
+                    if entry[5]:  # already running: back from being set aside
+                        self._end_set_aside(entry, "the server is stopping")
+                    else:
+                        entry[0].cancel()
                 self._receiving_ahead = 0
+            for entry in self._set_aside.values():
+                self._end_set_aside(entry, "the server is stopping")
+            self._set_aside.clear()
             for idle in self._idle:
                 idle.notify()
             threads = list(self._threads)
@@ -270,9 +300,59 @@ class HandlerPool(futures.ThreadPoolExecutor):
         pending = self._pending
         if (len(pending) > self._receiving_ahead < self._receive_ahead_limit
                 and now_s - self._last_refusal_s > RECEIVE_AHEAD_QUIET_S):
-            future, fn, args, kwargs, arrival_s = pending[self._receiving_ahead]
-            pending[self._receiving_ahead] = (future, fn, _receiving(args), kwargs, arrival_s)
+            future, fn, args, kwargs, arrival_s, received = pending[self._receiving_ahead]
+            pending[self._receiving_ahead] = (future, fn, _receiving(args, self._message_arrived), kwargs,
+                                              arrival_s, received)
             self._receiving_ahead += 1
+
+    def _message_arrived(self, rpc_state) -> None:
+        """grpcio's poll thread: a call's message is in, or the call ended. A call set aside for it
+        goes back to the front of the queue (it is the oldest there)."""
+        if rpc_state not in self._set_aside:
+            # the common case, without the lock: a call is set aside only while its message is not
+            # in, under its condition, so one set aside before its message came is seen here
+            return
+        with self._pool_lock:
+            entry = self._set_aside.pop(rpc_state, None)
+            if entry is None:
+                return
+            if self._closed:
+                self._end_set_aside(entry, "the server is stopping")
+                return
+            self._pending.appendleft(entry)
+            self._receiving_ahead += 1  # its receive is done: it belongs to the receiving front
+            self._admit()
+
+    def _set_aside_until_received(self, entry: tuple) -> tuple | None:
+        """On the thread that took ``entry`` (lock not held): the work's arguments to run it with now,
+        or None if its grpcio call's message was not in within ``MESSAGE_WAIT_S`` and the call was set
+        aside (or refused: ``max_waiting`` are set aside already)."""
+        future, fn, args, kwargs, arrival_s, _ = entry
+        if not _is_grpc_unary(args):
+            return args
+        if not _receive_started(args):
+            args = _receiving(args, self._message_arrived)
+        if _wait_message(args, MESSAGE_WAIT_S):
+            return args
+        rpc_state = args[2]
+        with self._pool_lock, rpc_state.condition:
+            # under the call's condition, which grpcio holds storing the message: it comes before
+            # this check or after the set-aside, and then _message_arrived finds the call
+            if _message_in(rpc_state):
+                return args
+            if len(self._set_aside) < self._max_set_aside and not self._closed:
+                self._set_aside[rpc_state] = (future, fn, args, kwargs, arrival_s, True)
+                return None
+        _reject_unread(args, f"{self._max_set_aside} requests are still sending their messages "
+                             f"({self._max_waiting_source.format(self._max_set_aside)})")
+        future.set_result(None)
+        return None
+
+    def _end_set_aside(self, entry: tuple, reason: str) -> None:
+        """Answer a call that was set aside UNAVAILABLE ``reason``; its future is done."""
+        future, _, args, _, _, _ = entry
+        _reject_unread(args, reason, grpc.StatusCode.UNAVAILABLE)
+        future.set_result(None)
 
     def _note_start(self) -> None:
         """Time a start of queued work (lock held): the interval since the previous start counts
@@ -334,7 +414,8 @@ class HandlerPool(futures.ThreadPoolExecutor):
                         self._idle.remove(wake)
                     else:
                         self._waking -= 1
-                future, fn, args, kwargs, arrival_s = self._pending.popleft()
+                entry = self._pending.popleft()
+                future, fn, args, kwargs, arrival_s, received = entry
                 if self._receiving_ahead:
                     self._receiving_ahead -= 1
                 self._receive_ahead(time.monotonic())
@@ -343,13 +424,18 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 self._note_start()
                 lock.release()
                 try:
-                    if future.set_running_or_notify_cancel():
+                    # a call back from being set aside is running already, and its receive is paid for
+                    if received or future.set_running_or_notify_cancel():
                         _current.arrival_s = arrival_s
                         try:
                             # refused now, unread, if no model's queue would take it behind the
                             # requests started before it (it would be refused there after its receive)
-                            reason = self._refused_downstream(arrival_s, ahead)
+                            reason = None if received else self._refused_downstream(arrival_s, ahead)
                             if reason is None:
+                                if not received:
+                                    args = self._set_aside_until_received(entry)
+                                    if args is None:
+                                        continue
                                 future.set_result(fn(*args, **kwargs))
                             else:
                                 self._last_refusal_s = time.monotonic()
@@ -394,8 +480,8 @@ def _unread(args: tuple) -> tuple:
 _GRPC_UNARY_IN_POOL = getattr(_grpc_server, "_unary_response_in_pool", None)
 
 
-def _reject_unread(args: tuple, reason: str) -> bool:
-    """Answer grpcio's unary RPC work RESOURCE_EXHAUSTED ``reason`` here and now, unread and unrun.
+def _reject_unread(args: tuple, reason: str, code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED) -> bool:
+    """Answer grpcio's unary RPC work ``code`` (RESOURCE_EXHAUSTED) ``reason`` here and now, unrun.
 
     As grpcio ends a call whose handler set a code: its status sent in one
     batch (with the initial metadata) started on the calling thread,
@@ -408,7 +494,7 @@ def _reject_unread(args: tuple, reason: str) -> bool:
         return False
     rpc_event, rpc_state = args[1], args[2]
     with rpc_state.condition:
-        rpc_state.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        rpc_state.code = code
         rpc_state.details = reason.encode()[:_MAX_DETAILS_BYTES]
     _GRPC_STATUS(rpc_event, rpc_state, None)
     return True
@@ -419,7 +505,32 @@ _GRPC_STATUS = getattr(_grpc_server, "_status", None)
 _MAX_DETAILS_BYTES = 1024
 
 
-def _receiving(args: tuple) -> tuple:
+def _is_grpc_unary(args: tuple) -> bool:
+    """Whether the work is grpcio's unary RPC, whose message ``_receiving`` can receive."""
+    return _GRPC_RECEIVE is not None and len(args) >= 6 and args[0] is _GRPC_UNARY_IN_POOL
+
+
+def _receive_started(args: tuple) -> bool:
+    """Whether ``_receiving`` started the receive of this grpcio unary RPC work's message."""
+    step = args[4]
+    return isinstance(step, functools.partial) and step.func is _received_message
+
+
+def _message_in(rpc_state) -> bool:
+    """Whether a grpcio call's message is in, or its call ended (then its work answers at once);
+    its condition held."""
+    return (rpc_state.request is not None or rpc_state.client is _grpc_server._CLOSED
+            or not _grpc_server._is_rpc_state_active(rpc_state))
+
+
+def _wait_message(args: tuple, timeout_s: float) -> bool:
+    """``_message_in`` for the call whose receive ``_receiving`` started, waiting up to ``timeout_s``."""
+    rpc_state = args[2]
+    with rpc_state.condition:
+        return _message_in(rpc_state) or rpc_state.condition.wait_for(lambda: _message_in(rpc_state), timeout_s)
+
+
+def _receiving(args: tuple, on_arrival: Callable | None = None) -> tuple:
     """grpcio's unary RPC work with its message's receive started now, at admission.
 
     grpcio starts receiving a unary call's message when a handler thread runs
@@ -430,17 +541,29 @@ def _receiving(args: tuple) -> tuple:
     (``receive_ahead``: the memory held is at most that many messages), the
     message streams in while the call waits; calls refused stay unread. The
     step that then waits for the message (``_received_message``) replaces
-    grpcio's own. Work of any other shape, or a grpcio without these
-    internals, is returned unchanged.
+    grpcio's own. ``on_arrival(rpc_state)`` is called on grpcio's poll thread
+    once the message is in or the call ended. Work of any other shape, or a
+    grpcio without these internals, is returned unchanged.
     """
-    if _GRPC_RECEIVE is None or len(args) < 6 or args[0] is not _GRPC_UNARY_IN_POOL:
+    if not _is_grpc_unary(args):
         return args
     rpc_event, rpc_state, deserializer = args[1], args[2], args[5]
+    received = _GRPC_RECEIVE(rpc_state, rpc_event.call, deserializer)
+    if on_arrival is not None:
+        grpcio_received = received
+
+        def received(event):
+            outcome = grpcio_received(event)
+            try:
+                on_arrival(rpc_state)
+            except Exception:  # noqa: BLE001 - grpcio's poll thread must go on
+                log.exception("handler pool: a message's arrival was not handled")
+            return outcome
+
     with rpc_state.condition:
         if not _grpc_server._is_rpc_state_active(rpc_state):
             return args
-        rpc_event.call.start_server_batch((_grpc_server.cygrpc.ReceiveMessageOperation(0),),
-                                          _GRPC_RECEIVE(rpc_state, rpc_event.call, deserializer))
+        rpc_event.call.start_server_batch((_grpc_server.cygrpc.ReceiveMessageOperation(0),), received)
         rpc_state.due.add(_grpc_server._RECEIVE_MESSAGE_TOKEN)
     return args[:4] + (functools.partial(_received_message, rpc_event, rpc_state),) + args[5:]
 

@@ -8,7 +8,8 @@ that stops is answered 408 after --http-idle-timeout-secs, an idle keep-alive
 connection is closed after it, past --max-connections a new connection is
 refused (REST 503, gRPC UNAVAILABLE) and served again once others close, a
 silent gRPC connection is closed after the handshake timeout, and a declared
-length allocates nothing.
+length allocates nothing; Predict streams that never send their message do not
+stop serving (they used to hold every running handler thread).
 """
 from __future__ import annotations
 
@@ -171,3 +172,39 @@ def test_a_declared_body_length_allocates_nothing(navi):
     for sock in socks:
         sock.close()
     assert grew < 40 << 20, f"RSS grew {grew >> 20} MiB"
+
+
+def test_predict_streams_that_never_send_their_message_do_not_stop_serving(navi):
+    """Ten Predict streams whose headers came and whose messages never do (a few hundred bytes from
+    one client): before, they held every running handler thread and every other Predict was
+    refused RESOURCE_EXHAUSTED; now they are set aside and the daemon serves on."""
+    import hpack
+
+    from navi._proto.tensorflow.core.framework import types_pb2
+    from navi._proto.tensorflow_serving.apis import predict_pb2
+    from navi.bench.h2grpc import END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, request_headers
+
+    silent = _connect(navi.port)
+    encoder = hpack.Encoder()
+    frames = PREFACE + frame(SETTINGS, 0, 0)
+    for stream_id in range(1, 21, 2):
+        block = encoder.encode(request_headers("/tensorflow.serving.PredictionService/Predict", "navi", None))
+        frames += frame(HEADERS, END_HEADERS, stream_id, block)
+    silent.sendall(frames)
+    time.sleep(0.5)
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "dense"
+    tensor = request.inputs["x"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=2)
+    tensor.tensor_shape.dim.add(size=16)
+    tensor.tensor_content = bytes(2 * 16 * 4)
+    with navi.channel() as channel:
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                      request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                      response_deserializer=predict_pb2.PredictResponse.FromString)
+        for _ in range(5):
+            assert predict(request, timeout=3).outputs["y"].tensor_shape.dim[0].size == 2
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+    silent.close()

@@ -510,3 +510,93 @@ def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them
             gate.release()
         server.stop(None)
         pool.shutdown()
+
+
+class _RawStreams:
+    """A raw HTTP/2 connection that opens gRPC streams and sends their messages when told: a client
+    that sends a call's headers and holds its message back (navi.bench.h2grpc's frames)."""
+
+    def __init__(self, port: int):
+        import socket
+
+        import hpack
+
+        from navi.bench.h2grpc import PREFACE, SETTINGS, frame
+
+        self._sock = socket.create_connection(("127.0.0.1", port))
+        self._sock.settimeout(WAIT_S)
+        self._sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        self._encoder, self._decoder = hpack.Encoder(), hpack.Decoder()
+        self._buffer = b""
+        self.statuses: dict[int, tuple[str, str]] = {}  # stream -> (grpc-status, grpc-message)
+
+    def open(self, stream_id: int) -> None:
+        from navi.bench.h2grpc import END_HEADERS, HEADERS, frame, request_headers
+
+        block = self._encoder.encode(request_headers("/t.S/Call", "127.0.0.1", None))
+        self._sock.sendall(frame(HEADERS, END_HEADERS, stream_id, block))
+
+    def send_message(self, stream_id: int, message: bytes) -> None:
+        from navi.bench.h2grpc import DATA, END_STREAM, frame, grpc_body
+
+        self._sock.sendall(frame(DATA, END_STREAM, stream_id, grpc_body(message)))
+
+    def wait_status(self, stream_id: int) -> tuple[str, str]:
+        """Read frames until ``stream_id``'s trailers came: its (grpc-status, grpc-message)."""
+        from navi.bench.h2grpc import HEADERS
+
+        while stream_id not in self.statuses:
+            while len(self._buffer) < 9 or len(self._buffer) < 9 + int.from_bytes(self._buffer[:3], "big"):
+                chunk = self._sock.recv(65536)
+                assert chunk, "the server closed the connection"
+                self._buffer += chunk
+            length = int.from_bytes(self._buffer[:3], "big")
+            frame_type, stream = self._buffer[3], int.from_bytes(self._buffer[5:9], "big") & 0x7FFFFFFF
+            payload, self._buffer = self._buffer[9:9 + length], self._buffer[9 + length:]
+            if frame_type == HEADERS:
+                headers = dict(self._decoder.decode(payload))
+                if "grpc-status" in headers:
+                    self.statuses[stream] = (headers["grpc-status"], headers.get("grpc-message", ""))
+        return self.statuses[stream_id]
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_calls_whose_messages_do_not_come_hold_no_thread():
+    """Streams that send their headers and hold their messages back are set aside, not run: the one
+    running thread serves another client meanwhile; past max_waiting set aside, a call is refused
+    RESOURCE_EXHAUSTED; a message sent late is served; closing the connection ends the rest. Before,
+    the first such stream held the thread until its message came, and every other call waited."""
+    import grpc
+
+    def behavior(request, context):
+        return str(len(request)).encode()
+
+    pool = HandlerPool(1, 1, max_waiting=2)
+    server, port = _serve_on(pool, behavior, window_bytes=65536)
+    streams = _RawStreams(port)
+    try:
+        for stream_id, set_aside in ((1, 1), (3, 2)):
+            streams.open(stream_id)
+            deadline = time.monotonic() + WAIT_S
+            while pool.set_aside < set_aside and time.monotonic() < deadline:
+                time.sleep(0.001)
+        streams.open(5)
+        code, message = streams.wait_status(5)
+        assert code == "8" and "still sending their messages" in message  # RESOURCE_EXHAUSTED
+        assert pool.set_aside == 2
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert channel.unary_unary("/t.S/Call")(b"abc", timeout=3) == b"3"
+        streams.send_message(1, b"late")
+        assert streams.wait_status(1) == ("0", "")
+        assert pool.set_aside == 1
+        streams.close()
+        deadline = time.monotonic() + WAIT_S
+        while pool.set_aside and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.set_aside == 0
+    finally:
+        streams.close()
+        server.stop(None)
+        pool.shutdown()
