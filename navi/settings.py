@@ -239,7 +239,8 @@ class ServerSettings(_Frozen):
     handshake_timeout_s: float = Field(
         10.0, gt=0,
         description="a new connection is closed unless its handshake (TLS; gRPC's HTTP/2 settings) ends "
-        "within this long; on the HTTP port, also every request whose headers take longer from its first byte",
+        "within this long; on the HTTP port, also every request whose headers take longer from its first byte, "
+        "and on the metrics port a connection silent this long",
     )
     http_idle_timeout_s: float = Field(
         75.0, gt=0,

@@ -269,8 +269,8 @@ class NaviServer:
             return port
 
         try:
-            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port,
-                                           host=settings.prometheus_host).start()
+            self._http = MetricsHTTPServer(self.metrics.registry, settings.prometheus_port, settings.prometheus_host,
+                                           idle_timeout_s=settings.handshake_timeout_s).start()
         except OSError as error:
             raise ConfigError(f"cannot serve metrics on {settings.prometheus_host}:{settings.prometheus_port}: "
                               f"{error}", source="--prometheus-port") from None

@@ -22,15 +22,46 @@ log = logging.getLogger(__name__)
 
 #: paths answered with the exposition (Prometheus scrapes /metrics by default)
 METRICS_PATHS = ("/metrics", "/")
+#: scrape connections open at once; past it a new one is closed unread. Each holds a thread:
+#: unbounded, 2,000 idle connections made 2,000 threads (benchmarks/RESULTS.md, "Reliability")
+METRICS_MAX_CONNECTIONS = 32
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetricsHTTPServer:
     """Serves ``registry`` on ``host:port`` from a daemon thread; ``port`` 0 picks a free one.
 
     ``render``, when given, writes the exposition instead (the worker supervisor's merged one).
+    A connection silent for ``idle_timeout_s`` is closed, and at most
+    ``METRICS_MAX_CONNECTIONS`` are open.
     """
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0",
+    def __init__(self, registry: CollectorRegistry, port: int, host: str, *, idle_timeout_s: float,
                  render: Callable[[], bytes] | None = None):
         render = render or (lambda: render_text(registry))
 
@@ -58,8 +89,8 @@ class MetricsHTTPServer:
             def log_message(self, format, *args):  # noqa: A002 - scrapes are not news
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        Handler.timeout = idle_timeout_s  # http.server's socket timeout: a silent client's thread ends
+        self._server = _BoundedHTTPServer((host, port), Handler, METRICS_MAX_CONNECTIONS)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http",
                                         daemon=True)
@@ -75,4 +106,4 @@ class MetricsHTTPServer:
         self._server.server_close()
 
 
-__all__ = ["METRICS_PATHS", "MetricsHTTPServer"]
+__all__ = ["METRICS_MAX_CONNECTIONS", "METRICS_PATHS", "MetricsHTTPServer"]

@@ -382,7 +382,8 @@ class Supervisor:
             self._holder = reserve_port(settings.host, settings.port)
             self.port = self._holder.getsockname()[1]
             try:
-                self._http = MetricsHTTPServer(self.registry, settings.prometheus_port,
+                self._http = MetricsHTTPServer(self.registry, settings.prometheus_port, settings.prometheus_host,
+                                               idle_timeout_s=settings.handshake_timeout_s,
                                                render=self.render_metrics).start()
             except OSError as error:
                 raise ConfigError(f"cannot serve metrics on port {settings.prometheus_port}: {error}",

@@ -9,7 +9,8 @@ connection is closed after it, past --max-connections a new connection is
 refused (REST 503, gRPC UNAVAILABLE) and served again once others close, a
 silent gRPC connection is closed after the handshake timeout, and a declared
 length allocates nothing; Predict streams that never send their message do not
-stop serving (they used to hold every running handler thread).
+stop serving (they used to hold every running handler thread), and idle /metrics
+connections are bounded and closed (each held a thread, unbounded).
 """
 from __future__ import annotations
 
@@ -208,3 +209,31 @@ def test_predict_streams_that_never_send_their_message_do_not_stop_serving(navi)
             assert predict(request, timeout=3).outputs["y"].tensor_shape.dim[0].size == 2
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
     silent.close()
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads")
+
+
+def test_idle_metrics_connections_are_bounded_and_closed(navi):
+    """The /metrics server runs a thread per connection: 2,000 idle ones made 2,000 threads, held
+    forever. Now at most METRICS_MAX_CONNECTIONS are open (the rest closed at once), a silent one
+    is closed at the handshake timeout, and scrapes are answered again afterwards."""
+    import urllib.request
+
+    from navi.server.metrics_http import METRICS_MAX_CONNECTIONS
+
+    threads_before = _threads(navi.process.pid)
+    socks = [_connect(navi.prometheus_port) for _ in range(100)]
+    time.sleep(0.5)
+    assert _threads(navi.process.pid) <= threads_before + METRICS_MAX_CONNECTIONS
+    received, took_s = _read_until_closed(socks[0])
+    assert received == b"" and took_s < HANDSHAKE_TIMEOUT_S + 1.5
+    for sock in socks:
+        sock.close()
+    time.sleep(HANDSHAKE_TIMEOUT_S + 0.5)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{navi.prometheus_port}/metrics", timeout=10).read()
+    assert b":navi:" in body
