@@ -506,8 +506,10 @@ _MAX_DETAILS_BYTES = 1024
 
 
 def _is_grpc_unary(args: tuple) -> bool:
-    """Whether the work is grpcio's unary RPC, whose message ``_receiving`` can receive."""
-    return _GRPC_RECEIVE is not None and len(args) >= 6 and args[0] is _GRPC_UNARY_IN_POOL
+    """Whether the work is grpcio's unary RPC, whose message ``_receiving`` can receive and which
+    ``_reject_unread`` can answer."""
+    return (_GRPC_RECEIVE is not None and _GRPC_STATUS is not None and len(args) >= 6
+            and args[0] is _GRPC_UNARY_IN_POOL)
 
 
 def _receive_started(args: tuple) -> bool:
