@@ -461,7 +461,7 @@ def request_arrival_s() -> float | None:
 
 
 def _unread(args: tuple) -> tuple:
-    """grpcio's unary RPC work with its message-receiving step replaced by an empty message.
+    """grpcio's RPC work of one request message with its receiving step replaced by an empty message.
 
     grpcio submits a unary RPC as ``(run, _unary_response_in_pool, rpc_event,
     state, behavior, receive_message, ...)``; its handler receives the message
@@ -471,13 +471,38 @@ def _unread(args: tuple) -> tuple:
     that step keeps the refusal's cost to a status (benchmarks/RESULTS.md,
     "Reliability"). Work of any other shape is returned unchanged.
     """
-    if len(args) >= 5 and args[0] is _GRPC_UNARY_IN_POOL and callable(args[4]):
+    if _one_message_in(args) and callable(args[4]):
         return args[:4] + (_empty_message,) + args[5:]
     return args
 
 
-#: grpcio's runner of unary RPC work (None if a grpcio release renames it: nothing is then swapped)
+def _one_message_in(args: tuple) -> bool:
+    """Whether the work is grpcio's for an RPC of one request message, unary or server-streaming
+    (health Watch), whose message grpcio receives on the handler thread before the handler runs:
+    ``(_unary_response_in_pool or _stream_response_in_pool, rpc_event, state, behavior,
+    receive_message, ...)``, a server-streaming RPC's step being grpcio's ``unary_request`` (or
+    ours, ``_receiving``'s), where a client-streaming RPC's hands over a request iterator."""
+    if len(args) < 6 or _GRPC_UNARY_IN_POOL is None:
+        return False
+    if args[0] is _GRPC_UNARY_IN_POOL:
+        return True
+    step = args[4]
+    return args[0] is _GRPC_STREAM_OUT_IN_POOL and (
+        getattr(step, "__code__", None) is _GRPC_UNARY_REQUEST_CODE
+        or (isinstance(step, functools.partial) and step.func is _received_message))
+
+
+#: grpcio's runners of unary and server-streaming RPC work, and the code of its step receiving a
+#: unary request (None if a grpcio release renames one: nothing is then swapped, set aside or refused)
 _GRPC_UNARY_IN_POOL = getattr(_grpc_server, "_unary_response_in_pool", None)
+_GRPC_STREAM_OUT_IN_POOL = getattr(_grpc_server, "_stream_response_in_pool", None)
+try:
+    # the closure grpcio builds per call; building one touches nothing
+    _GRPC_UNARY_REQUEST_CODE = _grpc_server._unary_request(None, None, None).__code__
+except (AttributeError, TypeError):
+    _GRPC_UNARY_REQUEST_CODE = None
+if _GRPC_STREAM_OUT_IN_POOL is None or _GRPC_UNARY_REQUEST_CODE is None:
+    _GRPC_UNARY_IN_POOL = None
 
 
 def _reject_unread(args: tuple, reason: str, code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED) -> bool:
@@ -490,7 +515,7 @@ def _reject_unread(args: tuple, reason: str, code: grpc.StatusCode = grpc.Status
     "Reliability"). False for work of any other shape, or a grpcio without
     these internals.
     """
-    if _GRPC_STATUS is None or len(args) < 3 or args[0] is not _GRPC_UNARY_IN_POOL:
+    if _GRPC_STATUS is None or not _one_message_in(args):
         return False
     rpc_event, rpc_state = args[1], args[2]
     with rpc_state.condition:
@@ -506,10 +531,9 @@ _MAX_DETAILS_BYTES = 1024
 
 
 def _is_grpc_unary(args: tuple) -> bool:
-    """Whether the work is grpcio's unary RPC, whose message ``_receiving`` can receive and which
-    ``_reject_unread`` can answer."""
-    return (_GRPC_RECEIVE is not None and _GRPC_STATUS is not None and len(args) >= 6
-            and args[0] is _GRPC_UNARY_IN_POOL)
+    """Whether the work is grpcio's RPC of one request message (``_one_message_in``), whose message
+    ``_receiving`` can receive and which ``_reject_unread`` can answer."""
+    return _GRPC_RECEIVE is not None and _GRPC_STATUS is not None and _one_message_in(args)
 
 
 def _receive_started(args: tuple) -> bool:

@@ -178,18 +178,24 @@ def test_a_declared_body_length_allocates_nothing(navi):
 def test_predict_streams_that_never_send_their_message_do_not_stop_serving(navi):
     """Ten Predict streams whose headers came and whose messages never do (a few hundred bytes from
     one client): before, they held every running handler thread and every other Predict was
-    refused RESOURCE_EXHAUSTED; now they are set aside and the daemon serves on."""
+    refused RESOURCE_EXHAUSTED; eight such health Watch streams held the control threads, and
+    health Check (a Kubernetes probe) timed out. Now they are set aside and the daemon serves on."""
     import hpack
 
     from navi._proto.tensorflow.core.framework import types_pb2
     from navi._proto.tensorflow_serving.apis import predict_pb2
     from navi.bench.h2grpc import END_HEADERS, HEADERS, PREFACE, SETTINGS, frame, request_headers
+    from navi.server.threads import CONTROL_THREADS
 
     silent = _connect(navi.port)
     encoder = hpack.Encoder()
     frames = PREFACE + frame(SETTINGS, 0, 0)
     for stream_id in range(1, 21, 2):
         block = encoder.encode(request_headers("/tensorflow.serving.PredictionService/Predict", "navi", None))
+        frames += frame(HEADERS, END_HEADERS, stream_id, block)
+    # and as many health Watch streams as there are control threads, twice: each used to hold one
+    for stream_id in range(21, 21 + 2 * 2 * CONTROL_THREADS, 2):
+        block = encoder.encode(request_headers("/grpc.health.v1.Health/Watch", "navi", None))
         frames += frame(HEADERS, END_HEADERS, stream_id, block)
     silent.sendall(frames)
     time.sleep(0.5)
