@@ -40,20 +40,30 @@ class NaviDaemon:
                  navi_command: tuple[str, ...] = (sys.executable, "-m", "navi.cli.main"),
                  env: dict[str, str] | None = None):
         self.args = list(args)
-        if "--rest-api-port" not in self.args:
+        # the REST port has no "any free port" value, so one is picked here; another socket may
+        # take it before the daemon binds it, and then the daemon is started again on a new one
+        self._rest_port_picked = "--rest-api-port" not in self.args
+        if self._rest_port_picked:
             self.args += ["--rest-api-port", str(free_port())]
         self.log_path = log_path
-        self._log = open(log_path, "wb")
-        env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [*navi_command, "serve", "--host", "127.0.0.1",
-             "--port", "0", "--prometheus-port", "0", *self.args],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO_ROOT, env=env,
-        )
+        self._command = [*navi_command, "serve", "--host", "127.0.0.1", "--port", "0", "--prometheus-port", "0"]
+        self._cwd = cwd or REPO_ROOT
+        self._env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+        self._launch()
         self.port = 0
         self.prometheus_port = 0
         self.rest_port = 0
         self.address = ""
+
+    def _launch(self) -> None:
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([*self._command, *self.args], stdout=self._log, stderr=subprocess.STDOUT,
+                                        cwd=self._cwd, env=self._env)
+
+    def _rest_port_taken(self, text: str) -> bool:
+        """The daemon stopped because the REST port picked for it was taken meanwhile."""
+        return (self._rest_port_picked and "cannot serve REST on port" in text
+                and "address already in use" in text)
 
     def log_text(self) -> str:
         """Everything the daemon logged so far."""
@@ -62,6 +72,7 @@ class NaviDaemon:
     def wait_ready(self, timeout_s: float = 90.0, ready_line: str = _READY) -> "NaviDaemon":
         """Block until the daemon logged ``ready_line``; fail with its log otherwise."""
         deadline = time.monotonic() + timeout_s
+        relaunches = 0
         while time.monotonic() < deadline:
             text = self.log_text()
             match = _LISTENING.search(text)
@@ -75,6 +86,13 @@ class NaviDaemon:
             if match and ready_line in text:
                 return self
             if self.process.poll() is not None:
+                if self._rest_port_taken(text) and relaunches < 3:
+                    relaunches += 1
+                    self._log.close()
+                    self.port = self.prometheus_port = self.rest_port = 0
+                    self.args[self.args.index("--rest-api-port") + 1] = str(free_port())
+                    self._launch()
+                    continue
                 pytest.fail(f"navi serve exited with {self.process.returncode}:\n{text}")
             time.sleep(0.1)
         self.kill()
