@@ -11,9 +11,9 @@ every connection's protocol is wrapped here before aiohttp's sees a byte:
 * **Headers on time.** From a connection's start, and from the first byte
   after a request has been answered, its next request must reach its handler
   (the headers complete) within ``headers_timeout_s`` (plus at most a sweep
-  period), or the connection is closed. A request being handled is never timed here: its body has its own
-  rule (``http.read_body``: no gap longer than the idle timeout), and a slow
-  model keeps its client's connection.
+  period), or the connection is closed. A request being handled is never
+  timed here: its body has its own rule (``http.read_body``: no gap longer
+  than the idle timeout), and a slow model keeps its client's connection.
 
 An idle keep-alive connection is aiohttp's to close (``keepalive_timeout``).
 The gRPC port has the same two bounds from grpc core
@@ -58,9 +58,8 @@ class ConnectionBook:
         #: a connection's headers are late by at most this much more before it is closed
         self.sweep_period_s = min(1.0, headers_timeout_s / 4)
         self.open: set[GuardedConnection] = set()
-        self.refused = 0
-        self.timed_out = 0
-        self._full_answer = _full_answer(max_connections)
+        #: the answer to a connection past the bound
+        self.full_answer = _full_answer(max_connections)
         self._sweeping = False
 
     def protocol_factory(self, inner_factory):
@@ -70,7 +69,6 @@ class ConnectionBook:
     def admit(self, connection: GuardedConnection) -> bool:
         """Count ``connection`` in, or False when ``max_connections`` are open."""
         if len(self.open) >= self.max_connections:
-            self.refused += 1
             _full_log.log(log, "full", "HTTP connection refused: %d open (max_connections)", len(self.open),
                           level=logging.WARNING)
             return False
@@ -85,7 +83,6 @@ class ConnectionBook:
         now_s = loop.time()
         late = [connection for connection in self.open if connection.headers_deadline_s < now_s]
         for connection in late:
-            self.timed_out += 1
             connection.headers_late()
         loop.call_later(self.sweep_period_s, self._sweep)
 
@@ -113,7 +110,7 @@ class GuardedConnection(asyncio.Protocol):
         self._transport = transport
         if not self._book.admit(self):
             self._inner = None
-            transport.write(self._book._full_answer)  # noqa: SLF001 - the book's own bytes
+            transport.write(self._book.full_answer)
             transport.close()
             return
         self._inner.connection_made(transport)

@@ -61,6 +61,8 @@ RECEIVE_AHEAD_QUIET_S = 1.0
 START_EMA = 0.1
 #: calls set aside until their messages arrive, at most, in a pool with no ``max_waiting``
 DEFAULT_MAX_SET_ASIDE = 256
+#: why calls set aside are answered UNAVAILABLE when the pool shuts down
+_STOPPING = "the server is stopping"
 #: how long a thread that took a call waits for its message before it sets the call aside
 #: (``HandlerPool``: a small message's receive completes within microseconds)
 MESSAGE_WAIT_S = 0.005
@@ -258,12 +260,12 @@ class HandlerPool(futures.ThreadPoolExecutor):
                 while self._pending:
                     entry = self._pending.popleft()
                     if entry[5]:  # already running: back from being set aside
-                        self._end_set_aside(entry, "the server is stopping")
+                        self._end_set_aside(entry, _STOPPING)
                     else:
                         entry[0].cancel()
                 self._receiving_ahead = 0
             for entry in self._set_aside.values():
-                self._end_set_aside(entry, "the server is stopping")
+                self._end_set_aside(entry, _STOPPING)
             self._set_aside.clear()
             for idle in self._idle:
                 idle.notify()
@@ -317,7 +319,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
             if entry is None:
                 return
             if self._closed:
-                self._end_set_aside(entry, "the server is stopping")
+                self._end_set_aside(entry, _STOPPING)
                 return
             self._pending.appendleft(entry)
             self._receiving_ahead += 1  # its receive is done: it belongs to the receiving front
@@ -328,7 +330,7 @@ class HandlerPool(futures.ThreadPoolExecutor):
         or None if its grpcio call's message was not in within ``MESSAGE_WAIT_S`` and the call was set
         aside (or refused: ``max_waiting`` are set aside already)."""
         future, fn, args, kwargs, arrival_s, _ = entry
-        if not _is_grpc_unary(args):
+        if not _receivable(args):
             return args
         if not _receive_started(args):
             args = _receiving(args, self._message_arrived)
@@ -486,10 +488,8 @@ def _one_message_in(args: tuple) -> bool:
         return False
     if args[0] is _GRPC_UNARY_IN_POOL:
         return True
-    step = args[4]
     return args[0] is _GRPC_STREAM_OUT_IN_POOL and (
-        getattr(step, "__code__", None) is _GRPC_UNARY_REQUEST_CODE
-        or (isinstance(step, functools.partial) and step.func is _received_message))
+        getattr(args[4], "__code__", None) is _GRPC_UNARY_REQUEST_CODE or _receive_started(args))
 
 
 #: grpcio's runners of unary and server-streaming RPC work, and the code of its step receiving a
@@ -530,14 +530,14 @@ _GRPC_STATUS = getattr(_grpc_server, "_status", None)
 _MAX_DETAILS_BYTES = 1024
 
 
-def _is_grpc_unary(args: tuple) -> bool:
+def _receivable(args: tuple) -> bool:
     """Whether the work is grpcio's RPC of one request message (``_one_message_in``), whose message
     ``_receiving`` can receive and which ``_reject_unread`` can answer."""
     return _GRPC_RECEIVE is not None and _GRPC_STATUS is not None and _one_message_in(args)
 
 
 def _receive_started(args: tuple) -> bool:
-    """Whether ``_receiving`` started the receive of this grpcio unary RPC work's message."""
+    """Whether ``_receiving`` started the receive of this grpcio work's one message."""
     step = args[4]
     return isinstance(step, functools.partial) and step.func is _received_message
 
@@ -571,7 +571,7 @@ def _receiving(args: tuple, on_arrival: Callable | None = None) -> tuple:
     once the message is in or the call ended. Work of any other shape, or a
     grpcio without these internals, is returned unchanged.
     """
-    if not _is_grpc_unary(args):
+    if not _receivable(args):
         return args
     rpc_event, rpc_state, deserializer = args[1], args[2], args[5]
     received = _GRPC_RECEIVE(rpc_state, rpc_event.call, deserializer)
