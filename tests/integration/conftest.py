@@ -33,6 +33,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def proc_status(pid: int, key: str) -> int:
+    """A number of ``/proc/<pid>/status``: memory (``VmRSS``, ``VmHWM``) in bytes, ``Threads`` as is."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            fields = line.split()
+            return int(fields[1]) * (1024 if fields[-1] == "kB" else 1)
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
 class NaviDaemon:
     """One ``navi serve`` subprocess; its log goes to a file, read back by the test."""
 

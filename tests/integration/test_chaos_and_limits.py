@@ -25,7 +25,7 @@ import pytest
 
 from navi._proto.tensorflow.core.framework import types_pb2
 from navi._proto.tensorflow_serving.apis import predict_pb2
-from tests.integration.conftest import REPO_ROOT
+from tests.integration.conftest import REPO_ROOT, proc_status
 
 DENSE = REPO_ROOT / "models" / "dense"
 
@@ -51,14 +51,6 @@ def _predict(channel, request, timeout_s: float = 20.0, **kwargs):
 def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _status_bytes(pid: int, key: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key}")
-
 
 def test_sigkill_mid_load_then_restart_clients_reconnect(start_navi, tmp_path):
     repo = tmp_path / "dense"
@@ -174,7 +166,7 @@ def test_gzip_bomb_is_refused_by_its_inflated_size_without_inflating(small_navi)
     request.inputs["x"].tensor_content = bytes(256 << 20)
     payload = request.SerializeToString()
     assert len(gzip.compress(payload)) < 1 << 20
-    before = _status_bytes(small_navi.process.pid)
+    before = proc_status(small_navi.process.pid, "VmRSS")
     with small_navi.channel() as channel:
         for _ in range(3):
             with pytest.raises(grpc.RpcError) as info:
@@ -184,7 +176,7 @@ def test_gzip_bomb_is_refused_by_its_inflated_size_without_inflating(small_navi)
         assert _predict(channel, _dense_request(rows=100),
                         compression=grpc.Compression.Gzip).outputs["y"].tensor_shape.dim[0].size == 100
     # never inflated: the process's peak RSS (VmHWM) stayed far below what 256 MiB would add
-    assert _status_bytes(small_navi.process.pid, "VmHWM") < before + (64 << 20)
+    assert proc_status(small_navi.process.pid, "VmHWM") < before + (64 << 20)
 
 
 def test_metrics_bind_the_configured_host_only(small_navi):

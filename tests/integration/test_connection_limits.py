@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.conftest import REPO_ROOT
+from tests.integration.conftest import REPO_ROOT, proc_status
 
 DENSE = REPO_ROOT / "models" / "dense"
 MAX_CONNECTIONS = 4
@@ -67,14 +66,6 @@ def _health(channel: grpc.Channel):
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
     except grpc.RpcError as error:
         return error.code()
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
 
 def test_trickled_headers_are_cut_off_at_the_handshake_timeout(navi):
     """A byte of header every 0.2 s keeps a connection busy, but its headers never end: closed
@@ -163,13 +154,13 @@ def test_a_silent_grpc_connection_is_closed_at_the_handshake_timeout(navi):
 def test_a_declared_body_length_allocates_nothing(navi):
     """Bodies declaring 60 MB that send a few bytes: the old code allocated each whole
     (+240 MB here); held memory must follow the bytes received."""
-    before = _rss_bytes(navi.process.pid)
+    before = proc_status(navi.process.pid, "VmRSS")
     socks = [_connect(navi.rest_port) for _ in range(MAX_CONNECTIONS)]
     for sock in socks:
         sock.sendall(b"POST /v1/models/dense:predict HTTP/1.1\r\nHost: navi\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 60000000\r\n\r\n{\"instances\": ")
     time.sleep(IDLE_TIMEOUT_S / 2)
-    grew = _rss_bytes(navi.process.pid) - before
+    grew = proc_status(navi.process.pid, "VmRSS") - before
     for sock in socks:
         sock.close()
     assert grew < 40 << 20, f"RSS grew {grew >> 20} MiB"
@@ -216,14 +207,6 @@ def test_predict_streams_that_never_send_their_message_do_not_stop_serving(navi)
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
     silent.close()
 
-
-def _threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads")
-
-
 def test_idle_metrics_connections_are_bounded_and_closed(navi):
     """The /metrics server runs a thread per connection: 2,000 idle ones made 2,000 threads, held
     forever. Now at most METRICS_MAX_CONNECTIONS are open (the rest closed at once), a silent one
@@ -232,10 +215,10 @@ def test_idle_metrics_connections_are_bounded_and_closed(navi):
 
     from navi.server.metrics_http import METRICS_MAX_CONNECTIONS
 
-    threads_before = _threads(navi.process.pid)
+    threads_before = proc_status(navi.process.pid, "Threads")
     socks = [_connect(navi.prometheus_port) for _ in range(100)]
     time.sleep(0.5)
-    assert _threads(navi.process.pid) <= threads_before + METRICS_MAX_CONNECTIONS
+    assert proc_status(navi.process.pid, "Threads") <= threads_before + METRICS_MAX_CONNECTIONS
     received, took_s = _read_until_closed(socks[0])
     assert received == b"" and took_s < HANDSHAKE_TIMEOUT_S + 1.5
     for sock in socks:

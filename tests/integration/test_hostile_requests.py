@@ -8,7 +8,6 @@ memory kept per refused request.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,7 +19,7 @@ from navi._proto.tensorflow.core.framework import types_pb2
 from navi._proto.tensorflow_serving.apis import model_service_pb2, predict_pb2, prediction_service_pb2
 from navi.segdense import find_spec_files, load_layout
 from navi.workload import make_bprs
-from tests.integration.conftest import REPO_ROOT
+from tests.integration.conftest import REPO_ROOT, proc_status
 
 HOME = REPO_ROOT / "models" / "home"
 DENSE = REPO_ROOT / "models" / "dense"
@@ -80,14 +79,6 @@ def _call(channel, path: str, method, payload: bytes, timeout_s: float = 20.0):
         return error
     return None
 
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.parametrize("path,method", METHODS, ids=[path for path, _ in METHODS])
 def test_every_method_answers_undecodable_bytes_invalid_argument(navi, path, method):
     payloads = dict(UNDECODABLE)
@@ -122,10 +113,10 @@ def test_undecodable_requests_keep_no_memory(navi):
                 assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     hammer(600)  # warm-up: threads, arenas, caches
-    before = _rss_bytes(navi.process.pid)
+    before = proc_status(navi.process.pid, "VmRSS")
     count = 3000
     hammer(count)
-    grown = _rss_bytes(navi.process.pid) - before
+    grown = proc_status(navi.process.pid, "VmRSS") - before
     assert grown < count * 16 * 1024 / 4, f"RSS grew {grown / 1e6:.1f} MB over {count} undecodable requests"
 
 
@@ -226,7 +217,7 @@ def test_one_bpr_broadcast_to_many_is_bounded_before_it_is_decoded(navi):
     tensor.dtype = types_pb2.DT_STRING
     tensor.tensor_shape.dim.add(size=2000)
     tensor.string_val.append(bpr)
-    before = _rss_bytes(navi.process.pid)
+    before = proc_status(navi.process.pid, "VmRSS")
     with navi.channel() as channel:
         got, details = _code(lambda: _predict(channel, request))
         assert got == grpc.StatusCode.RESOURCE_EXHAUSTED, details
@@ -243,7 +234,7 @@ def test_one_bpr_broadcast_to_many_is_bounded_before_it_is_decoded(navi):
         tensor.tensor_shape.dim[0].size = 2
         response = _predict(channel, request)
     assert list(response.outputs["output_0"].tensor_shape.dim)[0].size == 200
-    assert _rss_bytes(navi.process.pid) - before < 200 * 1024 * 1024
+    assert proc_status(navi.process.pid, "VmRSS") - before < 200 * 1024 * 1024
 
 
 def test_long_model_name_gets_not_found_with_a_short_message(navi):
