@@ -112,6 +112,7 @@ SERVER_FLAGS: dict[str, str] = {
     "--shutdown-grace-secs": "shutdown_grace_s",
     "--workers": "workers",
     "--share-weights": "share_weights",
+    "--worker-cpus": "worker_cpus",
 }
 
 #: the original's flag -> navi's flag of the same meaning; navi's own wins when both are given

@@ -217,6 +217,11 @@ class ServerSettings(_Frozen):
         True, description="with workers > 1, every model whose shared_weights_dir is unset gets the "
         "fleet's cache: large read-only weights mapped from one file by all workers (ONNX)"
     )
+    worker_cpus: Literal["none", "split"] = Field(
+        "none", description="with workers > 1: \"split\" keeps each worker's threads on a slice of its "
+        "own of the CPUs navi may use (worker i of N: the i-th of N equal parts; one CPU each, in "
+        "turn, when there are more workers than CPUs); \"none\" lets the OS place them",
+    )
     grpc_threads: int = Field(
         default_factory=lambda data: default_grpc_threads(data.get("workers", 1)),
         ge=1,

@@ -139,6 +139,10 @@ OPTIONS = [
                  help="Server processes sharing the gRPC port (SO_REUSEPORT), each with its own models, "
                       "under one supervisor that serves the merged /metrics; auto = usable cores. "
                       "A client channel stays on one worker. [default: 1]"),
+    click.option("--worker-cpus", type=click.Choice(["none", "split"]),
+                 help="With --workers > 1: split = each worker's threads stay on its own share of the "
+                      "CPUs navi may use (one CPU each when workers = CPUs), none = the OS places them "
+                      "[default: none]."),
     click.option("--share-weights", type=str,
                  help="With --workers > 1: map a model's large read-only weights (ONNX initializers) "
                       "from one file for every worker instead of a copy in each [default: true]."),
@@ -300,10 +304,11 @@ def run(settings, fleet=None) -> int:
 
 def run_worker(settings, index: int, conn, log_level: int) -> None:
     """Entry of one ``--workers`` process (started by ``navi.server.workers.Supervisor``)."""
-    from navi.server.workers import WorkerLink
+    from navi.server.workers import WorkerLink, pin_worker
 
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    pin_worker(settings, index)  # first: every thread started later inherits the CPUs
     sys.exit(run(settings, WorkerLink(index, conn)))
 
 

@@ -33,6 +33,14 @@ started) owns the port and the workers:
   counted in ``:navi:worker_restarts_total``. A worker that fails before
   the fleet was ever ready stops start-up with its exit code (a bad model
   config must not loop).
+* **CPUs.** With ``worker_cpus="split"`` each worker keeps its threads on a
+  slice of its own of the CPUs the supervisor may use (``worker_cpu_set``):
+  a worker's handler, poller and gRPC threads hand its GIL to each other on
+  one core instead of across cores, which cost 11-15% more CPU per request
+  at 2 workers on 2 cores (benchmarks/RESULTS.md, Workers). Off by default:
+  a pinned worker cannot move to an idle core while another process holds
+  its own, so it suits hosts (or Kubernetes' static CPU manager) that give
+  navi its cores.
 * **Drain.** SIGTERM/SIGINT: the supervisor sends SIGTERM to every worker;
   each drains as one process does (``--shutdown-grace-secs``) and sends its
   final counters; the supervisor exits 0 when all exited 0.
@@ -144,6 +152,36 @@ def _hint_migrate_req() -> None:
         log.warning("net.ipv4.tcp_migrate_req is 0: connections queued on a worker that dies are reset "
                  "rather than moved to the others (sysctl -w net.ipv4.tcp_migrate_req=1 moves them)")
 
+
+
+def worker_cpu_set(cpus, workers: int, index: int) -> tuple[int, ...]:
+    """The CPUs of worker ``index`` of ``workers`` when they split ``cpus``.
+
+    The i-th of ``workers`` contiguous parts of the sorted CPUs (sizes differ
+    by at most one); with more workers than CPUs, one CPU each, in turn.
+    """
+    ordered = sorted(cpus)
+    if not ordered or not 0 <= index < workers:
+        raise ValueError(f"worker {index} of {workers} over CPUs {ordered}")
+    count = len(ordered)
+    if workers > count:
+        return (ordered[index % count],)
+    return tuple(ordered[index * count // workers:(index + 1) * count // workers])
+
+
+def pin_worker(settings: ServerSettings, index: int) -> tuple[int, ...] | None:
+    """In worker ``index``, before it starts a thread: keep it on its CPUs if
+    ``settings.worker_cpus`` says so; returns them (None: not pinned)."""
+    if settings.worker_cpus != "split" or settings.workers < 2:
+        return None
+    try:
+        cpus = worker_cpu_set(os.sched_getaffinity(0), settings.workers, index)
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError) as error:  # no affinity on this OS, or not allowed
+        log.warning("worker %d: cannot keep to its CPUs (--worker-cpus split): %s", index, error)
+        return None
+    log.info("worker %d runs on CPU%s %s", index, "s" if len(cpus) > 1 else "", ",".join(map(str, cpus)))
+    return cpus
 
 
 def memory_bytes(pid: int) -> dict[str, int]:

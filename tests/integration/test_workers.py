@@ -229,6 +229,25 @@ def test_workers_of_a_killed_supervisor_drain_and_exit(start_navi):
     assert "supervisor gone, draining" in daemon.log_text()
 
 
+def test_split_worker_cpus_keep_every_thread_of_a_worker_on_its_own_slice(start_navi):
+    from navi.server.workers import worker_cpu_set
+
+    daemon = start_navi("--workers", "2", "--worker-cpus", "split")
+    samples = metrics(daemon)
+    allowed = os.sched_getaffinity(0)  # what the supervisor (started from here) may use
+    for index in range(2):
+        pid = int(samples[(":navi:worker_pid", (("worker", str(index)),))])
+        expected = set(worker_cpu_set(allowed, 2, index))
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+        # handler, poller and gRPC core threads alike (all started after the pin)
+        assert len(threads) > 4
+        for thread in threads:
+            assert os.sched_getaffinity(int(thread.name)) == expected, (index, thread.name)
+        assert f"worker {index} runs on CPU" in daemon.log_text()
+    # the fleet serves as before
+    assert health_of(daemon) == SERVING
+
+
 def test_workers_map_one_copy_of_a_large_models_weights(start_navi, tmp_path):
     import onnxruntime as ort
 
