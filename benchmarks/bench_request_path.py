@@ -8,8 +8,12 @@ gRPC context, on one thread, and reports the CPU per call (best of the repeats).
 with another revision's checkout first on PYTHONPATH to compare revisions (a5847a5's
 servicer, before the data plane, is taken too).
 
+``--threads N`` calls it from N threads at once, each in a closed loop, and reports the
+process's CPU per call: what N handler threads sharing one GIL cost without any transport
+(their requests also batch together, as in the server).
+
 Usage: python benchmarks/bench_request_path.py [--workload dense|home] [--rows 2] [--calls 10000]
-       [--repeats 5]
+       [--repeats 5] [--threads 1]
 """
 from __future__ import annotations
 
@@ -90,13 +94,24 @@ def _request(registry, workload: str, rows: int) -> bytes:
     return request.SerializeToString()
 
 
+def _timed(loop, count: int) -> float:
+    """CPU us per call of ``loop(count)`` on the calling thread's own clock."""
+    started = time.thread_time()
+    loop(count)
+    return (time.thread_time() - started) / count * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", choices=("dense", "home"), default="dense")
     parser.add_argument("--rows", type=int, default=2, help="rows of a dense request")
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="handler threads calling at once (CPU per call is then the process's)")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     os.chdir(REPO)
 
     from navi.metrics import Metrics
@@ -114,20 +129,31 @@ def main(argv: list[str] | None = None) -> int:
         raw = _request(registry, args.workload, args.rows)
         context = _Context()
 
-        def calls(count: int) -> float:
-            started = time.thread_time()
+        def loop(count: int) -> None:
             for _ in range(count):
                 handler(raw, context)
-            return (time.thread_time() - started) / count * 1e6
 
-        with ThreadPoolExecutor(1) as thread:  # a handler runs on a pool thread, not the main one
-            thread.submit(calls, max(100, args.calls // 5)).result()
+        def calls(pool: ThreadPoolExecutor, count: int) -> float:
+            """CPU us per call: one handler thread's own clock, or the process's for several
+            (then the GIL hand-offs between them count too)."""
+            if args.threads == 1:
+                return pool.submit(_timed, loop, count).result()
+            share = max(1, count // args.threads)
+            started = time.process_time()
+            for done in [pool.submit(loop, share) for _ in range(args.threads)]:
+                done.result()
+            return (time.process_time() - started) / (share * args.threads) * 1e6
+
+        # handlers run on pool threads, not the main one
+        with ThreadPoolExecutor(args.threads) as pool:
+            calls(pool, max(100, args.calls // 5))
             gc.collect()
             gc.freeze()
-            per_call = [thread.submit(calls, args.calls).result() for _ in range(args.repeats)]
+            per_call = [calls(pool, args.calls) for _ in range(args.repeats)]
     finally:
         registry.stop(0)
-    print(f"{args.workload}, {len(raw)} request bytes: CPU per call best {min(per_call):.1f} us, "
+    threads = f", {args.threads} threads" if args.threads > 1 else ""
+    print(f"{args.workload}, {len(raw)} request bytes{threads}: CPU per call best {min(per_call):.1f} us, "
           f"median {sorted(per_call)[len(per_call) // 2]:.1f} us ({args.repeats} x {args.calls})")
     return 0
 
