@@ -31,7 +31,10 @@ grew by exactly the requests sent and no request failed. ``--kill`` adds
 the restart figure: SIGKILL one worker of the largest W under tiny load, N times,
 the seconds until it serves again and the requests that failed each time.
 
-Usage: python benchmarks/bench_workers.py [--workers 1,2] [--duration 5] [--repeats 3]
+``--workers 1,2,2:split`` adds a target started with ``--worker-cpus split`` (each worker on
+CPUs of its own), named ``workers=2 split``: pinned against unpinned workers in the same run.
+
+Usage: python benchmarks/bench_workers.py [--workers 1,2[,2:split]] [--duration 5] [--repeats 3]
        [--concurrency 16] [--kill N] [--out out/bench-workers]
 
 Writes OUT/workers.json and OUT/workers.md (the tables) and prints the tables.
@@ -179,6 +182,20 @@ def pin_plan(workers: list[int], client_processes: int) -> dict | None:
     if len(cores) < max(workers) + client_processes:
         return None
     return {"server": cores[:max(workers)], "client": cores[max(workers):]}
+
+
+def worker_targets(text: str) -> list[tuple[str, int, str]]:
+    """``--workers``: "1,2,2:split" -> [(name, workers, worker CPUs mode)], e.g. ("workers=2 split", 2, "split")."""
+    targets = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        count, _, mode = item.partition(":")
+        mode = mode or "none"
+        if not count.isdigit() or int(count) < 1 or mode not in ("none", "split"):
+            raise ValueError(f"--workers: {item!r} is not W or W:split")
+        targets.append((f"workers={count}" + (f" {mode}" if mode != "none" else ""), int(count), mode))
+    return targets
 
 
 def summarize(runs: list[dict], targets: list[str], workers: dict[str, int], cores: int) -> dict:
@@ -439,10 +456,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the load phases: memory of each --workers count with and without "
                              "--share-weights, serving an embedding model of MIB MiB of weights")
     args = parser.parse_args(argv)
-    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    try:
+        specs = worker_targets(args.workers)
+    except ValueError as error:
+        parser.error(str(error))
+    counts = sorted({count for _, count, _ in specs})
     if args.shared_weights_mb:
         args.out.mkdir(parents=True, exist_ok=True)
         return shared_weights_main(args, counts)
+    if not any(name == "workers=1" for name, _, _ in specs):
+        parser.error("--workers: the ratios to workers=1 need a plain 1 among them")
     phases = [p for p in args.phases.split(",") if p]
     args.out.mkdir(parents=True, exist_ok=True)
     models = REPO / "models"
@@ -452,17 +475,18 @@ def main(argv: list[str] | None = None) -> int:
 
     processes, targets, metrics_ports, workers = [], [], {}, {}
     try:
-        for count in counts:
+        for name, count, mode in specs:
             port, prometheus_port = free_port(), free_port()
             command = [sys.executable, "-m", "navi.cli.main", "serve", "--workers", str(count), "--host", "127.0.0.1",
                        "--port", str(port), "--prometheus-port", str(prometheus_port), "--rest-api-port", "0",
                        "--model-dir", str(models / "home"), "--model-dir", str(models / "dense"),
-                       "--input", "examples", "--input", "", "--output", "", *args.server_arg]
+                       "--input", "examples", "--input", "", "--output", "", "--worker-cpus", mode,
+                       *args.server_arg]
             if plan:
                 command = ["taskset", "-c", ",".join(map(str, plan["server"][:count]))] + command
-            name = f"workers={count}"
             log(f"starting {name}")
-            process = launch_server(command, f"127.0.0.1:{port}", log_path=args.out / f"navi-{count}.log")
+            process = launch_server(command, f"127.0.0.1:{port}",
+                                    log_path=args.out / f"navi-{name.split('=')[1].replace(' ', '-')}.log")
             processes.append(process)
             targets.append(Target(name, f"127.0.0.1:{port}", process.pid))
             metrics_ports[name], workers[name] = prometheus_port, count
@@ -545,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                         + (f"  counted {row['merged_num_requests']:.0f} of {row['requests_sent']} sent, "
                            f"{row['failed']} failed" if "requests_sent" in row else ""))
             if args.kill:
-                name = f"workers={max(counts)}"
+                name, _, _ = max(specs, key=lambda spec: spec[1])
                 target = next(t for t in targets if t.name == name)
                 inputs = fetch_inputs(target.address, "dense", "tfserving")
                 workload = dense_workload("tfserving", "dense", inputs, batch_rows=2)

@@ -36,8 +36,8 @@ started) owns the port and the workers:
 * **CPUs.** With ``worker_cpus="split"`` each worker keeps its threads on a
   slice of its own of the CPUs the supervisor may use (``worker_cpu_set``):
   a worker's handler, poller and gRPC threads hand its GIL to each other on
-  one core instead of across cores, which cost 11-15% more CPU per request
-  at 2 workers on 2 cores (benchmarks/RESULTS.md, Workers). Off by default:
+  one core instead of across cores: 11-18% less CPU per request at 2
+  workers on 2 cores (benchmarks/RESULTS.md, Workers). Off by default:
   a pinned worker cannot move to an idle core while another process holds
   its own, so it suits hosts (or Kubernetes' static CPU manager) that give
   navi its cores.

@@ -47,3 +47,15 @@ def test_no_bound_without_the_clients_cpu():
 def test_the_bound_counts_only_the_cores_others_left():
     record = run("workers=2", 0, 1000, 0.3, 0.1, others=0.5)
     assert bench_workers.cpu_bound_requests_per_s(record, 2) == pytest.approx(3750)
+
+
+def test_worker_targets_name_each_count_and_cpu_mode():
+    assert bench_workers.worker_targets("1,2,2:split") == [
+        ("workers=1", 1, "none"), ("workers=2", 2, "none"), ("workers=2 split", 2, "split")]
+    assert bench_workers.worker_targets(" 1 , 4:none ") == [("workers=1", 1, "none"), ("workers=4", 4, "none")]
+
+
+@pytest.mark.parametrize("text", ["1,0", "1,2:pinned", "1,x", "1,:split"])
+def test_worker_targets_refuse_what_they_cannot_run_or_compare(text):
+    with pytest.raises(ValueError, match="--workers"):
+        bench_workers.worker_targets(text)
