@@ -1,0 +1,56 @@
+"""The benchmarks' reference servers answer what navi answers (their figures compare like with like)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from navi import codec
+from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from navi.bench.servers import wait_until_serving
+from tests.integration.conftest import REPO_ROOT, free_port
+
+MODELS = REPO_ROOT / "models"
+
+
+@pytest.fixture(scope="module")
+def navi(start_navi):
+    return start_navi("--model-dir", MODELS / "dense")
+
+
+@pytest.fixture(scope="module")
+def minimal():
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "benchmarks" / "minimal_predict_server.py"),
+                                "--model-dir", str(MODELS / "dense"), "--port", str(port)],
+                               cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", timeout_s=60, health_service=None, process=process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def _outputs(address: str, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+    with grpc.insecure_channel(address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    return {name: codec.tensor_proto_to_ndarray(tensor, name) for name, tensor in response.outputs.items()}
+
+
+def test_the_minimal_predict_server_answers_as_navi_does(navi, minimal):
+    from navi.bench.requests import fetch_inputs
+
+    rng = np.random.default_rng(3)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "dense"
+    for spec in fetch_inputs(navi.address, "dense", "tfserving"):
+        shape = [2 if size < 0 else size for size in spec.shape]
+        codec.ndarray_to_tensor_proto(rng.random(shape).astype(spec.dtype), request.inputs[spec.name])
+    expected, got = _outputs(navi.address, request), _outputs(minimal, request)
+    assert expected and got.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
