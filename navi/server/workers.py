@@ -153,7 +153,6 @@ def _hint_migrate_req() -> None:
                  "rather than moved to the others (sysctl -w net.ipv4.tcp_migrate_req=1 moves them)")
 
 
-
 def worker_cpu_set(cpus, workers: int, index: int) -> tuple[int, ...]:
     """The CPUs of worker ``index`` of ``workers`` when they split ``cpus``.
 
