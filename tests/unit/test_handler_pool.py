@@ -482,7 +482,10 @@ def test_after_a_refusal_queued_grpc_calls_stay_unread_until_a_thread_takes_them
         deadline = time.monotonic() + WAIT_S
         while pool.waiting < 1 and time.monotonic() < deadline:
             time.sleep(0.001)
-        return pool._pending[0][2][2]  # grpcio's state of the queued call
+        # under the pool's lock: a call is queued and its receive started (or not) in one step
+        # of submit, and read between the two it looked unread (a fresh-clone CI run failed so)
+        with pool._pool_lock:
+            return pool._pending[0][2][2]  # grpcio's state of the queued call
 
     def receiving(rpc_state) -> bool:  # its receive started: pending, or the message already in
         return rpc_state.request is not None or grpc_server._RECEIVE_MESSAGE_TOKEN in rpc_state.due
