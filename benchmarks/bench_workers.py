@@ -69,7 +69,7 @@ from navi.bench.serve import ServeBenchConfig, Target, run_serve_bench  # noqa: 
 from navi.bench.servers import free_port, launch_server, stop_server  # noqa: E402
 from navi.bench.workloads import dense_workload, home_workload  # noqa: E402
 from navi.server.workers import FAST_DEATH_S, memory_bytes  # noqa: E402
-from navi.settings import usable_cores  # noqa: E402
+from navi.settings import WORKER_CPU_MODES, usable_cores  # noqa: E402
 
 PHASES = ("tiny", "small")
 
@@ -192,7 +192,7 @@ def worker_targets(text: str) -> list[tuple[str, int, str]]:
             continue
         count, _, mode = item.partition(":")
         mode = mode or "none"
-        if not count.isdigit() or int(count) < 1 or mode not in ("none", "split"):
+        if not count.isdigit() or int(count) < 1 or mode not in WORKER_CPU_MODES:
             raise ValueError(f"--workers: {item!r} is not W or W:split")
         targets.append((f"workers={count}" + (f" {mode}" if mode != "none" else ""), int(count), mode))
     return targets

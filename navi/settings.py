@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -104,6 +104,11 @@ def parse_workers(value: Any) -> Any:
 
 
 Workers = Annotated[int, BeforeValidator(parse_workers)]
+
+#: how ``--workers`` processes are placed on CPUs: "none" (the OS places them) or "split"
+#: (each keeps to a share of its own, ``navi.server.workers.worker_cpu_set``)
+WorkerCpus = Literal["none", "split"]
+WORKER_CPU_MODES: tuple[str, ...] = get_args(WorkerCpus)
 
 
 class ModelSettings(_Frozen):
@@ -217,7 +222,7 @@ class ServerSettings(_Frozen):
         True, description="with workers > 1, every model whose shared_weights_dir is unset gets the "
         "fleet's cache: large read-only weights mapped from one file by all workers (ONNX)"
     )
-    worker_cpus: Literal["none", "split"] = Field(
+    worker_cpus: WorkerCpus = Field(
         "none", description="with workers > 1: \"split\" keeps each worker's threads on a slice of its "
         "own of the CPUs navi may use (worker i of N: the i-th of N equal parts; one CPU each, in "
         "turn, when there are more workers than CPUs); \"none\" lets the OS place them",

@@ -21,6 +21,7 @@ from click.core import ParameterSource
 
 from navi.config import build_settings
 from navi.errors import ConfigError
+from navi.settings import WORKER_CPU_MODES
 
 log = logging.getLogger("navi.serve")
 
@@ -139,7 +140,7 @@ OPTIONS = [
                  help="Server processes sharing the gRPC port (SO_REUSEPORT), each with its own models, "
                       "under one supervisor that serves the merged /metrics; auto = usable cores. "
                       "A client channel stays on one worker. [default: 1]"),
-    click.option("--worker-cpus", type=click.Choice(["none", "split"]),
+    click.option("--worker-cpus", type=click.Choice(WORKER_CPU_MODES),
                  help="With --workers > 1: split = each worker's threads stay on its own share of the "
                       "CPUs navi may use (one CPU each when workers = CPUs), none = the OS places them "
                       "[default: none]."),
