@@ -16,10 +16,7 @@ Usage: python benchmarks/minimal_predict_server.py --model-dir models/dense [--p
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
-from concurrent import futures
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
 
-    import grpc
     import onnxruntime as ort
 
     from navi import codec
     from navi.allocator import tune_allocator
+    from navi.bench.servers import serve_every_method, serve_until_signalled
     from navi.settings import default_grpc_threads
 
     tune_allocator()  # as `navi serve`
@@ -56,21 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         feeds = {name: codec.tensor_proto_to_ndarray(request.inputs[name], name) for name in request.inputs}
         return codec.encode_predict_response(dict(zip(names, run(names, feeds, None))), spec)
 
-    handler = grpc.unary_unary_rpc_method_handler(predict, request_deserializer=None, response_serializer=None)
-
-    class AnyMethod(grpc.GenericRpcHandler):
-        def service(self, handler_call_details):
-            return handler
-
-    server = grpc.server(futures.ThreadPoolExecutor(default_grpc_threads()), handlers=[AnyMethod()])
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
-    server.start()
+    server, port = serve_every_method(predict, args.port, default_grpc_threads(), args.host)
     print(f"minimal Predict server on {args.host}:{port}", file=sys.stderr)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    server.stop(grace=1.0).wait()
+    serve_until_signalled(server)
     return 0
 
 

@@ -35,10 +35,17 @@ def start_bare_server(port: int, response: bytes = b"", threads: int = 16, host:
     back, so it measures what gRPC in Python costs and nothing else. Returns
     the started ``grpc.Server`` and its bound port (``port`` 0 picks one).
     """
-    import grpc
+    return serve_every_method(lambda request, context: response, port, threads, host)
 
-    def handle(request: bytes, context) -> bytes:
-        return response
+
+def serve_every_method(handle, port: int, threads: int = 16, host: str = "127.0.0.1"):
+    """Start a sync gRPC server whose every unary method is ``handle(request bytes, context) -> bytes``.
+
+    The benchmarks' reference servers (the bare one above,
+    ``benchmarks/minimal_predict_server.py``). Returns the started
+    ``grpc.Server`` and its bound port (``port`` 0 picks one).
+    """
+    import grpc
 
     handler = grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=None)
 
@@ -54,6 +61,19 @@ def start_bare_server(port: int, response: bytes = b"", threads: int = 16, host:
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     return server, bound
+
+
+def serve_until_signalled(server) -> None:
+    """Block until SIGTERM or SIGINT, then stop ``server`` (a ``grpc.Server``) with a 1 s grace:
+    the main loop of the reference servers run as processes."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=1.0).wait()
 
 
 def free_port() -> int:

@@ -222,9 +222,6 @@ def _run_with_progress(console, serve, report, config, workload):
 @click.option("--rows", type=int, default=1, show_default=True, help="rows of the constant PredictResponse.")
 def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
     """A bare gRPC server answering every call with constant bytes (the transport ceiling)."""
-    import signal
-    import threading
-
     from navi.allocator import tune_allocator
     from navi.bench import servers
     from navi.settings import default_grpc_threads
@@ -233,11 +230,7 @@ def bare_server_command(port: int, host: str, threads: int, rows: int) -> None:
     threads = threads or default_grpc_threads()
     server, bound = servers.start_bare_server(port, servers.constant_predict_response(rows), threads, host)
     click.echo(f"bare server on {host}:{bound}", err=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    server.stop(grace=1.0).wait()
+    servers.serve_until_signalled(server)
 
 
 @click.command("runtime")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from navi import codec
-from navi._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from navi._proto.tensorflow_serving.apis import predict_pb2
 from navi.bench.servers import wait_until_serving
 from tests.integration.conftest import REPO_ROOT, free_port
 
@@ -35,22 +35,22 @@ def minimal():
         process.wait(15)
 
 
-def _outputs(address: str, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+def _outputs(address: str, method: str, payload: bytes) -> dict[str, np.ndarray]:
     with grpc.insecure_channel(address) as channel:
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        answer = channel.unary_unary(method, request_serializer=None, response_deserializer=None)(payload, timeout=30)
+    response = predict_pb2.PredictResponse.FromString(answer)
     return {name: codec.tensor_proto_to_ndarray(tensor, name) for name, tensor in response.outputs.items()}
 
 
 def test_the_minimal_predict_server_answers_as_navi_does(navi, minimal):
     from navi.bench.requests import fetch_inputs
+    from navi.bench.workloads import dense_workload
 
-    rng = np.random.default_rng(3)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "dense"
-    for spec in fetch_inputs(navi.address, "dense", "tfserving"):
-        shape = [2 if size < 0 else size for size in spec.shape]
-        codec.ndarray_to_tensor_proto(rng.random(shape).astype(spec.dtype), request.inputs[spec.name])
-    expected, got = _outputs(navi.address, request), _outputs(minimal, request)
+    # the requests `navi bench serve --workload dense --batch-rows 2` sends
+    workload = dense_workload("tfserving", "dense", fetch_inputs(navi.address, "dense", "tfserving"),
+                              batch_rows=2, seed=3, distinct_requests=1)
+    expected = _outputs(navi.address, workload.method, workload.payloads[0])
+    got = _outputs(minimal, workload.method, workload.payloads[0])
     assert expected and got.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
