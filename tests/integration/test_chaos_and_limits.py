@@ -52,6 +52,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
 
+
 def test_sigkill_mid_load_then_restart_clients_reconnect(start_navi, tmp_path):
     repo = tmp_path / "dense"
     shutil.copytree(DENSE, repo)

@@ -67,6 +67,7 @@ def _health(channel: grpc.Channel):
     except grpc.RpcError as error:
         return error.code()
 
+
 def test_trickled_headers_are_cut_off_at_the_handshake_timeout(navi):
     """A byte of header every 0.2 s keeps a connection busy, but its headers never end: closed
     at the handshake timeout, not at the idle one (which the trickle would keep resetting)."""
@@ -206,6 +207,7 @@ def test_predict_streams_that_never_send_their_message_do_not_stop_serving(navi)
             assert predict(request, timeout=3).outputs["y"].tensor_shape.dim[0].size == 2
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
     silent.close()
+
 
 def test_idle_metrics_connections_are_bounded_and_closed(navi):
     """The /metrics server runs a thread per connection: 2,000 idle ones made 2,000 threads, held

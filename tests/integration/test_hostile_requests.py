@@ -8,7 +8,6 @@ memory kept per refused request.
 """
 from __future__ import annotations
 
-
 import grpc
 import numpy as np
 import pytest
@@ -78,6 +77,7 @@ def _call(channel, path: str, method, payload: bytes, timeout_s: float = 20.0):
     except grpc.RpcError as error:
         return error
     return None
+
 
 @pytest.mark.parametrize("path,method", METHODS, ids=[path for path, _ in METHODS])
 def test_every_method_answers_undecodable_bytes_invalid_argument(navi, path, method):
