@@ -598,19 +598,16 @@ def _received_message(rpc_event, rpc_state):
     """The message whose receive ``_receiving`` started, once it is in (grpcio's ``unary_request``'s
     wait, checking first: the message may have arrived before this thread asks)."""
     with rpc_state.condition:
-        while True:
-            if rpc_state.request is not None:
-                request, rpc_state.request = rpc_state.request, None
-                return request
-            if rpc_state.client is _grpc_server._CLOSED:
-                # as grpcio: a unary call's client closed without its one message
-                _grpc_server._abort(rpc_state, rpc_event.call, _grpc_server.cygrpc.StatusCode.unimplemented,
-                                    f'"{rpc_event.call_details.method}" requires exactly one request message.'
-                                    .encode())
-                return None
-            if not _grpc_server._is_rpc_state_active(rpc_state):
-                return None
-            rpc_state.condition.wait()
+        rpc_state.condition.wait_for(lambda: _message_in(rpc_state))
+        if rpc_state.request is not None:
+            request, rpc_state.request = rpc_state.request, None
+            return request
+        if rpc_state.client is _grpc_server._CLOSED:
+            # as grpcio: a unary call's client closed without its one message
+            _grpc_server._abort(rpc_state, rpc_event.call, _grpc_server.cygrpc.StatusCode.unimplemented,
+                                f'"{rpc_event.call_details.method}" requires exactly one request message.'
+                                .encode())
+        return None  # the call ended
 
 
 #: grpcio's callback that stores a received message (None if a grpcio release renames one of the
